@@ -1,0 +1,177 @@
+"""The I/O loop: one ``zmq.Poller`` that polls raw sockets and ZeroMQ sockets together.
+
+Everything that does I/O in zmqws runs on the thread that runs
+:meth:`Loop.run`.  Other threads talk to it only through
+:meth:`Loop.call_soon_threadsafe`, which appends to a thread-safe deque and
+wakes the poller through a socketpair registered in it.
+
+Each turn: poll, dispatch the ready sockets' handlers, run due timers and
+queued calls, then the ``after_turn`` hooks (where the server flushes the
+output that the turn produced, so that each client gets one ``sendmsg`` per
+turn whatever the turn queued for it).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Tuple
+
+import zmq
+
+__all__ = ["Loop", "Timer"]
+
+log = logging.getLogger("zmqws")
+
+POLLIN = zmq.POLLIN
+POLLOUT = zmq.POLLOUT
+POLLERR = zmq.POLLERR
+
+
+class Timer:
+    """A handle for :meth:`Loop.call_later`; ``cancel()`` makes it a no-op."""
+
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[[], Any]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Loop:
+    """A single-threaded poll loop over raw file descriptors and ZeroMQ sockets."""
+
+    def __init__(self) -> None:
+        self.poller = zmq.Poller()
+        self._handlers: Dict[Any, Callable[[int], None]] = {}
+        self._events: Dict[Any, int] = {}
+        self._timers: List[Tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._calls: Deque[Callable[[], Any]] = deque()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._wake_pending = False
+        self._wake_lock = threading.Lock()
+        self.after_turn: List[Callable[[], None]] = []
+        self.running = False
+        self.thread_id: "int | None" = None
+        self.turns = 0
+        self.register(self._wake_r.fileno(), POLLIN, self._on_wake)
+
+    # -- registration ---------------------------------------------------------
+
+    def register(self, obj: Any, events: int, handler: Callable[[int], None]) -> None:
+        """Poll ``obj`` (a file descriptor or a ZeroMQ socket) for ``events``; call ``handler(revents)``."""
+        self._handlers[obj] = handler
+        self._events[obj] = events
+        self.poller.register(obj, events)
+
+    def modify(self, obj: Any, events: int) -> None:
+        if self._events.get(obj) != events:
+            self._events[obj] = events
+            self.poller.modify(obj, events)
+
+    def unregister(self, obj: Any) -> None:
+        if self._handlers.pop(obj, None) is not None:
+            del self._events[obj]
+            self.poller.unregister(obj)
+
+    # -- scheduling -----------------------------------------------------------
+
+    def call_later(self, delay: float, callback: Callable[[], Any]) -> Timer:
+        """Run ``callback`` on the loop after ``delay`` seconds (loop thread only)."""
+        timer = Timer(time.monotonic() + delay, callback)
+        heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
+        return timer
+
+    def call_soon_threadsafe(self, callback: Callable[[], Any]) -> None:
+        """Run ``callback`` on the loop thread at its next turn; callable from any thread."""
+        self._calls.append(callback)
+        with self._wake_lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (already woken) or closed (loop gone)
+
+    def in_loop_thread(self) -> bool:
+        return self.thread_id == threading.get_ident()
+
+    def _on_wake(self, _revents: int) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        with self._wake_lock:
+            self._wake_pending = False
+
+    # -- running --------------------------------------------------------------
+
+    def run(self) -> None:
+        """Turn until :meth:`stop`; handler errors are logged, never fatal to the loop."""
+        self.running = True
+        self.thread_id = threading.get_ident()
+        poll = self.poller.poll
+        handlers = self._handlers
+        timers = self._timers
+        calls = self._calls
+        while self.running:
+            timeout = 1000
+            if calls:
+                timeout = 0
+            elif timers:
+                timeout = max(0, min(1000, int((timers[0][0] - time.monotonic()) * 1000) + 1))
+            try:
+                ready = poll(timeout)
+            except zmq.ZMQError as exc:  # pragma: no cover - EINTR on some platforms
+                if exc.errno == zmq.EINTR:
+                    continue
+                raise
+            self.turns += 1
+            for obj, revents in ready:
+                handler = handlers.get(obj)
+                if handler is not None:
+                    try:
+                        handler(revents)
+                    except Exception:  # a handler bug must not stop the loop
+                        log.exception("error in the handler of %r", obj)
+            if timers and timers[0][0] <= time.monotonic():
+                now = time.monotonic()
+                while timers and timers[0][0] <= now:
+                    timer = heapq.heappop(timers)[2]
+                    if not timer.cancelled:
+                        self._safely(timer.callback)
+            while calls:
+                self._safely(calls.popleft())
+            for hook in self.after_turn:
+                self._safely(hook)
+
+    @staticmethod
+    def _safely(callback: Callable[[], Any]) -> None:
+        try:
+            callback()
+        except Exception:
+            log.exception("error in loop callback %r", callback)
+
+    def stop(self) -> None:
+        """Make :meth:`run` return after the current turn (loop thread, or via call_soon_threadsafe)."""
+        self.running = False
+
+    def close(self) -> None:
+        """Release the wake-up sockets (after :meth:`run` has returned)."""
+        self.unregister(self._wake_r.fileno())
+        self._wake_r.close()
+        self._wake_w.close()

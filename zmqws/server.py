@@ -1,0 +1,692 @@
+"""A WebSocket server (RFC 6455) on one poll loop, usable with or without ZeroMQ.
+
+:class:`WebSocketServer` owns the listening socket and the client sockets:
+non-blocking accepts, reads and writes; the HTTP phase (request parsing with
+limits, the opening handshake, plain HTTP answers); the WebSocket phase
+(frames in through the sans-I/O :class:`~zmqws.connection.WebSocketConnection`,
+queued output flushed with one ``sendmsg`` per client per turn); keepalive
+pings; timeouts; the closing handshake (§7) and its lingering TCP close.
+
+It is the "standalone poll-based server": give it hooks and run it::
+
+    server = WebSocketServer(9001, on_message=lambda client, data: client.send(data))
+    server.run()
+
+Hooks run on the loop thread and must not block.  The :class:`Gateway
+<zmqws.gateway.Gateway>` subclass adds the ZeroMQ side and the fan-out.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+
+from . import handshake
+from .connection import (
+    CLOSED, OPEN, CloseReceived, ConnectionFailed, Message, Pong, WebSocketConnection,
+)
+from .frames import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_POLICY_VIOLATION
+from .handshake import HTTPError, Request, RequestParser
+from .loop import POLLIN, POLLOUT, Loop
+from .stats import Stats
+
+__all__ = ["WebSocketServer", "Client"]
+
+log = logging.getLogger("zmqws")
+
+# Client phases
+HTTP = 0         # reading an HTTP request
+WEBSOCKET = 1    # after the 101 response
+LINGER = 2       # output flushed then SHUT_WR; reading until EOF or a deadline
+GONE = 3
+
+_IOV_MAX = 1024
+_RECV_SIZE = 262144
+
+
+class Client:
+    """One connected peer: its socket, phase and (after the upgrade) its WebSocket connection.
+
+    Hooks receive this object.  ``send()`` and ``close()`` may be called from
+    the loop thread only (from hooks); other threads use the server's
+    thread-safe methods.
+    """
+
+    __slots__ = ("server", "sock", "fd", "address", "id", "phase", "parser", "request", "ws",
+                 "out", "out_bytes", "close_after_flush", "want_write", "connected_at",
+                 "last_seen", "ping_sent_at", "deadline", "subprotocol", "data", "__weakref__")
+
+    def __init__(self, server: "WebSocketServer", sock: socket.socket, address: Any, client_id: int,
+                 now: float) -> None:
+        self.server = server
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.address = address
+        self.id = client_id
+        self.phase = HTTP
+        self.parser: Optional[RequestParser] = None
+        self.request: Optional[Request] = None
+        self.ws: Optional[WebSocketConnection] = None
+        self.out: List[Any] = []  # the HTTP phase's queue; the WebSocket phase uses ws.out
+        self.out_bytes = 0
+        self.close_after_flush = False
+        self.want_write = False
+        self.connected_at = now
+        self.last_seen = now
+        self.ping_sent_at = 0.0
+        self.deadline = now + server.handshake_timeout
+        self.subprotocol: Optional[str] = None
+        self.data: Dict[str, Any] = {}  # for applications
+
+    @property
+    def path(self) -> str:
+        return self.request.path if self.request is not None else ""
+
+    @property
+    def open(self) -> bool:
+        return self.ws is not None and self.ws.state == OPEN
+
+    def send(self, data: Union[str, bytes]) -> None:
+        """Queue a message (``str`` → text frame, ``bytes`` → binary); flushed at the end of the turn."""
+        if self.ws is not None and self.ws.state == OPEN:
+            self.ws.send(data)
+            self.server._queued(self)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake (§7.1.2)."""
+        self.server._close_client(self, code, reason)
+
+    def __repr__(self) -> str:  # pragma: no cover
+        return f"<Client {self.id} {self.address}>"
+
+
+MessageHook = Callable[[Client, Union[str, bytes]], Any]
+
+
+class WebSocketServer:
+    """A non-blocking WebSocket server on one ``zmq.Poller`` loop thread.
+
+    Parameters (all keyword-only but ``port``):
+
+    * ``port``, ``host``: where to listen (port 0 picks a free port; read
+      ``server.port`` after :meth:`start`).
+    * ``subprotocols``: the subprotocols the server speaks, preferred first.
+    * ``max_message_size``: largest message accepted from a client (1009 beyond).
+    * ``max_fragments``: most frames in one client message (0 = no limit).
+    * ``max_header_size``: largest request head (431 beyond).
+    * ``max_queue``: bytes queued for one client before the slow-consumer
+      policy applies (``slow_client="close"``: close with 1008 and count it;
+      ``"drop"``: drop messages for that client and count them).
+    * ``ping_interval``, ``ping_timeout``: a ping after that many idle seconds;
+      no answer within ``ping_timeout`` → close 1011.  0 disables.
+    * ``handshake_timeout``: seconds to complete the HTTP request.
+    * ``close_timeout``: seconds to wait for the peer's close frame / FIN.
+    * ``on_connect(client)``, ``on_message(client, data)``,
+      ``on_disconnect(client)``: hooks, run on the loop thread.
+    """
+
+    def __init__(self, port: int = 8080, *, host: str = "127.0.0.1",
+                 subprotocols: Sequence[str] = (), max_message_size: int = 1 << 20,
+                 max_fragments: int = 0, max_header_size: int = 8192,
+                 max_queue: int = 4 << 20, slow_client: str = "close",
+                 ping_interval: float = 20.0, ping_timeout: float = 20.0,
+                 handshake_timeout: float = 10.0, close_timeout: float = 3.0,
+                 backlog: int = 1024,
+                 on_connect: Optional[Callable[[Client], Any]] = None,
+                 on_message: Optional[MessageHook] = None,
+                 on_disconnect: Optional[Callable[[Client], Any]] = None) -> None:
+        if slow_client not in ("close", "drop"):
+            raise ValueError("slow_client must be 'close' or 'drop'")
+        self.host = host
+        self._requested_port = port
+        self.port: Optional[int] = None
+        self.subprotocols = list(subprotocols)
+        self.max_message_size = max_message_size
+        self.max_fragments = max_fragments
+        self.max_header_size = max_header_size
+        self.max_queue = max_queue
+        self.slow_client = slow_client
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.handshake_timeout = handshake_timeout
+        self.close_timeout = close_timeout
+        self.backlog = backlog
+        self.on_connect = on_connect
+        self.on_message = on_message
+        self.on_disconnect = on_disconnect
+        self.stats = Stats()
+        self.loop: Optional[Loop] = None
+        self._listener: Optional[socket.socket] = None
+        self._clients: Dict[int, Client] = {}        # fd -> client
+        self._ws_clients: Dict[Client, None] = {}    # open WebSocket clients, in connect order
+        self._dirty: Dict[Client, None] = {}         # clients with output queued this turn
+        self._next_id = 1
+        self._thread: Optional[threading.Thread] = None
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._started = False
+        self._housekeeping_timer = None
+
+    # -- public API -------------------------------------------------------------
+
+    @property
+    def clients(self) -> int:
+        """Open WebSocket connections."""
+        return len(self._ws_clients)
+
+    def start(self) -> "WebSocketServer":
+        """Bind, then run the loop on its own thread; returns once the port is listening."""
+        if self._started:
+            raise RuntimeError("already started")
+        self._started = True
+        self.loop = Loop()
+        try:
+            self._listen()
+            self._setup()
+        except BaseException:
+            self._teardown()
+            raise
+        self.loop.after_turn.append(self._flush_dirty)
+        self._schedule_housekeeping()
+        self._thread = threading.Thread(target=self._run_loop, name="zmqws-loop", daemon=True)
+        self._thread.start()
+        return self
+
+    def run(self) -> None:
+        """Start and block until :meth:`stop` (from another thread or a hook) or Ctrl-C."""
+        if not self._started:
+            self.start()
+        try:
+            while not self._stopped.wait(0.2):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Graceful stop: refuse new connections, send 1001 to every client, wait up to
+        ``timeout`` (default ``close_timeout``) for them to close, then close every socket
+        and join the loop thread.  Safe to call more than once and from any thread."""
+        if self.loop is None or self._thread is None:
+            return
+        if timeout is None:
+            timeout = self.close_timeout
+        if not self._stopped.is_set():
+            self.loop.call_soon_threadsafe(lambda: self._begin_stop(timeout))
+        if self.loop.in_loop_thread():
+            return  # called from a hook: the loop ends by itself
+        self._thread.join()
+        self._thread = None
+
+    def __enter__(self) -> "WebSocketServer":
+        if not self._started:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def call_soon_threadsafe(self, callback: Callable[[], Any]) -> None:
+        """Run ``callback`` on the loop thread (from any thread)."""
+        assert self.loop is not None, "server not started"
+        self.loop.call_soon_threadsafe(callback)
+
+    def broadcast(self, data: Union[str, bytes]) -> None:
+        """Send one message to every open WebSocket client; thread-safe.
+
+        The frame is encoded once and the same bytes are queued on every client.
+        """
+        from .frames import OP_BINARY, OP_TEXT, encode_frame
+        if isinstance(data, str):
+            frame = encode_frame(OP_TEXT, data.encode("utf-8"))
+        else:
+            frame = encode_frame(OP_BINARY, bytes(data))
+        self.call_soon_threadsafe(lambda: self.fanout(frame, self._ws_clients, 1))
+
+    def client_list(self) -> List[Client]:
+        """The open WebSocket clients (loop thread)."""
+        return list(self._ws_clients)
+
+    # -- overridable ------------------------------------------------------------
+
+    def handle_http(self, client: Client, request: Request) -> bytes:
+        """Answer a plain (non-upgrade) HTTP request; subclasses serve pages here."""
+        if request.method not in ("GET", "HEAD"):
+            raise HTTPError(405, "method not allowed", [("Allow", "GET, HEAD")])
+        raise HTTPError(404, "not found")
+
+    def accept_websocket(self, client: Client, request: Request) -> None:
+        """Hook before the 101 response: raise :class:`HTTPError` to refuse the upgrade."""
+
+    def negotiate_extensions(self, offers: list) -> Optional[tuple]:
+        """Extension negotiation (§9); None declines every offer."""
+        return None
+
+    def _setup(self) -> None:
+        """Subclasses create and register their other sockets here (loop not yet running)."""
+
+    def _teardown(self) -> None:
+        """Subclasses release what ``_setup`` made (loop stopped)."""
+        if self.loop is not None:
+            self.loop.close()
+
+    # -- listening and accepting --------------------------------------------------
+
+    def _listen(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._configure_listener(sock)
+            sock.bind((self.host, self._requested_port))
+            sock.listen(self.backlog)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise OSError(exc.errno, f"cannot listen on {self.host}:{self._requested_port}: "
+                                         "address already in use") from None
+            raise OSError(exc.errno, f"cannot listen on {self.host}:{self._requested_port}: "
+                                     f"{exc.strerror or exc}") from None
+        sock.setblocking(False)
+        self._listener = sock
+        self.port = sock.getsockname()[1]
+        self.loop.register(sock.fileno(), POLLIN, self._on_accept)
+
+    def _configure_listener(self, sock: socket.socket) -> None:
+        """Hook for socket options on the listening socket before bind."""
+
+    def _on_accept(self, _revents: int) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        now = time.monotonic()
+        for _ in range(256):
+            try:
+                sock, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE, ENFILE, ECONNABORTED...
+                log.warning("accept failed: %s", exc)
+                self.stats.accept_errors += 1
+                return
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # pragma: no cover
+                pass
+            client = Client(self, sock, address, self._next_id, now)
+            self._next_id += 1
+            client.parser = RequestParser(self.max_header_size)
+            self._clients[client.fd] = client
+            self.stats.connections += 1
+            self.loop.register(client.fd, POLLIN, lambda ev, c=client: self._on_client_event(c, ev))
+
+    # -- reading ----------------------------------------------------------------
+
+    def _on_client_event(self, client: Client, revents: int) -> None:
+        if revents & POLLOUT:
+            self._flush(client)
+            if client.phase == GONE:
+                return
+        if revents & POLLIN or not revents & POLLOUT:
+            self._read(client)
+
+    def _read(self, client: Client) -> None:
+        try:
+            data = client.sock.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._abort(client)
+            return
+        if not data:
+            self._abort(client)
+            return
+        client.last_seen = time.monotonic()
+        self.stats.bytes_in += len(data)
+        try:
+            if client.phase == WEBSOCKET:
+                self._ws_data(client, data)
+            elif client.phase == HTTP:
+                self._http_data(client, data)
+            # LINGER: discard what arrives until EOF
+        except Exception:
+            log.exception("internal error on client %s", client.id)
+            if client.phase == WEBSOCKET and client.ws is not None:
+                self._close_client(client, CLOSE_INTERNAL_ERROR, "internal error")
+            else:
+                self._abort(client)
+
+    def _http_data(self, client: Client, data: bytes) -> None:
+        if client.close_after_flush:
+            return  # an answer is on its way; ignore the rest
+        try:
+            request = client.parser.feed(data)
+            if request is None:
+                return
+            request.peer = client.address
+            client.request = request
+            if handshake.is_websocket_upgrade(request):
+                self._upgrade(client, request)
+            else:
+                self.stats.http_requests += 1
+                head_only = request.method == "HEAD"
+                response = self.handle_http(client, request)
+                if response is not None:
+                    self._http_reply(client, response[:self._head_length(response)]
+                                     if head_only else response)
+        except HTTPError as exc:
+            self.stats.http_errors += 1
+            log.debug("client %s: HTTP %s %s", client.id, exc.status, exc.reason)
+            self._http_reply(client, handshake.error_response(exc))
+
+    @staticmethod
+    def _head_length(response: bytes) -> int:
+        end = response.find(b"\r\n\r\n")
+        return len(response) if end < 0 else end + 4
+
+    def _http_reply(self, client: Client, response: bytes) -> None:
+        client.out.append(response)
+        client.out_bytes += len(response)
+        client.close_after_flush = True
+        self._queued(client)
+
+    def _upgrade(self, client: Client, request: Request) -> None:
+        self.accept_websocket(client, request)
+        response, subprotocol, extension = handshake.websocket_accept(
+            request, self.subprotocols, self.negotiate_extensions)
+        ws = WebSocketConnection(max_message_size=self.max_message_size,
+                                 max_fragments=self.max_fragments, deflate=extension)
+        ws.queue(response)
+        client.ws = ws
+        client.out = ws.out  # one queue from here on
+        client.subprotocol = subprotocol
+        client.phase = WEBSOCKET
+        client.deadline = 0.0
+        rest = client.parser.rest
+        client.parser = None
+        self._ws_clients[client] = None
+        self.stats.ws_connections += 1
+        log.debug("client %s: WebSocket open %s %s", client.id, client.address, request.target)
+        self._queued(client)
+        self._on_open(client)
+        if rest and client.phase == WEBSOCKET:
+            self._ws_data(client, rest)
+
+    def _on_open(self, client: Client) -> None:
+        """Called once the 101 response is queued; subclasses subscribe the client here."""
+        if self.on_connect is not None:
+            self._call_hook(client, self.on_connect, client)
+
+    def _call_hook(self, client: Client, hook: Callable[..., Any], *args: Any) -> None:
+        try:
+            hook(*args)
+        except Exception:
+            log.exception("error in hook %r for client %s", hook, client.id)
+            self._close_client(client, CLOSE_INTERNAL_ERROR, "internal error")
+
+    def _ws_data(self, client: Client, data: bytes) -> None:
+        ws = client.ws
+        before = ws.out_bytes
+        for event in ws.receive(data):
+            cls = event.__class__
+            if cls is Message:
+                self.stats.messages_in += 1
+                self._on_message(client, event)
+            elif cls is Pong:
+                client.ping_sent_at = 0.0
+            elif cls is CloseReceived:
+                log.debug("client %s: close received %s %r", client.id, event.code, event.reason)
+            elif cls is ConnectionFailed:
+                self.stats.protocol_errors += 1
+                log.info("client %s: protocol error %s: %s", client.id, event.code, event.reason)
+        if ws.out_bytes != before:
+            self._queued(client)
+        if ws.state == CLOSED:
+            self._closing_done(client)
+
+    def _on_message(self, client: Client, message: Message) -> None:
+        """A whole message from a client; the default calls the ``on_message`` hook."""
+        if self.on_message is not None:
+            data = message.data if message.binary else message.data.decode("utf-8")
+            self._call_hook(client, self.on_message, client, data)
+
+    # -- writing ----------------------------------------------------------------
+
+    def _queued(self, client: Client) -> None:
+        self._dirty[client] = None
+
+    def _flush_dirty(self) -> None:
+        if self._dirty:
+            dirty = self._dirty
+            self._dirty = {}
+            for client in dirty:
+                if not client.want_write and client.phase != GONE:
+                    self._flush(client)
+
+    def fanout(self, frames: bytes, clients: Iterable[Client], count: int) -> None:
+        """Queue the same encoded ``frames`` (``count`` messages) on every client (loop thread).
+
+        This is the hot path: per client, an append and an addition; the
+        slow-consumer policy applies past ``max_queue``; the output is flushed
+        at the end of the turn.
+        """
+        size = len(frames)
+        limit = self.max_queue
+        dirty = self._dirty
+        over = None
+        sent = 0
+        for client in clients:
+            ws = client.ws
+            if ws.out_bytes + size > limit and ws.out_bytes:
+                if over is None:
+                    over = []
+                over.append(client)
+                continue
+            ws.out.append(frames)
+            ws.out_bytes += size
+            dirty[client] = None
+            sent += 1
+        stats = self.stats
+        stats.messages_out += sent * count
+        stats.bytes_out += sent * size
+        if over:
+            for client in over:
+                self._slow_client(client, count)
+
+    def _slow_client(self, client: Client, count: int) -> None:
+        """The slow-consumer policy (its queue would pass ``max_queue``)."""
+        self.stats.drops += count
+        if self.slow_client == "drop":
+            self.stats.dropped_slow += count
+            return
+        self.stats.slow_closed += 1
+        ws = client.ws
+        head = client.out[0] if client.out and isinstance(client.out[0], memoryview) else None
+        ws.discard_output(head)
+        log.info("client %s: slow consumer (over %d bytes queued), closing with 1008",
+                 client.id, self.max_queue)
+        self._close_client(client, CLOSE_POLICY_VIOLATION, "slow consumer")
+
+    def _flush(self, client: Client) -> None:
+        """One ``sendmsg`` of the client's queue; POLLOUT stays registered only while output remains."""
+        out = client.out
+        if out:
+            try:
+                sent = client.sock.sendmsg(out if len(out) <= _IOV_MAX else out[:_IOV_MAX])
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._abort(client)
+                return
+            if sent:
+                total = 0
+                i = 0
+                n = len(out)
+                while i < n:
+                    size = len(out[i])
+                    if total + size > sent:
+                        out[i] = memoryview(out[i])[sent - total:]
+                        break
+                    total += size
+                    i += 1
+                if i:
+                    del out[:i]
+                if client.ws is not None:
+                    client.ws.out_bytes -= sent
+                else:
+                    client.out_bytes -= sent
+        if out:
+            if not client.want_write:
+                client.want_write = True
+                self.loop.modify(client.fd, POLLIN | POLLOUT)
+            return
+        if client.want_write:
+            client.want_write = False
+            self.loop.modify(client.fd, POLLIN)
+        if client.close_after_flush:
+            self._linger(client)
+
+    # -- closing ----------------------------------------------------------------
+
+    def _close_client(self, client: Client, code: int, reason: str) -> None:
+        """Server-initiated close: a close frame, then wait ``close_timeout`` for the peer's."""
+        if client.phase == WEBSOCKET and client.ws is not None:
+            if client.ws.state == OPEN:
+                client.ws.close(code, reason)
+                self._ws_clients.pop(client, None)
+                client.deadline = time.monotonic() + self.close_timeout
+                self._queued(client)
+        elif client.phase == HTTP:
+            self._abort(client)
+
+    def _closing_done(self, client: Client) -> None:
+        """The close handshake is over (or failed): flush, then close TCP first (§7.1.1)."""
+        self._ws_clients.pop(client, None)
+        client.close_after_flush = True
+        client.deadline = time.monotonic() + self.close_timeout
+        self._queued(client)
+
+    def _linger(self, client: Client) -> None:
+        """Everything is sent: half-close and read until the peer's FIN (or the deadline)."""
+        if client.phase == LINGER or client.phase == GONE:
+            return
+        self._ws_clients.pop(client, None)
+        client.phase = LINGER
+        client.deadline = time.monotonic() + self.close_timeout
+        try:
+            client.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._abort(client)
+
+    def _abort(self, client: Client) -> None:
+        """Drop the TCP connection now and forget the client."""
+        if client.phase == GONE:
+            return
+        was_ws = client.ws is not None
+        client.phase = GONE
+        self._ws_clients.pop(client, None)
+        self._dirty.pop(client, None)
+        if self._clients.pop(client.fd, None) is not None and self.loop is not None:
+            self.loop.unregister(client.fd)
+        try:
+            client.sock.close()
+        except OSError:  # pragma: no cover
+            pass
+        if was_ws:
+            ws = client.ws
+            code = ws.close_code if ws.close_code is not None else 1006
+            self.stats.count_close(code)
+            log.debug("client %s: disconnected (%s)", client.id, code)
+            self._on_close(client)
+
+    def _on_close(self, client: Client) -> None:
+        """Called once when a WebSocket client is gone; subclasses unsubscribe it here."""
+        if self.on_disconnect is not None:
+            try:
+                self.on_disconnect(client)
+            except Exception:
+                log.exception("error in on_disconnect for client %s", client.id)
+
+    # -- timers -------------------------------------------------------------------
+
+    def _schedule_housekeeping(self) -> None:
+        period = 1.0
+        if self.ping_interval:
+            period = min(period, self.ping_interval / 2)
+        self._housekeeping_timer = self.loop.call_later(period, self._housekeeping)
+
+    def _housekeeping(self) -> None:
+        """Once a second: handshake and close deadlines, keepalive pings and their timeout."""
+        now = time.monotonic()
+        ping_interval = self.ping_interval
+        ping_timeout = self.ping_timeout
+        for client in list(self._clients.values()):
+            phase = client.phase
+            if phase == WEBSOCKET and client.ws.state == OPEN:
+                if not ping_interval:
+                    continue
+                if client.ping_sent_at:
+                    if now - client.ping_sent_at > ping_timeout:
+                        log.info("client %s: no pong within %.0f s, closing", client.id, ping_timeout)
+                        self.stats.ping_timeouts += 1
+                        self._close_client(client, CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
+                elif now - client.last_seen >= ping_interval:
+                    client.ping_sent_at = now
+                    client.ws.ping(b"zmqws")
+                    self._queued(client)
+            elif client.deadline and now >= client.deadline:
+                if phase == HTTP:
+                    self.stats.handshake_timeouts += 1
+                self._abort(client)
+        if not self._stopping:
+            self._schedule_housekeeping()
+
+    # -- stopping -----------------------------------------------------------------
+
+    def _begin_stop(self, timeout: float) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._listener is not None:
+            self.loop.unregister(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+        for client in list(self._clients.values()):
+            if client.phase == WEBSOCKET:
+                self._close_client(client, CLOSE_GOING_AWAY, "server shutting down")
+            elif client.phase == HTTP and not client.close_after_flush:
+                self._abort(client)
+        self._flush_dirty()
+        deadline = time.monotonic() + timeout
+        self._wait_for_clients(deadline)
+
+    def _wait_for_clients(self, deadline: float) -> None:
+        if not self._clients or time.monotonic() >= deadline:
+            for client in list(self._clients.values()):
+                self._abort(client)
+            self.loop.stop()
+            return
+        for client in list(self._clients.values()):
+            if client.deadline and time.monotonic() >= client.deadline:
+                self._abort(client)
+        self.loop.call_later(0.02, lambda: self._wait_for_clients(deadline))
+
+    def _run_loop(self) -> None:
+        try:
+            self.loop.run()
+        except Exception:  # pragma: no cover - the loop itself failed
+            log.exception("the loop failed")
+        finally:
+            for client in list(self._clients.values()):
+                self._abort(client)
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+            self._teardown()
+            self._stopped.set()
