@@ -1,0 +1,150 @@
+"""The command line: ``python -m zmqws --sub ENDPOINT --port N`` (console script ``zmqws``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import sys
+from typing import List, Optional
+
+from . import __version__
+
+log = logging.getLogger("zmqws")
+
+
+def _size(text: str) -> int:
+    """A byte count with an optional K/M/G suffix (binary units): 4M = 4 MiB."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?\s*", text.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 65536, 64K, 4M)")
+    return int(float(match.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match.group(2)])
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="zmqws",
+        description="Push messages from ZeroMQ publishers to WebSocket clients "
+                    "(a SUB socket and an RFC 6455 server on one poll loop).",
+        epilog="Examples:\n"
+               "  zmqws --demo                                  # built-in publisher, page at http://127.0.0.1:8080/\n"
+               "  zmqws --sub tcp://127.0.0.1:5556 --port 8080  # forward a PUB socket's messages\n"
+               "  zmqws --sub tcp://*:5556 --bind               # publishers connect to the gateway",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("ZeroMQ side")
+    src.add_argument("--sub", metavar="ENDPOINT", action="append", default=[],
+                     help="ZeroMQ endpoint the SUB socket connects to (repeatable), e.g. tcp://127.0.0.1:5556")
+    src.add_argument("--bind", action="store_true",
+                     help="bind the SUB socket to the --sub endpoints instead of connecting")
+    src.add_argument("--rcvhwm", type=int, default=100_000, metavar="N",
+                     help="SUB receive high-water mark in messages (default: %(default)s)")
+    src.add_argument("--demo", action="store_true",
+                     help="run a built-in publisher of sample messages and connect to it")
+    web = p.add_argument_group("WebSocket side")
+    web.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default: %(default)s; 0.0.0.0 for every interface)")
+    web.add_argument("--port", type=_port, default=8080, help="port to listen on (default: %(default)s; 0 = any free port)")
+    web.add_argument("--payload", choices=("auto", "text", "binary"), default="auto",
+                     help="frame type for messages: auto = text when the payload is valid UTF-8, "
+                          "else binary (default: %(default)s)")
+    web.add_argument("--subprotocol", action="append", default=[], metavar="NAME",
+                     help="a subprotocol the server accepts, in order of preference (repeatable)")
+    lim = p.add_argument_group("limits and timeouts")
+    lim.add_argument("--max-message-size", type=_size, default=1 << 20, metavar="BYTES",
+                     help="largest message accepted from a client; larger → close 1009 (default: 1M)")
+    lim.add_argument("--max-queue", type=_size, default=4 << 20, metavar="BYTES",
+                     help="bytes queued for one client before the slow-client policy applies (default: 4M)")
+    lim.add_argument("--slow-client", choices=("close", "drop"), default="close",
+                     help="slow-client policy: close it with 1008, or drop messages for it "
+                          "(default: %(default)s); both are counted")
+    lim.add_argument("--max-header-size", type=_size, default=8192, metavar="BYTES",
+                     help="largest HTTP request head; larger → 431 (default: 8K)")
+    lim.add_argument("--ping-interval", type=_seconds, default=20.0, metavar="S",
+                     help="ping a client silent for this long; 0 disables keepalive (default: %(default)s)")
+    lim.add_argument("--ping-timeout", type=_seconds, default=20.0, metavar="S",
+                     help="close (1011) a client that does not answer a ping within this (default: %(default)s)")
+    lim.add_argument("--handshake-timeout", type=_seconds, default=10.0, metavar="S",
+                     help="time allowed to send the HTTP request (default: %(default)s)")
+    lim.add_argument("--close-timeout", type=_seconds, default=3.0, metavar="S",
+                     help="time to wait for the peer during a close (default: %(default)s)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log more (-v: connections, -vv: debug)")
+    p.add_argument("--version", action="version", version=f"zmqws {__version__}")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(min(level, logging.INFO))  # startup lines are always shown
+    if not args.sub and not args.demo:
+        parser.error("give at least one --sub ENDPOINT (or --demo)")
+
+    from .gateway import Gateway
+
+    demo = None
+    endpoints = list(args.sub)
+    if args.demo:
+        from .demo import DemoPublisher
+        demo = DemoPublisher().start()
+        endpoints.append(demo.endpoint)
+    gateway = Gateway(
+        endpoints, args.port, host=args.host, bind=args.bind and not args.demo,
+        payload_mode=args.payload, rcvhwm=args.rcvhwm, subprotocols=args.subprotocol,
+        max_message_size=args.max_message_size, max_queue=args.max_queue,
+        slow_client=args.slow_client, max_header_size=args.max_header_size,
+        ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,
+        handshake_timeout=args.handshake_timeout, close_timeout=args.close_timeout)
+    try:
+        gateway.start()
+    except (OSError, ValueError) as exc:
+        if demo is not None:
+            demo.stop()
+        print(f"zmqws: error: {exc}", file=sys.stderr)
+        return 1
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
+    log.info("zmqws %s listening on ws://%s:%d/ (page: http://%s:%d/), SUB %s %s",
+             __version__, args.host, gateway.port, shown_host, gateway.port,
+             "bound to" if gateway.bind else "connected to", ", ".join(endpoints))
+    if args.demo:
+        print(f"zmqws demo: open http://{shown_host}:{gateway.port}/ in a browser (Ctrl-C to stop)",
+              flush=True)
+    try:
+        gateway.run()
+    finally:
+        if demo is not None:
+            demo.stop()
+    log.info("stopped: %s", gateway.stats.as_dict())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
