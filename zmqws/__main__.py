@@ -129,16 +129,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     def on_signal(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_signal)
-    shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
-    log.info("zmqws %s listening on ws://%s:%d/ (page: http://%s:%d/), SUB %s %s",
-             __version__, args.host, gateway.port, shown_host, gateway.port,
-             "bound to" if gateway.bind else "connected to", ", ".join(endpoints))
-    if args.demo:
-        print(f"zmqws demo: open http://{shown_host}:{gateway.port}/ in a browser (Ctrl-C to stop)",
-              flush=True)
-    try:
+    try:  # from here on, a signal (even before run() waits) means a graceful stop
+        signal.signal(signal.SIGTERM, on_signal)
+        shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
+        log.info("zmqws %s listening on ws://%s:%d/ (page: http://%s:%d/), SUB %s %s",
+                 __version__, args.host, gateway.port, shown_host, gateway.port,
+                 "bound to" if gateway.bind else "connected to", ", ".join(endpoints))
+        if args.demo:
+            print(f"zmqws demo: open http://{shown_host}:{gateway.port}/ in a browser (Ctrl-C to stop)",
+                  flush=True)
         gateway.run()
+    except KeyboardInterrupt:
+        gateway.stop()
     finally:
         if demo is not None:
             demo.stop()

@@ -108,9 +108,11 @@ class WebSocketConnection:
         self.max_message_size = max_message_size
         self.max_fragments = max_fragments
         self.deflate = deflate
-        # A compressed frame may be smaller than the message; the inflater checks the real size.
+        # The inflater checks a compressed message's real size; a compressed frame of
+        # incompressible data may be a little larger than the message (zlib's deflateBound).
         self.parser = FrameParser(allowed_rsv=RSV1 if deflate is not None else 0,
-                                  max_payload=max_message_size)
+                                  max_payload=max_message_size if deflate is None
+                                  else max_message_size + (max_message_size >> 10) + 64)
         self.close_sent = False
         self.close_code: Optional[int] = None  # the code of the close that ended the connection
         self.close_reason = ""

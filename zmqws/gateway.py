@@ -1,40 +1,68 @@
-"""The ZeroMQ → WebSocket gateway: a SUB socket in the server's poll loop, and the fan-out.
+"""The ZeroMQ → WebSocket gateway: a SUB socket in the server's poll loop, routing and fan-out.
 
 :class:`Gateway` is a :class:`~zmqws.server.WebSocketServer` whose loop also
-polls a ZeroMQ SUB socket.  Each turn drains the SUB socket up to a budget,
-encodes every message's frame once, joins the turn's frames into one
-``bytes`` per wire format (plain, or permessage-deflate per window size) and
-queues that same object on every client of the format; the server then
-flushes each client with one ``sendmsg``.  Per client and per turn the work
-is an append and an addition, whatever the number of messages.
+polls a ZeroMQ SUB socket.  Each turn drains the SUB socket up to a budget;
+every message gets an id, goes into the history and onto the routes whose
+topic prefixes match it (:mod:`zmqws.routing`).  After the turn, each route's
+messages are encoded once for the route's envelope and wire format, joined
+into one ``bytes`` and that same object is queued on every member; the
+server then flushes each client with one ``sendmsg``.  Per client and per
+turn the work is an append and an addition, whatever the number of messages.
+
+Clients choose topics (``?topic=prefix``, repeatable; JSON control messages
+``{"subscribe": "p"}``/``{"unsubscribe": "p"}``), the envelope
+(``?format=payload|topic|json``) and resume point (``?since=ID``).  The SUB
+socket subscribes upstream to the union of the clients' prefixes.
+Client messages are forwarded upstream when a PUSH or PUB socket is set.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
 import threading
+import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 import zmq
 
-from .frames import OP_BINARY, OP_TEXT, frame_header
+from .connection import Message
+from .frames import CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, frame_header
 from .handshake import HTTPError, Request, http_response
+from .routing import History, Route, Router, Stored, Upstream, topic_matches
 from .server import Client, WebSocketServer
 from .utf8 import is_utf8
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "ENVELOPES"]
 
 log = logging.getLogger("zmqws")
 
 _STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
 PAYLOAD_MODES = ("auto", "text", "binary")
+ENVELOPES = ("payload", "topic", "json")
+
+
+class _ClientState:
+    """What the gateway keeps per WebSocket client."""
+
+    __slots__ = ("prefixes", "envelope", "wire", "tokens", "tokens_at", "client_id")
+
+    def __init__(self, prefixes: List[bytes], envelope: str, wire: Any, rate: float, now: float,
+                 client_id: bytes) -> None:
+        self.prefixes = prefixes
+        self.envelope = envelope
+        self.wire = wire
+        self.tokens = rate
+        self.tokens_at = now
+        self.client_id = client_id
 
 
 class Gateway(WebSocketServer):
-    """Push every message from ZeroMQ publishers to every WebSocket client.
+    """Push messages from ZeroMQ publishers to WebSocket clients, by topic.
 
     ``Gateway(sub_endpoint, port, *, host="127.0.0.1", ...)``:
 
@@ -44,6 +72,22 @@ class Gateway(WebSocketServer):
     * ``payload_mode``: ``"auto"`` (valid UTF-8 → text frame, else binary),
       ``"text"`` or ``"binary"``.  The payload is the last part of a
       multipart message.
+    * ``envelope``: what a client receives by default: ``"payload"``,
+      ``"topic"`` (topic, ``separator``, payload) or ``"json"``
+      (``{"id", "topic", "data"}``); ``?format=`` overrides per connection.
+    * ``require_topic``: refuse (400) a client that names no topic; else no
+      topic means everything.
+    * ``subscribe_all``: keep an upstream subscription to everything even
+      with no client; ``linger``: seconds an unwanted upstream subscription
+      is kept (so a client back after a blip misses nothing).
+    * ``history``, ``history_bytes``: messages kept for ``?since=`` resume.
+    * ``push_endpoint`` / ``pub_endpoint``: forward client messages upstream
+      as ``[topic, client id, payload]`` on a PUSH / PUB socket (connects, or
+      binds with ``bind=True``); ``upstream_topic``: the topic used when the
+      client's message names none; ``client_rate``: messages per second a
+      client may send (burst of the same size) before it is closed with 1008;
+      ``upstream_hwm``: the upstream socket's send high-water mark (when it
+      is full, messages are dropped and counted in ``stats.upstream_drops``).
     * ``rcvhwm``: the SUB socket's receive high-water mark (messages).
     * ``drain_budget``: most messages taken from ZeroMQ per loop turn.
     * ``zmq_context``: a context to use (default: a new one, terminated on stop).
@@ -55,12 +99,22 @@ class Gateway(WebSocketServer):
 
     def __init__(self, sub_endpoint: Union[str, Sequence[str], None] = None, port: int = 8080, *,
                  host: str = "127.0.0.1", bind: bool = False, payload_mode: str = "auto",
+                 envelope: str = "payload", separator: bytes = b" ", require_topic: bool = False,
+                 subscribe_all: bool = False, linger: float = 10.0,
+                 history: int = 1000, history_bytes: int = 16 << 20,
+                 push_endpoint: Optional[str] = None, pub_endpoint: Optional[str] = None,
+                 upstream_topic: bytes = b"ws", client_rate: float = 100.0,
+                 upstream_hwm: int = 10_000,
                  rcvhwm: int = 100_000, drain_budget: int = 4096,
                  zmq_context: Optional[zmq.Context] = None, page: Optional[str] = "index.html",
                  **server_options: Any) -> None:
         super().__init__(port, host=host, **server_options)
         if payload_mode not in PAYLOAD_MODES:
             raise ValueError(f"payload_mode must be one of {PAYLOAD_MODES}")
+        if envelope not in ENVELOPES:
+            raise ValueError(f"envelope must be one of {ENVELOPES}")
+        if push_endpoint and pub_endpoint:
+            raise ValueError("give push_endpoint or pub_endpoint, not both")
         if sub_endpoint is None:
             self.sub_endpoints: List[str] = []
         elif isinstance(sub_endpoint, str):
@@ -69,18 +123,31 @@ class Gateway(WebSocketServer):
             self.sub_endpoints = list(sub_endpoint)
         self.bind = bind
         self.payload_mode = payload_mode
+        self.envelope = envelope
+        self.separator = separator
+        self.require_topic = require_topic
+        self.subscribe_all = subscribe_all
+        self.linger = linger
+        self.push_endpoint = push_endpoint
+        self.pub_endpoint = pub_endpoint
+        self.upstream_topic = upstream_topic
+        self.client_rate = client_rate
+        self.upstream_hwm = upstream_hwm
         self.rcvhwm = rcvhwm
         self.drain_budget = drain_budget
         self.page = page
+        self.history = History(history, history_bytes)
+        self.router = Router()
+        self.upstream = Upstream()
         self._own_context = zmq_context is None
         self._context = zmq_context
         self._sub: Optional[zmq.Socket] = None
+        self._out: Optional[zmq.Socket] = None
         self._published: Deque[Tuple[Optional[bytes], bytes]] = deque()
         self._last_id = 0
-        # This turn's messages: (opcode, payload, frame).
-        self._batch: List[Tuple[int, bytes, bytes]] = []
-        # Open clients by wire format: None = plain frames, else the deflate window bits.
-        self._by_format: Dict[Any, Dict[Client, None]] = {None: {}}
+        self._active: List[Route] = []  # routes with messages this turn
+        self._states: Dict[Client, _ClientState] = {}
+        self._deflaters: Dict[Any, Any] = {}  # wire key -> a PerMessageDeflate that encodes for it
         self._lock = threading.Lock()
 
     # -- public API -------------------------------------------------------------
@@ -91,7 +158,11 @@ class Gateway(WebSocketServer):
         return self._last_id
 
     def publish(self, payload: Union[bytes, str], topic: Union[bytes, str, None] = None) -> None:
-        """Push a message of the embedding service's own to the clients; thread-safe."""
+        """Push a message of the embedding service's own to the clients; thread-safe.
+
+        With a ``topic`` it is routed like a two-part ZeroMQ message
+        ``[topic, payload]``; without, like a single-part one.
+        """
         if isinstance(payload, str):
             payload = payload.encode("utf-8")
         if isinstance(topic, str):
@@ -99,6 +170,10 @@ class Gateway(WebSocketServer):
         self._published.append((topic, bytes(payload)))
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self._take_published)
+
+    def subscriptions(self) -> List[bytes]:
+        """The prefixes the SUB socket is subscribed to now (loop thread, or a snapshot)."""
+        return sorted(self.upstream.subscribed)
 
     # -- setup / teardown ---------------------------------------------------------
 
@@ -108,34 +183,68 @@ class Gateway(WebSocketServer):
         sub = self._context.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, self.rcvhwm)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
         self._sub = sub
         for endpoint in self.sub_endpoints:
-            try:
-                if self.bind:
-                    sub.bind(endpoint)
-                else:
-                    sub.connect(endpoint)
-            except zmq.ZMQError as exc:
-                verb = "bind" if self.bind else "connect"
-                raise ValueError(f"cannot {verb} SUB socket to {endpoint!r}: {exc}") from None
+            self._attach(sub, endpoint, "SUB")
+        if self.push_endpoint or self.pub_endpoint:
+            kind = zmq.PUSH if self.push_endpoint else zmq.PUB
+            out = self._context.socket(kind)
+            out.setsockopt(zmq.LINGER, 0)
+            out.setsockopt(zmq.SNDHWM, self.upstream_hwm)
+            self._out = out
+            self._attach(out, self.push_endpoint or self.pub_endpoint,
+                         "PUSH" if self.push_endpoint else "PUB")
+        if self.subscribe_all:
+            self._want(b"")
         self.loop.register(sub, zmq.POLLIN, self._on_sub)
         self.loop.after_turn.insert(0, self._send_batch)
         if self._published:
             self.loop.call_soon_threadsafe(self._take_published)
 
+    def _attach(self, sock: zmq.Socket, endpoint: str, kind: str) -> None:
+        try:
+            if self.bind:
+                sock.bind(endpoint)
+            else:
+                sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            verb = "bind" if self.bind else "connect"
+            raise ValueError(f"cannot {verb} {kind} socket to {endpoint!r}: {exc}") from None
+
     def _teardown(self) -> None:
-        if self._sub is not None:
-            if self.loop is not None:
-                self.loop.unregister(self._sub)
-            self._sub.close(linger=0)
-            self._sub = None
+        for name in ("_sub", "_out"):
+            sock = getattr(self, name)
+            if sock is not None:
+                if self.loop is not None and name == "_sub":
+                    self.loop.unregister(sock)
+                sock.close(linger=0)
+                setattr(self, name, None)
         if self._own_context and self._context is not None:
             self._context.term()
             self._context = None
         super()._teardown()
 
-    # -- the ZeroMQ side ----------------------------------------------------------
+    # -- upstream subscriptions -----------------------------------------------------
+
+    def _want(self, prefix: bytes) -> None:
+        if self.upstream.want(prefix, self._last_id + 1):
+            self._last_id += 1  # the coverage marker: no message carries this id
+            self._sub.setsockopt(zmq.SUBSCRIBE, prefix)
+            log.debug("upstream SUBSCRIBE %r", prefix)
+
+    def _release(self, prefix: bytes) -> None:
+        if self.upstream.release(prefix):
+            if self.linger <= 0 or self._stopping:
+                self._expire(prefix)
+            else:
+                self.loop.call_later(self.linger, lambda: self._expire(prefix))
+
+    def _expire(self, prefix: bytes) -> None:
+        if self.upstream.expire(prefix, self._last_id) and self._sub is not None:
+            self._sub.setsockopt(zmq.UNSUBSCRIBE, prefix)
+            log.debug("upstream UNSUBSCRIBE %r", prefix)
+
+    # -- messages in ------------------------------------------------------------------
 
     def _on_sub(self, _revents: int) -> None:
         recv = self._sub.recv_multipart
@@ -145,7 +254,10 @@ class Gateway(WebSocketServer):
                 parts = recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            take(parts[0] if len(parts) > 1 else None, parts[-1])
+            if len(parts) > 1:
+                take(parts[0], parts[-1])
+            else:
+                take(None, parts[0])
 
     def _take_published(self) -> None:
         published = self._published
@@ -154,7 +266,7 @@ class Gateway(WebSocketServer):
             self._take(topic, payload)
 
     def _take(self, topic: Optional[bytes], payload: bytes) -> None:
-        """One message in: give it an id, encode its frame once, add it to the turn's batch."""
+        """One message in: an id, the history, and the routes that get it."""
         self._last_id += 1
         self.stats.zmq_messages += 1
         mode = self.payload_mode
@@ -162,50 +274,234 @@ class Gateway(WebSocketServer):
             opcode = OP_TEXT if is_utf8(payload) else OP_BINARY
         else:
             opcode = OP_TEXT if mode == "text" else OP_BINARY
-        self._batch.append((opcode, payload, frame_header(opcode, len(payload)) + payload))
+        multipart = topic is not None
+        stored = Stored(self._last_id, topic if multipart else b"", payload, opcode, multipart)
+        self.history.add(stored)
+        active = self._active
+        for route in self.router.match(topic if multipart else payload):
+            if not route.pending:
+                active.append(route)
+            route.pending.append(stored)
+
+    # -- messages out -----------------------------------------------------------------
 
     def _send_batch(self) -> None:
-        """After each turn: one joined ``bytes`` per wire format, queued on every client of it."""
-        batch = self._batch
-        if not batch:
+        """After each turn: per route, one joined ``bytes`` queued on every member."""
+        active = self._active
+        if not active:
             return
-        self._batch = []
-        count = len(batch)
-        for key, members in self._by_format.items():
-            if not members:
+        self._active = []
+        cache: Optional[Dict[Tuple[int, str, Any], bytes]] = {} if len(active) > 1 else None
+        for route in active:
+            batch = route.pending
+            route.pending = []
+            if not route.members:
                 continue
-            if key is None:
-                blob = batch[0][2] if count == 1 else b"".join([m[2] for m in batch])
+            envelope, wire = route.envelope, route.wire
+            if cache is None:
+                frames = [self._encode(m, envelope, wire) for m in batch]
             else:
-                encode = next(iter(members)).ws.deflate.encode_message
-                blob = b"".join([encode(m[0], m[1]) for m in batch])
-            self.fanout(blob, members, count)
+                frames = []
+                for m in batch:
+                    key = (m.id, envelope, wire)
+                    frame = cache.get(key)
+                    if frame is None:
+                        frame = cache[key] = self._encode(m, envelope, wire)
+                    frames.append(frame)
+            blob = frames[0] if len(frames) == 1 else b"".join(frames)
+            self.fanout(blob, route.members, len(frames))
+
+    def _encode(self, m: Stored, envelope: str, wire: Any) -> bytes:
+        """The frame of one message for an envelope and a wire format (plain or deflate window)."""
+        opcode, body = self._envelope(m, envelope)
+        if wire is None:
+            return frame_header(opcode, len(body)) + body
+        return self._deflaters[wire].encode_message(opcode, body)
+
+    def _envelope(self, m: Stored, envelope: str) -> Tuple[int, bytes]:
+        if envelope == "payload":
+            return m.opcode, m.payload
+        if envelope == "topic":
+            if not m.multipart:
+                return m.opcode, m.payload
+            body = m.topic + self.separator + m.payload
+            return (OP_TEXT if m.opcode == OP_TEXT and is_utf8(m.topic + self.separator) else OP_BINARY), body
+        doc: Dict[str, Any] = {"id": m.id, "topic": m.topic.decode("utf-8", "replace")}
+        if m.opcode == OP_TEXT:
+            doc["data"] = m.payload.decode("utf-8")
+        else:
+            doc["data"] = base64.b64encode(m.payload).decode("ascii")
+            doc["binary"] = True
+        return OP_TEXT, json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+    def _queue_message(self, client: Client, m: Stored) -> None:
+        """Queue one message on one client (replay), in the client's envelope and wire format."""
+        state = self._states[client]
+        frame = self._encode(m, state.envelope, state.wire)
+        client.ws.queue(frame)
+        self.stats.messages_out += 1
+        self.stats.bytes_out += len(frame)
 
     # -- clients --------------------------------------------------------------------
 
+    def accept_websocket(self, client: Client, request: Request) -> None:
+        """Check the query before the 101: ``topic``, ``format``, ``since``."""
+        envelope = request.query_value("format", self.envelope)
+        if envelope not in ENVELOPES:
+            raise HTTPError(400, f"format must be one of {', '.join(ENVELOPES)}")
+        topics = request.query.get("topic", [])
+        if self.require_topic and not topics:
+            raise HTTPError(400, "name at least one topic (?topic=prefix)")
+        since = request.query_value("since")
+        if since is not None and not since.isdigit():
+            raise HTTPError(400, "since must be a message id (a non-negative integer)")
+        super().accept_websocket(client, request)
+
     def _on_open(self, client: Client) -> None:
+        request = client.request
         deflate = client.ws.deflate
-        key = None if deflate is None else deflate.out_key
-        self._by_format.setdefault(key, {})[client] = None
-        client.data["format"] = key
+        wire = None if deflate is None else deflate.out_key
+        if wire is not None and wire not in self._deflaters:
+            self._deflaters[wire] = deflate
+        topics = request.query.get("topic", [])
+        prefixes = sorted({t.encode("utf-8") for t in topics}) if topics else [b""]
+        state = _ClientState(prefixes, request.query_value("format", self.envelope), wire,
+                             self.client_rate, time.monotonic(),
+                             f"{os.getpid()}.{client.id}".encode())
+        self._states[client] = state
+        self._send_batch()  # this turn's messages go to those already there, not to the newcomer
+        for prefix in prefixes:
+            self._want(prefix)
+        since = request.query_value("since")
+        if since is not None:
+            self._replay(client, int(since))
+        self.router.add(client, prefixes, state.envelope, wire)
         super()._on_open(client)
 
+    def _replay(self, client: Client, since: int) -> None:
+        """Resume: a gap notice if the ids after ``since`` are not all known, then the history."""
+        state = self._states[client]
+        ranges = []
+        if since < self.history.first_missing:
+            ranges.append((since + 1, self.history.first_missing))  # evicted from the history
+        for prefix in state.prefixes:
+            blind = self.upstream.gap(prefix, since)  # not subscribed upstream for a while
+            if blind is not None:
+                ranges.append(blind)
+        if ranges:
+            self._send_gap(client, min(r[0] for r in ranges), max(r[1] for r in ranges))
+        for m in self.history.after(since):
+            if topic_matches(m.topic if m.multipart else m.payload, state.prefixes):
+                self._queue_message(client, m)
+        self._queued(client)
+
+    def _send_gap(self, client: Client, first: int, last: int) -> None:
+        """Tell a resuming client that messages ``first..last`` (ids) may be lost to it."""
+        state = self._states[client]
+        notice = json.dumps({"gap": [first, last]}, separators=(",", ":"))
+        if state.envelope == "topic":
+            notice = "$gap" + self.separator.decode("utf-8", "replace") + notice
+        self.stats.gaps += 1
+        client.send(notice)
+
+    def _forget(self, client: Client) -> None:
+        state = self._states.pop(client, None)
+        self.router.remove(client)
+        if state is not None:
+            for prefix in state.prefixes:
+                self._release(prefix)
+
     def _on_close(self, client: Client) -> None:
-        self._unroute(client)
+        self._forget(client)
         super()._on_close(client)
 
     def _close_client(self, client: Client, code: int, reason: str) -> None:
-        self._unroute(client)
+        self._forget(client)
         super()._close_client(client, code, reason)
 
     def _closing_done(self, client: Client) -> None:
-        self._unroute(client)
+        self._forget(client)
         super()._closing_done(client)
 
-    def _unroute(self, client: Client) -> None:
-        members = self._by_format.get(client.data.get("format"))
-        if members is not None:
-            members.pop(client, None)
+    # -- messages from clients ------------------------------------------------------
+
+    def _on_message(self, client: Client, message: Message) -> None:
+        state = self._states.get(client)
+        if state is None:
+            return
+        # Flood limit: a token bucket of client_rate per second, as deep as one second.
+        if self.client_rate:
+            now = time.monotonic()
+            state.tokens = min(self.client_rate, state.tokens + (now - state.tokens_at) * self.client_rate)
+            state.tokens_at = now
+            if state.tokens < 1:
+                self.stats.rate_limited += 1
+                log.info("client %s: over %s messages/s, closing with 1008", client.id, self.client_rate)
+                self._close_client(client, CLOSE_POLICY_VIOLATION, "message rate limit")
+                return
+            state.tokens -= 1
+        data = message.data
+        if not message.binary and data[:1] == b"{" and self._control(client, state, data):
+            return
+        topic = self.upstream_topic
+        if state.envelope == "json" and not message.binary:
+            try:
+                doc = json.loads(data)
+            except ValueError:
+                doc = None
+            if isinstance(doc, dict) and isinstance(doc.get("topic"), str) and "data" in doc:
+                topic = doc["topic"].encode("utf-8")
+                value = doc["data"]
+                data = value.encode("utf-8") if isinstance(value, str) else json.dumps(value).encode()
+        if self._out is not None:
+            try:
+                self._out.send_multipart([topic, state.client_id, data], zmq.NOBLOCK)
+                self.stats.upstream_messages += 1
+            except zmq.Again:
+                self.stats.upstream_drops += 1
+        super()._on_message(client, message)
+
+    def _control(self, client: Client, state: _ClientState, data: bytes) -> bool:
+        """``{"subscribe": "p"}`` / ``{"unsubscribe": "p"}``: change topics, answer with an ack."""
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return False
+        if not isinstance(doc, dict) or len(doc) != 1:
+            return False
+        action, prefix = next(iter(doc.items()))
+        if action not in ("subscribe", "unsubscribe") or not isinstance(prefix, str):
+            return False
+        raw = prefix.encode("utf-8")
+        prefixes = list(state.prefixes)
+        everything = prefixes == [b""] and not client.request.query.get("topic")
+        if action == "subscribe":
+            if everything:
+                prefixes = []  # the first explicit topic replaces "everything"
+            if raw not in prefixes:
+                prefixes.append(raw)
+        elif raw in prefixes:
+            prefixes.remove(raw)
+        self._set_prefixes(client, state, sorted(prefixes))
+        shown = [p.decode("utf-8", "replace") for p in state.prefixes]
+        client.send(json.dumps({"ack": action, "topic": prefix, "topics": shown},
+                               separators=(",", ":")))
+        return True
+
+    def _set_prefixes(self, client: Client, state: _ClientState, prefixes: List[bytes]) -> None:
+        self._send_batch()  # what is pending was routed under the old topics: send it first
+        old = state.prefixes
+        for prefix in prefixes:
+            if prefix not in old:
+                self._want(prefix)
+        state.prefixes = prefixes
+        if prefixes:
+            self.router.add(client, prefixes, state.envelope, state.wire)
+        else:
+            self.router.remove(client)
+        for prefix in old:
+            if prefix not in prefixes:
+                self._release(prefix)
 
     # -- HTTP -------------------------------------------------------------------------
 

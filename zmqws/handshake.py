@@ -190,12 +190,14 @@ class RequestParser:
         values = request.headers.get("content-length")
         if not values:
             return 0
-        if len(set(values)) != 1 or not values[0].isdigit():
+        # 1*DIGIT is ASCII only: str.isdigit() alone accepts "²" (Latin-1 0xB2), which int() refuses.
+        if len(set(values)) != 1 or not (values[0].isascii() and values[0].isdigit()):
             raise HTTPError(400, "malformed Content-Length")
-        length = int(values[0])
-        if length > self.max_body_size:
+        # int() refuses strings of more than 4300 digits: check the digit count first.
+        digits = values[0].lstrip("0") or "0"
+        if len(digits) > 18 or int(digits) > self.max_body_size:
             raise HTTPError(413, "request body too large")
-        return length
+        return int(digits)
 
 
 def accept_key(key: str) -> str:

@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 from . import handshake
+from .deflate import DeflateConfig
 from .connection import (
     CLOSED, OPEN, CloseReceived, ConnectionFailed, Message, Pong, WebSocketConnection,
 )
@@ -125,6 +126,11 @@ class WebSocketServer:
       no answer within ``ping_timeout`` → close 1011.  0 disables.
     * ``handshake_timeout``: seconds to complete the HTTP request.
     * ``close_timeout``: seconds to wait for the peer's close frame / FIN.
+    * ``deflate``: offer permessage-deflate (RFC 7692) to clients that ask;
+      messages shorter than ``deflate_threshold`` go uncompressed;
+      ``deflate_level``, ``deflate_mem_level`` and ``deflate_max_window_bits``
+      tune zlib.  Outgoing messages are compressed without context takeover,
+      so the fan-out compresses a message once for all clients.
     * ``on_connect(client)``, ``on_message(client, data)``,
       ``on_disconnect(client)``: hooks, run on the loop thread.
     """
@@ -135,7 +141,9 @@ class WebSocketServer:
                  max_queue: int = 4 << 20, slow_client: str = "close",
                  ping_interval: float = 20.0, ping_timeout: float = 20.0,
                  handshake_timeout: float = 10.0, close_timeout: float = 3.0,
-                 backlog: int = 1024,
+                 backlog: int = 1024, deflate: bool = True, deflate_threshold: int = 128,
+                 deflate_level: int = 6, deflate_mem_level: int = 8,
+                 deflate_max_window_bits: int = 15,
                  on_connect: Optional[Callable[[Client], Any]] = None,
                  on_message: Optional[MessageHook] = None,
                  on_disconnect: Optional[Callable[[Client], Any]] = None) -> None:
@@ -155,6 +163,10 @@ class WebSocketServer:
         self.handshake_timeout = handshake_timeout
         self.close_timeout = close_timeout
         self.backlog = backlog
+        self.deflate = (DeflateConfig(threshold=deflate_threshold, level=deflate_level,
+                                      mem_level=deflate_mem_level,
+                                      max_window_bits=deflate_max_window_bits)
+                        if deflate else None)
         self.on_connect = on_connect
         self.on_message = on_message
         self.on_disconnect = on_disconnect
@@ -188,6 +200,9 @@ class WebSocketServer:
             self._listen()
             self._setup()
         except BaseException:
+            if self._listener is not None:  # do not leak the bound port
+                self._listener.close()
+                self._listener = None
             self._teardown()
             raise
         self.loop.after_turn.append(self._flush_dirty)
@@ -264,8 +279,10 @@ class WebSocketServer:
         """Hook before the 101 response: raise :class:`HTTPError` to refuse the upgrade."""
 
     def negotiate_extensions(self, offers: list) -> Optional[tuple]:
-        """Extension negotiation (§9); None declines every offer."""
-        return None
+        """Extension negotiation (§9): permessage-deflate when enabled; None declines every offer."""
+        if self.deflate is None:
+            return None
+        return self.deflate.negotiate(offers)
 
     def _setup(self) -> None:
         """Subclasses create and register their other sockets here (loop not yet running)."""
@@ -383,7 +400,10 @@ class WebSocketServer:
         except HTTPError as exc:
             self.stats.http_errors += 1
             log.debug("client %s: HTTP %s %s", client.id, exc.status, exc.reason)
-            self._http_reply(client, handshake.error_response(exc))
+            response = handshake.error_response(exc)
+            if client.request is not None and client.request.method == "HEAD":
+                response = response[:self._head_length(response)]  # RFC 9110 §9.3.2: no body
+            self._http_reply(client, response)
 
     @staticmethod
     def _head_length(response: bytes) -> int:

@@ -14,13 +14,17 @@ class Stats:
     (bytes); ``messages_out``/``bytes_out``: deliveries queued to clients;
     ``zmq_messages``: messages taken from the ZeroMQ side; ``drops``:
     deliveries not made because of the slow-consumer policy; ``closes``:
-    closes by close code (1006 = no close frame).
+    closes by close code (1006 = no close frame); ``gaps``: gap notices sent
+    to resuming clients; ``rate_limited``: clients closed for flooding;
+    ``upstream_messages``/``upstream_drops``: client messages forwarded to
+    ZeroMQ, or dropped because the upstream socket was full.
     """
 
     __slots__ = ("connections", "ws_connections", "http_requests", "http_errors",
                  "messages_in", "bytes_in", "messages_out", "bytes_out", "zmq_messages",
                  "drops", "slow_closed", "dropped_slow", "protocol_errors", "ping_timeouts",
-                 "handshake_timeouts", "accept_errors", "closes")
+                 "handshake_timeouts", "accept_errors", "gaps", "rate_limited",
+                 "upstream_messages", "upstream_drops", "closes")
 
     def __init__(self) -> None:
         for name in self.__slots__:

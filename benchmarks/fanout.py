@@ -1,0 +1,532 @@
+"""Fan-out benchmark: one ZeroMQ publisher, one gateway, C WebSocket clients, all on 127.0.0.1.
+
+For each stack and each client count (a "scenario"):
+
+1. a publisher process (``publisher.py``, XPUB, pinned with the load client)
+   binds an ephemeral port;
+2. the gateway under test starts as its own process, pinned to one CPU
+   (``--gateway-cpu``), its SUB socket connected to the publisher with the
+   same receive high-water mark for every stack;
+3. the load client (``loadclient.c``, compiled here with ``gcc -O2``, pinned
+   to ``--client-cpu``) opens C connections and waits until every one is
+   upgraded; then the publisher waits until the gateway has subscribed
+   (zmqws subscribes upstream only once a client wants the topic);
+4. the publisher sends N messages of S bytes (send time and sequence number
+   inside) at full rate or at ``--rate``; the client counts the messages on
+   every connection, checks their order, samples latency on every 10th
+   connection, and stops when every connection has all N, or after
+   ``--idle`` seconds without a message, or ``--timeout`` seconds after the
+   start;
+5. the gateway's CPU time (``/proc/PID/stat``, all threads, from just before
+   the start to the client's end) and peak RSS (``VmHWM``) are read, and
+   every process is stopped.
+
+deliveries/s = messages received by all clients / (last arrival - first
+arrival); loss = 1 - received / (N x C).  Prints a markdown table (and
+``--json`` writes the raw results).
+
+    python benchmarks/fanout.py --stacks zmqws,websockets,tornado --clients 100,1000 \\
+        --size 64 --messages 20000 [--rate R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LOADCLIENT_SRC = os.path.join(HERE, "loadclient.c")
+LOADCLIENT = os.path.join(HERE, "loadclient")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+STACKS = ("zmqws", "websockets", "tornado")
+
+
+def gateway_command(stack: str, endpoint: str, port: int, rcvhwm: int,
+                    profile_out: Optional[str] = None) -> List[str]:
+    py = sys.executable
+    if stack == "zmqws":
+        if profile_out:
+            return [py, os.path.join(HERE, "zmqws_profiled.py"), "--sub", endpoint,
+                    "--port", str(port), "--rcvhwm", str(rcvhwm), "--out", profile_out]
+        return [py, "-m", "zmqws", "--sub", endpoint, "--port", str(port),
+                "--rcvhwm", str(rcvhwm), "--payload", "binary"]
+    if stack == "websockets":
+        return [py, os.path.join(HERE, "ref_websockets.py"), "--sub", endpoint,
+                "--port", str(port), "--rcvhwm", str(rcvhwm)]
+    if stack == "tornado":
+        return [py, os.path.join(HERE, "ref_tornado.py"), "--sub", endpoint,
+                "--port", str(port), "--rcvhwm", str(rcvhwm)]
+    raise ValueError(f"unknown stack {stack!r} (known: {', '.join(STACKS)})")
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def build_loadclient() -> str:
+    """Compile loadclient.c with gcc -O2 unless the binary is newer than the source."""
+    if (os.path.exists(LOADCLIENT)
+            and os.path.getmtime(LOADCLIENT) >= os.path.getmtime(LOADCLIENT_SRC)):
+        return LOADCLIENT
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        sys.exit("fanout.py: gcc is needed to build benchmarks/loadclient.c")
+    subprocess.run([gcc, "-O2", "-Wall", "-o", LOADCLIENT, LOADCLIENT_SRC], check=True)
+    return LOADCLIENT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pinned(cpu: Optional[int]):
+    def preexec() -> None:
+        os.setsid()
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+    return preexec
+
+
+def readline(proc: subprocess.Popen, timeout: float, what: str) -> str:
+    """One line from proc.stdout within timeout (raises RuntimeError otherwise)."""
+    deadline = time.monotonic() + timeout
+    fd = proc.stdout.fileno()
+    buf = getattr(proc, "_linebuf", b"")
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RuntimeError(f"timed out waiting for {what}")
+        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise RuntimeError(f"{what}: process exited (rc={proc.poll()})")
+            buf += chunk
+        elif proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited (rc={proc.returncode})")
+    line, _, rest = buf.partition(b"\n")
+    proc._linebuf = rest  # type: ignore[attr-defined]
+    return line.decode()
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited during start-up (rc={proc.returncode})")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"gateway not listening on {port} after {timeout} s")
+
+
+def proc_cpu(pid: int) -> float:
+    """utime + stime of a process (all its threads), seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class CpuSampler:
+    """Per-CPU busy and softirq time from /proc/stat, sampled every 50 ms on a thread.
+
+    ``busy(cpu, t0, t1)`` is the share of [t0, t1] (``time.monotonic()``, which is
+    CLOCK_MONOTONIC like the load client's clock) that the CPU spent busy, softirq
+    included: the kernel's loopback TCP work is partly done in softirq, which is not
+    charged to any process, so this is the honest measure of a saturated CPU.
+    """
+
+    def __init__(self, period: float = 0.05) -> None:
+        self.period = period
+        self.samples: List[tuple] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def read() -> Dict[int, tuple]:
+        out = {}
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("cpu") and line[3].isdigit():
+                    name, *vals = line.split()
+                    v = [int(x) for x in vals] + [0] * 8
+                    user, nice, system, idle, iowait, irq, softirq, steal = v[:8]
+                    out[int(name[3:])] = ((user + nice + system + irq + softirq + steal) / CLK_TCK,
+                                          softirq / CLK_TCK)
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), self.read()))
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> "CpuSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append((time.monotonic(), self.read()))
+
+    def _at(self, t: float, cpu: int, field: int) -> float:
+        samples = self.samples
+        prev = samples[0]
+        for cur in samples:
+            if cur[0] >= t:
+                if cur is prev or cur[0] == prev[0]:
+                    return cur[1][cpu][field]
+                f = (t - prev[0]) / (cur[0] - prev[0])
+                return prev[1][cpu][field] + f * (cur[1][cpu][field] - prev[1][cpu][field])
+            prev = cur
+        return samples[-1][1][cpu][field]
+
+    def busy(self, cpu: Optional[int], t0: float, t1: float) -> Optional[Dict[str, float]]:
+        if cpu is None or t1 <= t0 or not self.samples:
+            return None
+        return {"busy_pct": 100.0 * (self._at(t1, cpu, 0) - self._at(t0, cpu, 0)) / (t1 - t0),
+                "softirq_pct": 100.0 * (self._at(t1, cpu, 1) - self._at(t0, cpu, 1)) / (t1 - t0)}
+
+
+def all_cpu() -> Dict[int, float]:
+    """utime + stime of every process now (seconds), by pid."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                out[int(name)] = proc_cpu(int(name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def other_cpu(before: Dict[int, float], after: Dict[int, float], ours: set) -> float:
+    """CPU seconds used between two snapshots by processes that are not the benchmark's.
+
+    A lower bound: a process that started and ended between the snapshots is missed.
+    """
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items() if pid not in ours)
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def stop(proc: Optional[subprocess.Popen], sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(sig)
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    except ProcessLookupError:  # pragma: no cover
+        pass
+
+
+def log_problems(text: str) -> List[str]:
+    """Lines of a gateway log that look like trouble."""
+    return [line for line in text.splitlines()
+            if re.search(r"Traceback|ERROR|CRITICAL|WARNING|Exception|exception", line)]
+
+
+# -- one scenario -----------------------------------------------------------------------------
+
+
+def messages_for(clients: int, args: argparse.Namespace) -> int:
+    if args.messages == "auto":
+        return max(1000, int(round(args.deliveries / clients, -3)))
+    return args.messages
+
+
+def run_scenario(stack: str, clients: int, args: argparse.Namespace, loadclient: str,
+                 logdir: str, sampler: CpuSampler) -> Dict[str, Any]:
+    messages = messages_for(clients, args)
+    res: Dict[str, Any] = {"stack": stack, "clients": clients, "size": args.size,
+                           "messages": messages, "rate": args.rate}
+    pub = gw = client = spy = None
+    log_offset = None
+    gw_log_path = os.path.join(logdir, f"{stack}-{clients}.log")
+    gw_log = open(gw_log_path, "wb")
+    try:
+        pub = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "publisher.py"), "--messages", str(messages),
+             "--size", str(args.size), "--rate", str(args.rate), "--sndhwm", str(args.sndhwm)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=pinned(args.client_cpu))
+        endpoint = readline(pub, 10, "publisher endpoint").split()[1]
+
+        port = free_port()
+        profile_out = None
+        if args.profile and stack == "zmqws":
+            os.makedirs(args.profile, exist_ok=True)
+            profile_out = os.path.join(os.path.abspath(args.profile), f"zmqws-{clients}.prof")
+            res["profile"] = profile_out
+        gw = subprocess.Popen(gateway_command(stack, endpoint, port, args.rcvhwm, profile_out),
+                              stdin=subprocess.DEVNULL, stdout=gw_log, stderr=subprocess.STDOUT,
+                              preexec_fn=pinned(args.gateway_cpu))
+        wait_port(port, gw, 15)
+
+        client = subprocess.Popen(
+            [loadclient, "--port", str(port), "--conns", str(clients),
+             "--messages", str(messages), "--sample-every", str(args.sample_every),
+             "--timeout", str(args.timeout), "--idle", str(args.idle),
+             "--connect-timeout", str(args.connect_timeout), "--pause-us", str(args.client_pause_us)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, preexec_fn=pinned(args.client_cpu))
+        ready = readline(client, args.connect_timeout + 10, "the clients' upgrades").split()
+        if ready[0] != "READY":
+            raise RuntimeError(f"load client: {' '.join(ready)}")
+        res["connect_s"] = float(ready[2])
+        # zmqws subscribes upstream when a client wants a topic; the references at start-up.
+        line = readline(pub, 15, "the gateway's subscription")
+        if line != "SUBSCRIBED":
+            raise RuntimeError(f"publisher: {line}")
+        time.sleep(0.3)  # let the last upgrades settle in the gateway
+
+        cpu0 = proc_cpu(gw.pid)
+        if args.py_spy and stack == "zmqws":
+            os.makedirs(args.py_spy, exist_ok=True)
+            out = os.path.join(os.path.abspath(args.py_spy), f"zmqws-{clients}.txt")
+            spy = subprocess.Popen(["py-spy", "record", "--format", "raw", "-o", out, "-r", "200",
+                                    "-d", str(int(args.timeout) + 5), "-p", str(gw.pid)],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, preexec_fn=pinned(args.client_cpu))
+            res["py_spy"] = out
+            time.sleep(1.0)  # py-spy attaches
+        others0 = all_cpu()
+        t_go = time.monotonic()
+        pub.stdin.write(b"GO\n")
+        pub.stdin.flush()
+        sent = json.loads(readline(pub, args.timeout + 60, "the publisher's report"))
+        res["offered_rate"] = sent["rate"]
+        res["send_s"] = sent["send_s"]
+        report = json.loads(readline(client, args.timeout + args.idle + 30, "the load client's report"))
+        res["wall_s"] = time.monotonic() - t_go
+        ours = {os.getpid(), gw.pid, pub.pid, client.pid} | ({spy.pid} if spy is not None else set())
+        res["other_cpu_s"] = other_cpu(others0, all_cpu(), ours)
+        res["gateway_cpu_s"] = proc_cpu(gw.pid) - cpu0
+        res["gateway_rss_mb"] = proc_status_kb(gw.pid, "VmHWM") / 1024
+        res["publisher_cpu_s"] = proc_cpu(pub.pid)
+        if report["first_abs_s"] > 0:
+            t0, t1 = report["first_abs_s"], report["last_abs_s"]
+            res["gateway_cpu_busy"] = sampler.busy(args.gateway_cpu, t0, t1)
+            res["client_cpu_busy"] = sampler.busy(args.client_cpu, t0, t1)
+        gw_log.flush()
+        log_offset = os.path.getsize(gw_log_path)  # what the gateway logged during the run
+        if spy is not None:
+            stop(spy, signal.SIGINT, 20)
+        res["client"] = report
+        expected = messages * clients
+        window = report["window_s"]
+        res["received"] = report["received"]
+        res["deliveries_per_s"] = report["received"] / window if window > 0 else 0.0
+        res["loss_pct"] = 100.0 * (1 - report["received"] / expected)
+        res["gap_loss_pct"] = 100.0 * report["gaps"] / expected
+        res["client_cpu_pct"] = 100.0 * report["cpu_window_s"] / window if window > 0 else 0.0
+        res["gateway_alive"] = gw.poll() is None
+    except Exception as exc:  # report the failure as a row, go on with the next scenario
+        res["error"] = str(exc)
+    finally:
+        stop(client, signal.SIGKILL)
+        stop(spy, signal.SIGINT, 20)
+        if pub is not None and pub.poll() is None:
+            try:
+                pub.stdin.close()
+            except OSError:
+                pass
+            stop(pub, signal.SIGTERM, 5)
+        stop(gw, signal.SIGTERM, 15)
+        gw_log.close()
+    with open(gw_log_path, "rb") as f:
+        log_text = f.read().decode(errors="replace")
+    if log_offset is None:
+        log_offset = len(log_text)
+    res["log"] = gw_log_path
+    # Trouble during the run, and at shutdown (after the load client is gone: a
+    # gateway still writing its backlog to closed connections may complain).
+    res["log_problems"] = log_problems(log_text[:log_offset])
+    res["log_problems_at_stop"] = log_problems(log_text[log_offset:])
+    if profile_out and "profile" in res:
+        res["profile_top"] = log_text  # zmqws_profiled.py prints the top functions on exit
+    return res
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def fmt_rate(x: float) -> str:
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} M"
+    if x >= 1e3:
+        return f"{x / 1e3:.1f} k"
+    return f"{x:.0f}"
+
+
+def table(results: List[Dict[str, Any]], args: argparse.Namespace) -> str:
+    base: Dict[Any, float] = {}
+    for r in results:
+        if r["stack"] == "websockets" and "error" not in r:
+            base[(r["clients"], r["size"], r["rate"])] = r["deliveries_per_s"]
+    head = ("| stack | clients | msg B | msgs | offered msg/s | deliveries/s | loss % | "
+            "latency p50 / p99 / max ms | gateway CPU s | gateway RSS MB | client CPU % (CPU busy %) | "
+            "vs websockets | notes |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        offered = ("full" if r["rate"] <= 0 else fmt_rate(r["rate"]))
+        if "error" in r:
+            lines.append(f"| {r['stack']} | {r['clients']} | {r['size']} | {r['messages']} | {offered} "
+                         f"| - | - | - | - | - | - "
+                         f"| - | error: {r['error']} |")
+            continue
+        c = r["client"]
+        if r["rate"] <= 0:
+            offered = f"full ({fmt_rate(r['offered_rate'])})"
+        else:
+            offered = f"{fmt_rate(r['rate'])} ({fmt_rate(r['offered_rate'])})"
+        client_cpu = f"{r['client_cpu_pct']:.0f}"
+        if r.get("client_cpu_busy"):
+            client_cpu += f" ({r['client_cpu_busy']['busy_pct']:.0f})"
+        ref = base.get((r["clients"], r["size"], r["rate"]))
+        ratio = f"{r['deliveries_per_s'] / ref:.2f}x" if ref else "-"
+        notes = []
+        if c["timed_out"]:
+            notes.append(f"cut at {args.timeout:.0f} s")
+        if c["out_of_order"]:
+            notes.append(f"{c['out_of_order']} out of order")
+        if c["closed_by_server"]:
+            codes = ", ".join(f"{k}x{v}" for k, v in c["close_codes"].items())
+            notes.append(f"closed by server: {codes}")
+        if c["eof"] or c["errors"]:
+            notes.append(f"{c['eof']} EOF, {c['errors']} errors")
+        if r.get("log_problems"):
+            notes.append(f"{len(r['log_problems'])} log warnings/errors")
+        if r.get("wall_s") and r["other_cpu_s"] > 0.05 * r["wall_s"]:
+            notes.append(f"other processes used {100 * r['other_cpu_s'] / r['wall_s']:.0f} % of a CPU")
+        if not r.get("gateway_alive", True):
+            notes.append("gateway died")
+        lines.append(
+            f"| {r['stack']} | {r['clients']} | {r['size']} | {r['messages']} | {offered} | "
+            f"{fmt_rate(r['deliveries_per_s'])} | {r['loss_pct']:.2f} | "
+            f"{c['lat_p50_ms']:.1f} / {c['lat_p99_ms']:.1f} / {c['lat_max_ms']:.1f} | "
+            f"{r['gateway_cpu_s']:.2f} | {r['gateway_rss_mb']:.0f} | {client_cpu} | "
+            f"{ratio} | {'; '.join(notes)} |")
+    return "\n".join(lines)
+
+
+def parse_list(text: str, conv=str) -> list:
+    return [conv(x.strip()) for x in text.split(",") if x.strip()]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description="ZeroMQ -> WebSocket fan-out benchmark",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--stacks", default="zmqws,websockets,tornado",
+                   help=f"comma-separated, from: {', '.join(STACKS)}")
+    p.add_argument("--clients", default="100,1000", help="comma-separated connection counts")
+    p.add_argument("--size", type=int, default=64, help="message size in bytes (>= 16)")
+    p.add_argument("--messages", default="auto",
+                   help="messages published per scenario, or 'auto': --deliveries / clients")
+    p.add_argument("--deliveries", type=float, default=100e6,
+                   help="with --messages auto: messages x clients per scenario")
+    p.add_argument("--rate", type=float, default=0.0, help="publish rate in msg/s; 0 = full rate")
+    p.add_argument("--timeout", type=float, default=15.0,
+                   help="seconds after the start after which a scenario is cut (what arrived is reported)")
+    p.add_argument("--idle", type=float, default=2.0,
+                   help="seconds without any message (after the first) that end a scenario")
+    p.add_argument("--connect-timeout", type=float, default=60.0)
+    p.add_argument("--sample-every", type=int, default=10,
+                   help="latency of every message on every K-th connection")
+    p.add_argument("--client-pause-us", type=int, default=0,
+                   help="the load client sleeps this long between epoll rounds (batches reads)")
+    p.add_argument("--rcvhwm", type=int, default=100_000, help="the gateways' SUB receive HWM")
+    p.add_argument("--sndhwm", type=int, default=100_000, help="the publisher's send HWM")
+    p.add_argument("--gateway-cpu", type=int, default=0, help="CPU the gateway is pinned to (-1: none)")
+    p.add_argument("--client-cpu", type=int, default=1,
+                   help="CPU the load client and the publisher are pinned to (-1: none)")
+    p.add_argument("--profile", metavar="DIR", help="run zmqws under cProfile, stats to DIR")
+    p.add_argument("--py-spy", metavar="DIR", help="attach py-spy to zmqws, raw stacks to DIR")
+    p.add_argument("--json", metavar="FILE", help="write the raw results here")
+    p.add_argument("--logs", metavar="DIR", help="keep the gateways' logs here (default: a temp dir)")
+    args = p.parse_args(argv)
+    if args.size < 16:
+        p.error("--size must be at least 16")
+    if args.messages != "auto":
+        try:
+            args.messages = int(args.messages)
+        except ValueError:
+            p.error("--messages takes a number or 'auto'")
+    stacks = parse_list(args.stacks)
+    for s in stacks:
+        if s not in STACKS:
+            p.error(f"unknown stack {s!r}")
+    ncpu = os.cpu_count() or 1
+    for name in ("gateway_cpu", "client_cpu"):
+        cpu = getattr(args, name)
+        if cpu < 0 or cpu >= ncpu:
+            if cpu >= ncpu:
+                print(f"fanout.py: no CPU {cpu} here; not pinning", file=sys.stderr)
+            setattr(args, name, None)
+
+    loadclient = build_loadclient()
+    logdir = args.logs or tempfile.mkdtemp(prefix="zmqws-fanout-")
+    os.makedirs(logdir, exist_ok=True)
+    results = []
+    started = time.monotonic()
+    for clients in parse_list(args.clients, int):
+        for stack in stacks:
+            t = time.monotonic()
+            with CpuSampler() as sampler:
+                r = run_scenario(stack, clients, args, loadclient, logdir, sampler)
+            results.append(r)
+            if "error" in r:
+                msg = f"error: {r['error']}"
+            else:
+                msg = (f"{fmt_rate(r['deliveries_per_s'])} deliveries/s, loss {r['loss_pct']:.2f} %, "
+                       f"client CPU {r['client_cpu_pct']:.0f} %")
+            print(f"[{time.monotonic() - started:6.1f} s] {stack:10} {clients:5} clients: {msg} "
+                  f"({time.monotonic() - t:.1f} s)", file=sys.stderr, flush=True)
+            for line in r.get("log_problems", [])[:5]:
+                print(f"    {stack} log: {line}", file=sys.stderr)
+
+    when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    print(f"\n{when}; {platform.node()}; {ncpu} CPUs; Python {platform.python_version()}; "
+          f"gateway on CPU {args.gateway_cpu}, load client + publisher on CPU {args.client_cpu}; "
+          f"messages per scenario: {args.messages if args.messages != 'auto' else f'{args.deliveries:.3g} / clients'}"
+          f" of {args.size} B, "
+          f"{'full rate' if args.rate <= 0 else f'{args.rate:g} msg/s'}; SUB RCVHWM {args.rcvhwm}\n")
+    print(table(results, args))
+    for r in results:
+        if r.get("profile_top"):
+            print(f"\ncProfile of zmqws, {r['clients']} clients ({r['profile']}):\n")
+            print(r["profile_top"])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"date": when, "args": vars(args), "results": results}, f, indent=2)
+    print(f"\ngateway logs: {logdir}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,459 @@
+/*
+ * loadclient: the fan-out benchmark's WebSocket load client.
+ *
+ * Opens C plain ws:// connections to one server, waits until every one is
+ * upgraded (101), prints "READY <open> <connect-seconds>" on stdout, then
+ * counts the messages the server pushes on each connection until each has
+ * received the expected number, or nothing arrived for --idle seconds after
+ * the first message, or --timeout seconds passed since READY.  Then it prints
+ * one JSON line with totals and exits.
+ *
+ * One thread, epoll, non-blocking sockets, one read() of up to 256 KiB per
+ * ready socket per epoll round.  Server-to-client frames are unmasked
+ * (RFC 6455 §5.1): the client parses 2/4/10-byte headers, and looks only at
+ * the first 16 payload bytes of each data message, which the benchmark's
+ * publisher fills with:
+ *
+ *     bytes 0..7   send time, CLOCK_MONOTONIC nanoseconds, little-endian
+ *     bytes 8..15  sequence number 0..N-1, little-endian
+ *
+ * Every connection checks that sequence numbers grow by one (a jump counts
+ * the skipped messages as lost); every --sample-every'th connection also
+ * records the latency of each message (time of the read() that returned it
+ * minus the send time) in a histogram: 1 µs buckets below 100 ms, 1 ms
+ * buckets above.  Pings are answered with pongs, so keepalive timeouts of the
+ * servers under test never fire.  CPU time (getrusage) is reported for the
+ * window between the first and the last message, so a reader can tell
+ * whether the client was saturated.
+ *
+ * Build: gcc -O2 -o loadclient loadclient.c   (benchmarks/fanout.py does it)
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { S_CONNECTING = 0, S_UPGRADING, S_OPEN, S_CLOSED };
+
+#define HB_MAX (14 + 125)      /* largest header + the prefix we look at */
+#define DATA_PREFIX 16         /* timestamp + sequence */
+#define RESP_MAX 2048
+#define READ_SIZE (256 * 1024)
+
+#define H_FINE 100000          /* µs buckets below 100 ms */
+#define H_COARSE 600000        /* then ms buckets up to 600 s */
+
+typedef struct {
+    int fd;
+    int state;
+    int sampled;
+    int done;
+    uint64_t received;          /* data messages */
+    uint64_t next_seq;
+    uint64_t gaps;              /* messages skipped in the sequence */
+    uint64_t out_of_order;      /* sequence numbers lower than expected */
+    uint64_t skip;              /* payload bytes still to skip */
+    uint32_t hb_len;
+    uint8_t hb[HB_MAX];
+    char *resp;                 /* HTTP response, while upgrading */
+    uint32_t resp_len;
+    int close_code;             /* -1: none received */
+} conn_t;
+
+static conn_t *conns;
+static int nconns;
+static uint64_t expected = 0;
+static int epfd;
+
+static uint64_t *hist;
+static uint64_t lat_samples, lat_max_ns;
+static int closed_by_server, eof_count, error_count, done_count;
+static uint64_t close_code_counts[5000];
+static int64_t first_ns = -1, last_ns = -1;
+static double cpu_first = -1;
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static double cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
+
+static void die(const char *msg) {
+    fprintf(stderr, "loadclient: %s: %s\n", msg, strerror(errno));
+    printf("FAILED %s\n", msg);
+    fflush(stdout);
+    exit(1);
+}
+
+static uint64_t le64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;  /* x86/ARM little-endian */
+}
+
+/* Bytes needed to hold the header and the payload prefix we inspect. */
+static size_t hdr_need(const uint8_t *b, size_t have) {
+    if (have < 2) return 2;
+    size_t h = 2;
+    uint8_t l7 = b[1] & 0x7f;
+    if (l7 == 126) h = 4;
+    else if (l7 == 127) h = 10;
+    if (b[1] & 0x80) h += 4;
+    if (have < h) return h;
+    uint64_t len = l7;
+    if (l7 == 126) len = ((uint64_t)b[2] << 8) | b[3];
+    else if (l7 == 127) {
+        len = 0;
+        for (int i = 2; i < 10; i++) len = (len << 8) | b[i];
+    }
+    size_t prefix = (b[0] & 0x08) ? 125 : DATA_PREFIX;  /* control frames: whole payload */
+    return h + (len < prefix ? len : prefix);
+}
+
+static void conn_close(conn_t *c) {
+    if (c->state == S_CLOSED) return;
+    epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    c->state = S_CLOSED;
+    if (!c->done) { c->done = 1; done_count++; }
+}
+
+static void send_masked(conn_t *c, int opcode, const uint8_t *payload, size_t len) {
+    uint8_t f[6 + 125];
+    static const uint8_t mask[4] = {0x12, 0x34, 0x56, 0x78};
+    if (len > 125) len = 125;
+    f[0] = 0x80 | opcode;
+    f[1] = 0x80 | (uint8_t)len;
+    memcpy(f + 2, mask, 4);
+    for (size_t i = 0; i < len; i++) f[6 + i] = payload[i] ^ mask[i & 3];
+    ssize_t r = write(c->fd, f, 6 + len);
+    (void)r;  /* a tiny control frame; if the buffer is full, so be it */
+}
+
+/* One whole header plus prefix at b; returns the frame's total length. */
+static uint64_t on_frame(conn_t *c, const uint8_t *b, int64_t t) {
+    size_t h = 2;
+    uint8_t l7 = b[1] & 0x7f;
+    uint64_t len = l7;
+    if (l7 == 126) { h = 4; len = ((uint64_t)b[2] << 8) | b[3]; }
+    else if (l7 == 127) { h = 10; len = 0; for (int i = 2; i < 10; i++) len = (len << 8) | b[i]; }
+    if (b[1] & 0x80) h += 4;  /* a masked server frame is a protocol error; tolerate it */
+    const uint8_t *p = b + h;
+    int opcode = b[0] & 0x0f;
+    int fin = b[0] & 0x80;
+    if (opcode == 1 || opcode == 2 || (opcode == 0 && fin)) {
+        if (!fin) return h + len;  /* first fragment: count the message on its last one */
+        c->received++;
+        if (opcode != 0 && len >= DATA_PREFIX) {
+            uint64_t ts = le64(p), seq = le64(p + 8);
+            if (seq == c->next_seq) c->next_seq++;
+            else if (seq > c->next_seq) { c->gaps += seq - c->next_seq; c->next_seq = seq + 1; }
+            else c->out_of_order++;
+            if (c->sampled) {
+                int64_t d = t - (int64_t)ts;
+                if (d < 0) d = 0;
+                uint64_t us = (uint64_t)d / 1000;
+                uint64_t idx = us < H_FINE ? us : H_FINE + (us - H_FINE) / 1000;
+                if (idx >= H_FINE + H_COARSE) idx = H_FINE + H_COARSE - 1;
+                hist[idx]++;
+                lat_samples++;
+                if ((uint64_t)d > lat_max_ns) lat_max_ns = d;
+            }
+        }
+        if (!c->done && expected && c->next_seq >= expected) { c->done = 1; done_count++; }
+    } else if (opcode == 9) {
+        send_masked(c, 10, p, len);
+    } else if (opcode == 8) {
+        int code = len >= 2 ? (p[0] << 8 | p[1]) : 1005;
+        c->close_code = code;
+        closed_by_server++;
+        if (code >= 0 && code < 5000) close_code_counts[code]++;
+        send_masked(c, 8, p, len >= 2 ? 2 : 0);
+        conn_close(c);
+    }
+    return h + len;
+}
+
+static void feed(conn_t *c, const uint8_t *p, size_t n, int64_t t) {
+    while (n > 0 && c->state == S_OPEN) {
+        if (c->skip) {
+            size_t k = c->skip < n ? (size_t)c->skip : n;
+            c->skip -= k; p += k; n -= k;
+            continue;
+        }
+        if (c->hb_len == 0) {
+            size_t need = hdr_need(p, n);
+            if (n >= need) {
+                uint64_t total = on_frame(c, p, t);
+                if (total <= n) { p += total; n -= total; }
+                else { c->skip = total - n; n = 0; }
+                continue;
+            }
+            memcpy(c->hb, p, n);
+            c->hb_len = n;
+            return;
+        }
+        size_t need = hdr_need(c->hb, c->hb_len);
+        while (c->hb_len < need && n > 0) {
+            size_t k = need - c->hb_len;
+            if (k > n) k = n;
+            memcpy(c->hb + c->hb_len, p, k);
+            c->hb_len += k; p += k; n -= k;
+            need = hdr_need(c->hb, c->hb_len);
+        }
+        if (c->hb_len < need) return;
+        uint64_t total = on_frame(c, c->hb, t);
+        c->skip = total - c->hb_len;
+        c->hb_len = 0;
+    }
+}
+
+static const char *host = "127.0.0.1";
+static int port = 0;
+static const char *path = "/";
+
+static void start_connect(conn_t *c) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (fd < 0) die("socket");
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct sockaddr_in sa = {0};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(port);
+    inet_pton(AF_INET, host, &sa.sin_addr);
+    c->fd = fd;
+    c->state = S_CONNECTING;
+    c->close_code = -1;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS) die("connect");
+    struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = c};
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl");
+}
+
+static int on_connecting(conn_t *c) {
+    int err = 0;
+    socklen_t l = sizeof err;
+    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
+    if (err) { errno = err; return -1; }
+    char req[512];
+    int n = snprintf(req, sizeof req,
+                     "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                     "Origin: http://%s:%d\r\n\r\n", path, host, port, host, port);
+    if (write(c->fd, req, n) != n) return -1;
+    c->state = S_UPGRADING;
+    c->resp = malloc(RESP_MAX);
+    c->resp_len = 0;
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+    epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
+    return 0;
+}
+
+/* Returns 1 when upgraded, 0 when more is needed, -1 on failure. */
+static int on_upgrading(conn_t *c, int64_t t) {
+    ssize_t r = read(c->fd, c->resp + c->resp_len, RESP_MAX - 1 - c->resp_len);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
+    if (r <= 0) return -1;
+    c->resp_len += r;
+    c->resp[c->resp_len] = 0;
+    char *end = strstr(c->resp, "\r\n\r\n");
+    if (!end) return c->resp_len >= RESP_MAX - 1 ? -1 : 0;
+    if (strncmp(c->resp, "HTTP/1.1 101", 12) != 0 ||
+        !strcasestr(c->resp, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")) {
+        fprintf(stderr, "loadclient: bad upgrade response: %.200s\n", c->resp);
+        return -1;
+    }
+    c->state = S_OPEN;
+    size_t head = end + 4 - c->resp;
+    if (c->resp_len > head) feed(c, (uint8_t *)c->resp + head, c->resp_len - head, t);
+    free(c->resp);
+    c->resp = NULL;
+    return 1;
+}
+
+static double hist_pct(double q) {
+    if (!lat_samples) return -1;
+    uint64_t target = (uint64_t)(q * lat_samples);
+    if (target >= lat_samples) target = lat_samples - 1;
+    uint64_t acc = 0;
+    for (uint64_t i = 0; i < H_FINE + H_COARSE; i++) {
+        acc += hist[i];
+        if (acc > target) return i < H_FINE ? i / 1000.0 : (double)(H_FINE + (i - H_FINE) * 1000) / 1000.0;
+    }
+    return lat_max_ns / 1e6;
+}
+
+static void usage(void) {
+    fprintf(stderr, "usage: loadclient --port P --conns C --messages N [--host H] [--path /] "
+                    "[--sample-every K] [--timeout S] [--idle S] [--connect-timeout S] [--parallel K] "
+                    "[--pause-us US]\n");
+    exit(2);
+}
+
+int main(int argc, char **argv) {
+    int sample_every = 10, parallel = 200, pause_us = 0;
+    double timeout = 30, idle = 3, connect_timeout = 30;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (i + 1 >= argc) usage();
+        const char *v = argv[++i];
+        if (!strcmp(a, "--host")) host = v;
+        else if (!strcmp(a, "--port")) port = atoi(v);
+        else if (!strcmp(a, "--conns")) nconns = atoi(v);
+        else if (!strcmp(a, "--messages")) expected = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--path")) path = v;
+        else if (!strcmp(a, "--sample-every")) sample_every = atoi(v);
+        else if (!strcmp(a, "--timeout")) timeout = atof(v);
+        else if (!strcmp(a, "--idle")) idle = atof(v);
+        else if (!strcmp(a, "--connect-timeout")) connect_timeout = atof(v);
+        else if (!strcmp(a, "--parallel")) parallel = atoi(v);
+        else if (!strcmp(a, "--pause-us")) pause_us = atoi(v);
+        else usage();
+    }
+    if (!port || nconns <= 0) usage();
+    signal(SIGPIPE, SIG_IGN);
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    conns = calloc(nconns, sizeof *conns);
+    hist = calloc(H_FINE + H_COARSE, sizeof *hist);
+    epfd = epoll_create1(0);
+    if (!conns || !hist || epfd < 0) die("setup");
+    for (int i = 0; i < nconns; i++) conns[i].sampled = sample_every > 0 && i % sample_every == 0;
+
+    /* Phase 1: connect and upgrade everyone, at most `parallel` handshakes at a time. */
+    int64_t t0 = now_ns();
+    int started = 0, opened = 0, pending = 0;
+    struct epoll_event evs[1024];
+    while (opened < nconns) {
+        while (started < nconns && pending < parallel) { start_connect(&conns[started++]); pending++; }
+        if ((now_ns() - t0) / 1e9 > connect_timeout) {
+            errno = ETIMEDOUT;
+            fprintf(stderr, "loadclient: %d of %d connections upgraded\n", opened, nconns);
+            die("connect timeout");
+        }
+        int n = epoll_wait(epfd, evs, 1024, 100);
+        int64_t t = now_ns();
+        for (int i = 0; i < n; i++) {
+            conn_t *c = evs[i].data.ptr;
+            if (c->state == S_CONNECTING) {
+                if (on_connecting(c) < 0) die("connect/upgrade request");
+            } else if (c->state == S_UPGRADING) {
+                int r = on_upgrading(c, t);
+                if (r < 0) die("upgrade");
+                if (r > 0) { opened++; pending--; }
+            } else if (c->state == S_OPEN) {
+                uint8_t buf[4096];  /* early frames (a ping): rare */
+                ssize_t r = read(c->fd, buf, sizeof buf);
+                if (r > 0) feed(c, buf, r, t);
+                else if (r == 0 || (errno != EAGAIN && errno != EINTR)) die("early close");
+            }
+        }
+    }
+    double connect_s = (now_ns() - t0) / 1e9;
+    printf("READY %d %.3f\n", opened, connect_s);
+    fflush(stdout);
+
+    /* Phase 2: count. */
+    int64_t ready_ns = now_ns();
+    static uint8_t buf[READ_SIZE];
+    int timed_out = 0;
+    double cpu_at_last = 0;
+    while (done_count < nconns) {
+        int n = epoll_wait(epfd, evs, 1024, 50);
+        int64_t t = now_ns();
+        int got = 0;
+        for (int i = 0; i < n; i++) {
+            conn_t *c = evs[i].data.ptr;
+            if (c->state != S_OPEN) continue;
+            ssize_t r = read(c->fd, buf, sizeof buf);
+            if (r > 0) {
+                uint64_t before = c->received;
+                feed(c, buf, r, t);
+                if (c->received != before) got = 1;
+            } else if (r == 0) {
+                eof_count++;
+                conn_close(c);
+            } else if (errno != EAGAIN && errno != EINTR) {
+                error_count++;
+                conn_close(c);
+            }
+        }
+        if (got) {
+            if (first_ns < 0) { first_ns = t; cpu_first = cpu_seconds(); }
+            last_ns = t;
+            cpu_at_last = cpu_seconds();
+        }
+        double since_ready = (t - ready_ns) / 1e9;
+        if (since_ready > timeout) { timed_out = 1; break; }
+        if (first_ns >= 0 && (t - last_ns) / 1e9 > idle) break;
+        if (pause_us && n > 0) {
+            /* Let data pile up so that each read() takes many frames: fewer system calls
+               and wake-ups per message when a server writes each message separately. */
+            int64_t left = (int64_t)pause_us * 1000 - (now_ns() - t);
+            if (left > 0) {
+                struct timespec ts = {0, left};
+                nanosleep(&ts, NULL);
+            }
+        }
+    }
+    double cpu_total = cpu_seconds();
+
+    uint64_t total = 0, gaps = 0, ooo = 0, minr = UINT64_MAX, maxr = 0;
+    int complete = 0, open_at_end = 0;
+    for (int i = 0; i < nconns; i++) {
+        conn_t *c = &conns[i];
+        total += c->received;
+        gaps += c->gaps;
+        ooo += c->out_of_order;
+        if (c->received < minr) minr = c->received;
+        if (c->received > maxr) maxr = c->received;
+        if (expected && c->next_seq >= expected) complete++;
+        if (c->state == S_OPEN) open_at_end++;
+    }
+    double window = first_ns >= 0 ? (last_ns - first_ns) / 1e9 : 0;
+    double cpu_window = first_ns >= 0 ? cpu_at_last - cpu_first : 0;
+    printf("{\"conns\": %d, \"upgraded\": %d, \"connect_s\": %.3f, \"messages_expected\": %llu, "
+           "\"received\": %llu, \"min_per_conn\": %llu, \"max_per_conn\": %llu, \"complete_conns\": %d, "
+           "\"gaps\": %llu, \"out_of_order\": %llu, \"closed_by_server\": %d, \"close_codes\": {",
+           nconns, opened, connect_s, (unsigned long long)expected, (unsigned long long)total,
+           (unsigned long long)(minr == UINT64_MAX ? 0 : minr), (unsigned long long)maxr, complete,
+           (unsigned long long)gaps, (unsigned long long)ooo, closed_by_server);
+    int first = 1;
+    for (int i = 0; i < 5000; i++)
+        if (close_code_counts[i]) {
+            printf("%s\"%d\": %llu", first ? "" : ", ", i, (unsigned long long)close_code_counts[i]);
+            first = 0;
+        }
+    printf("}, \"eof\": %d, \"errors\": %d, \"open_at_end\": %d, \"timed_out\": %s, "
+           "\"first_s\": %.6f, \"last_s\": %.6f, \"window_s\": %.6f, "
+           "\"first_abs_s\": %.6f, \"last_abs_s\": %.6f, "
+           "\"lat_samples\": %llu, \"lat_p50_ms\": %.3f, \"lat_p99_ms\": %.3f, \"lat_max_ms\": %.3f, "
+           "\"cpu_window_s\": %.3f, \"cpu_total_s\": %.3f}\n",
+           eof_count, error_count, open_at_end, timed_out ? "true" : "false",
+           first_ns >= 0 ? (first_ns - ready_ns) / 1e9 : -1.0, last_ns >= 0 ? (last_ns - ready_ns) / 1e9 : -1.0,
+           window, first_ns >= 0 ? first_ns / 1e9 : -1.0, last_ns >= 0 ? last_ns / 1e9 : -1.0,
+           (unsigned long long)lat_samples, hist_pct(0.50), hist_pct(0.99), lat_max_ns / 1e6,
+           cpu_window, cpu_total);
+    fflush(stdout);
+    return 0;
+}

@@ -1,0 +1,73 @@
+"""Reference gateway for the fan-out benchmark: ``websockets`` (asyncio) + ``zmq.asyncio``.
+
+Written the way the websockets documentation recommends for fan-out
+("If you want to send a message to all connected clients, use
+broadcast()", topics/broadcast): a handler that keeps the set of open
+connections, and one task that awaits each ZeroMQ message and hands it to
+``websockets.asyncio.server.broadcast()``, which writes the frame to every
+open connection without waiting.  No compression (``compression=None``);
+other settings are websockets' defaults (keepalive pings every 20 s; the
+load client answers them).
+
+    python benchmarks/ref_websockets.py --sub tcp://127.0.0.1:5556 --port 8765
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+import zmq
+import zmq.asyncio
+from websockets.asyncio.server import ServerConnection, broadcast, serve
+
+CONNECTIONS: set[ServerConnection] = set()
+
+
+async def handler(websocket: ServerConnection) -> None:
+    CONNECTIONS.add(websocket)
+    try:
+        await websocket.wait_closed()
+    finally:
+        CONNECTIONS.discard(websocket)
+
+
+async def forward(sub: zmq.asyncio.Socket) -> None:
+    while True:
+        parts = await sub.recv_multipart()
+        broadcast(CONNECTIONS, parts[-1])  # bytes -> binary frame
+        # The docs: the broadcasting coroutine "must yield control to the event loop
+        # between each message".  Awaiting recv_multipart() does not when a message is
+        # already queued (the future is resolved at once): without this, a backlog
+        # starves the loop, no transport buffer is flushed and no client is read.
+        await asyncio.sleep(0)
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description="websockets + zmq.asyncio fan-out gateway")
+    p.add_argument("--sub", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--rcvhwm", type=int, default=100_000)
+    args = p.parse_args()
+
+    ctx = zmq.asyncio.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVHWM, args.rcvhwm)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(args.sub)
+
+    stop = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set_result, None)
+    async with serve(handler, args.host, args.port, compression=None, backlog=1024):
+        task = asyncio.create_task(forward(sub))
+        await stop
+        task.cancel()
+    sub.close(linger=0)
+    ctx.term()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

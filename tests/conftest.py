@@ -1,0 +1,385 @@
+"""Shared fixtures for the integration tests that talk to a real server on 127.0.0.1.
+
+Everything started here (servers, gateways, ZeroMQ sockets, raw sockets) is
+stopped or closed by a fixture finalizer, and every wait is bounded.
+
+* ``make_server(**options)`` / ``echo_server``: a running :class:`WebSocketServer`.
+* ``zmq_context``, ``pub``: a ZeroMQ PUB socket bound to ``tcp://127.0.0.1:*``.
+* ``make_gateway(endpoints, **options)`` / ``gateway``: a running :class:`Gateway`.
+* ``wait_subscribed(pub, gateway)``: the slow-joiner fence (see its docstring).
+* ``raw_ws(port, ...)``: a blocking raw-socket WebSocket client (masked frames by hand).
+* ``run_async(coro, timeout)``: run asyncio client code under a deadline.
+* ``wait_until(predicate, timeout)``: poll a condition under a deadline.
+* ``http_exchange(port, request_bytes)``, ``upgrade_request(...)``: raw HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+from typing import Callable, List, Optional, Tuple
+
+import pytest
+import zmq
+
+from zmqws.frames import OP_CLOSE, encode_close_payload, encode_frame
+from zmqws.gateway import Gateway
+from zmqws.server import WebSocketServer
+
+CONNECT_TIMEOUT = 5.0
+
+
+# -- small helpers -------------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.005,
+               message: str = "condition") -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+def run_async(coro, timeout: float = 15.0):
+    """Run a coroutine on a fresh event loop, failing (not hanging) after ``timeout`` seconds."""
+    async def bounded():
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(bounded())
+
+
+def upgrade_request(path: str = "/", *, method: str = "GET", key: Optional[str] = "dGhlIHNhbXBsZSBub25jZQ==",
+                    version: Optional[str] = "13", host: str = "127.0.0.1",
+                    extra: Tuple[Tuple[str, str], ...] = ()) -> bytes:
+    """The bytes of a WebSocket opening handshake request (fields can be left out or broken)."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", "Upgrade: websocket",
+             "Connection: Upgrade"]
+    if key is not None:
+        lines.append(f"Sec-WebSocket-Key: {key}")
+    if version is not None:
+        lines.append(f"Sec-WebSocket-Version: {version}")
+    lines.extend(f"{name}: {value}" for name, value in extra)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def http_exchange(port: int, request: bytes, timeout: float = 5.0) -> Tuple[int, dict, bytes]:
+    """Send raw request bytes, read the response until the server closes; (status, headers, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        deadline = time.monotonic() + timeout
+        while True:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no end of response within {timeout} s: {data[:200]!r}")
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, sep, body = data.partition(b"\r\n\r\n")
+    assert sep, f"no complete response head: {data[:300]!r}"
+    lines = head.decode("latin-1").split("\r\n")
+    version, status, _reason = lines[0].split(" ", 2)
+    assert version == "HTTP/1.1", lines[0]
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status), headers, body
+
+
+class RawWebSocket:
+    """A blocking WebSocket client on a plain socket: frames are built and parsed by hand."""
+
+    MASK = b"\x37\xfa\x21\x3d"
+
+    def __init__(self, port: int, *, rcvbuf: Optional[int] = None, timeout: float = CONNECT_TIMEOUT) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:  # before connect, so that the advertised window is small too
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
+        self.buf = b""
+        self.closed = False
+
+    # handshake
+    def handshake(self, path: str = "/", **request_options) -> bytes:
+        """Send an upgrade request; return the response head; assert 101."""
+        self.sock.sendall(upgrade_request(path, **request_options))
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise AssertionError(f"connection closed during the handshake: {self.buf!r}")
+            self.buf += chunk
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        return head
+
+    # output
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_frame(self, opcode: int, payload: bytes = b"", *, fin: bool = True, rsv1: bool = False,
+                   masked: bool = True) -> None:
+        self.sock.sendall(encode_frame(opcode, payload, fin=fin, rsv1=rsv1,
+                                       mask=self.MASK if masked else None))
+
+    def send_close(self, code: Optional[int] = 1000, reason: str = "") -> None:
+        self.send_frame(OP_CLOSE, encode_close_payload(code, reason))
+
+    # input
+    def _read_exactly(self, n: int, deadline: float) -> bytes:
+        while len(self.buf) < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout("frame not complete in time")
+            self.sock.settimeout(remaining)
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(f"connection closed with {len(self.buf)} of {n} bytes read")
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def recv_frame(self, timeout: float = CONNECT_TIMEOUT) -> Tuple[bool, int, bytes]:
+        """One server frame: (fin, opcode, payload); server frames must not be masked."""
+        deadline = time.monotonic() + timeout
+        b0, b1 = self._read_exactly(2, deadline)
+        assert not b1 & 0x80, "a server frame is masked"
+        length = b1 & 0x7F
+        if length == 126:
+            length = struct.unpack("!H", self._read_exactly(2, deadline))[0]
+        elif length == 127:
+            length = struct.unpack("!Q", self._read_exactly(8, deadline))[0]
+        payload = self._read_exactly(length, deadline) if length else b""
+        return bool(b0 & 0x80), b0 & 0x0F, payload
+
+    def recv_close(self, timeout: float = CONNECT_TIMEOUT) -> Tuple[Optional[int], str, List[Tuple[int, bytes]]]:
+        """Read frames until a close frame: (code, reason, [(opcode, payload) before it])."""
+        deadline = time.monotonic() + timeout
+        before = []
+        while True:
+            _fin, opcode, payload = self.recv_frame(max(0.0, deadline - time.monotonic()))
+            if opcode == OP_CLOSE:
+                if len(payload) >= 2:
+                    return struct.unpack("!H", payload[:2])[0], payload[2:].decode("utf-8"), before
+                return None, "", before
+            before.append((opcode, payload))
+
+    def wait_eof(self, timeout: float = CONNECT_TIMEOUT) -> float:
+        """Read (and drop) until the server closes TCP; return the seconds it took."""
+        start = time.monotonic()
+        deadline = start + timeout
+        self.buf = b""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"the server did not close the connection within {timeout} s")
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                return time.monotonic() - start
+            except socket.timeout:
+                continue
+            if not chunk:
+                return time.monotonic() - start
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self.sock.close()
+            except OSError:  # pragma: no cover
+                pass
+
+
+# -- fixtures: helpers as callables -----------------------------------------------------------
+
+
+@pytest.fixture(name="wait_until")
+def _wait_until_fixture():
+    return wait_until
+
+
+@pytest.fixture(name="run_async")
+def _run_async_fixture():
+    return run_async
+
+
+@pytest.fixture(name="http_exchange")
+def _http_exchange_fixture():
+    return http_exchange
+
+
+@pytest.fixture(name="upgrade_request")
+def _upgrade_request_fixture():
+    return upgrade_request
+
+
+@pytest.fixture
+def raw_ws():
+    """``raw_ws(port, handshake=True, rcvbuf=None, **request_options)`` → a RawWebSocket, closed at teardown."""
+    made: List[RawWebSocket] = []
+
+    def make(port: int, handshake: bool = True, rcvbuf: Optional[int] = None, **request_options):
+        client = RawWebSocket(port, rcvbuf=rcvbuf)
+        made.append(client)
+        if handshake:
+            client.handshake(**request_options)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+# -- fixtures: servers ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_server():
+    """``make_server(**options)`` → a started WebSocketServer on a free port; stopped at teardown."""
+    servers: List[WebSocketServer] = []
+
+    def make(**options) -> WebSocketServer:
+        options.setdefault("close_timeout", 1.0)
+        server = WebSocketServer(0, **options)
+        servers.append(server)
+        server.start()
+        assert server.port
+        return server
+
+    yield make
+    for server in servers:
+        server.stop(timeout=1.0)
+
+
+def _echo(client, data):
+    client.send(data)
+
+
+@pytest.fixture
+def echo_server():
+    """A running echo server (every message comes back to its sender); context-managed."""
+    with WebSocketServer(0, on_message=_echo, close_timeout=1.0) as server:
+        yield server
+
+
+@pytest.fixture
+def zmq_context():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+class Pub:
+    """A PUB socket and the endpoint it is bound to."""
+
+    def __init__(self, socket_: zmq.Socket, endpoint: str) -> None:
+        self.socket = socket_
+        self.endpoint = endpoint
+
+    def send(self, payload: bytes) -> None:
+        self.socket.send(payload)
+
+    def send_multipart(self, parts) -> None:
+        self.socket.send_multipart(parts)
+
+
+@pytest.fixture
+def make_pub(zmq_context):
+    """``make_pub(connect=None)``: a PUB bound to tcp://127.0.0.1:* (or connected to ``connect``)."""
+    sockets: List[zmq.Socket] = []
+
+    def make(connect: Optional[str] = None) -> Pub:
+        sock = zmq_context.socket(zmq.PUB)
+        sockets.append(sock)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)  # no silent drops at the publisher in tests
+        if connect is not None:
+            sock.connect(connect)
+            return Pub(sock, connect)
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        return Pub(sock, f"tcp://127.0.0.1:{port}")
+
+    yield make
+    for sock in sockets:
+        sock.close(linger=0)
+
+
+@pytest.fixture
+def pub(make_pub) -> Pub:
+    return make_pub()
+
+
+@pytest.fixture
+def make_gateway():
+    """``make_gateway(endpoints, **options)`` → a started Gateway on a free port; stopped at teardown."""
+    gateways: List[Gateway] = []
+
+    def make(endpoints=None, **options) -> Gateway:
+        options.setdefault("close_timeout", 1.0)
+        gateway = Gateway(endpoints, 0, **options)
+        gateways.append(gateway)
+        gateway.start()
+        return gateway
+
+    yield make
+    for gateway in gateways:
+        gateway.stop(timeout=1.0)
+
+
+PROBE = b"__zmqws_test_probe__"
+FENCE = b"__zmqws_test_fence__"
+
+
+def wait_subscribed(pub: Pub, gateway: Gateway, timeout: float = 5.0) -> None:
+    """Return once messages sent on ``pub`` reach the gateway's clients (ZeroMQ slow joiner).
+
+    A raw WebSocket client connects; probes are published until one reaches
+    it (then the SUB is connected and subscribed); then a fence message is
+    published and read, so every probe still in flight has been delivered
+    before this returns (one PUB→SUB pipe keeps order).  The client then
+    closes, so that no later client sees a probe.
+    """
+    before = gateway.clients
+    client = RawWebSocket(gateway.port)
+    try:
+        client.handshake()
+        deadline = time.monotonic() + timeout
+        while True:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the gateway's SUB did not receive from {pub.endpoint} "
+                                     f"within {timeout} s")
+            pub.send(PROBE)
+            try:
+                client.recv_frame(timeout=0.02)
+                break
+            except socket.timeout:
+                continue
+        pub.send(FENCE)
+        while client.recv_frame(timeout=max(0.01, deadline - time.monotonic()))[2] != FENCE:
+            pass
+        client.send_close(1000)
+        client.recv_close()
+    finally:
+        client.close()
+    wait_until(lambda: gateway.clients == before, message="the probe client to be gone")
+
+
+@pytest.fixture(name="wait_subscribed")
+def _wait_subscribed_fixture():
+    return wait_subscribed
+
+
+@pytest.fixture
+def gateway(pub):
+    """A running Gateway whose SUB is connected to ``pub`` and already receiving; context-managed
+    (``__exit__`` stops it: 1001 to the clients, sockets closed, thread joined)."""
+    with Gateway(pub.endpoint, 0, close_timeout=1.0) as gw:
+        wait_subscribed(pub, gw)
+        yield gw
+    assert gw._thread is None, "the loop thread was not joined"

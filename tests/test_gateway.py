@@ -1,0 +1,411 @@
+"""Integration tests of the Gateway: a real PUB socket → Gateway → WebSocket clients on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+
+import pytest
+from websockets.asyncio.client import connect
+
+from zmqws.frames import OP_TEXT
+from zmqws.gateway import Gateway
+
+pytestmark = pytest.mark.timeout(40)
+
+KiB = 1 << 10
+
+
+def ws_connect(port: int, path: str = "/", **options):
+    """A ``websockets`` client: no compression, no proxy, no client-side pings."""
+    options.setdefault("compression", None)
+    options.setdefault("proxy", None)
+    options.setdefault("open_timeout", 5)
+    options.setdefault("close_timeout", 2)
+    options.setdefault("ping_interval", None)
+    options.setdefault("max_size", None)
+    return connect(f"ws://127.0.0.1:{port}{path}", **options)
+
+
+async def open_clients(port: int, n: int):
+    return [await ws_connect(port) for _ in range(n)]
+
+
+async def close_clients(clients) -> None:
+    await asyncio.gather(*(ws.close() for ws in clients), return_exceptions=True)
+
+
+# -- fan-out ----------------------------------------------------------------------------------
+
+
+def test_every_client_gets_every_message_in_order(gateway, pub, run_async, wait_until):
+    n_clients, n_messages = 20, 500
+    before = gateway.stats.as_dict()
+
+    async def main():
+        clients = await open_clients(gateway.port, n_clients)
+        try:
+            assert gateway.clients == n_clients
+
+            async def consume(ws):
+                return [await ws.recv() for _ in range(n_messages)]
+
+            consumers = [asyncio.ensure_future(consume(ws)) for ws in clients]
+            for seq in range(n_messages):
+                pub.send(json.dumps({"seq": seq, "pad": "x" * (seq % 50)}).encode())
+            return await asyncio.gather(*consumers)
+        finally:
+            await close_clients(clients)
+
+    results = run_async(main())
+    for received in results:
+        assert [json.loads(m)["seq"] for m in received] == list(range(n_messages))
+        assert all(isinstance(m, str) for m in received)
+    stats = gateway.stats
+    assert stats.zmq_messages - before["zmq_messages"] == n_messages
+    assert stats.messages_out - before["messages_out"] == n_messages * n_clients
+    assert stats.drops == 0
+    wait_until(lambda: gateway.clients == 0, timeout=2, message="the clients to be gone")
+
+
+def test_multipart_message_payload_is_last_part(gateway, pub, run_async):
+    async def main():
+        async with ws_connect(gateway.port) as ws:
+            pub.send_multipart([b"prices.AAPL", b"{\"price\": 1}"])
+            pub.send_multipart([b"topic", b"meta", b"the payload"])
+            pub.send_multipart([b"single"])
+            return [await ws.recv() for _ in range(3)]
+    assert run_async(main()) == ["{\"price\": 1}", "the payload", "single"]
+
+
+@pytest.mark.parametrize("mode, sent, expected", [
+    ("auto", b"hello", "hello"),
+    ("auto", "é ✓ 𝄞".encode(), "é ✓ 𝄞"),
+    ("auto", b"\xff\x00\x80", b"\xff\x00\x80"),
+    ("auto", b"", ""),
+    ("text", b"hello", "hello"),
+    ("binary", b"hello", b"hello"),
+    ("binary", b"\xff", b"\xff"),
+], ids=["auto-ascii", "auto-utf8", "auto-invalid", "auto-empty", "text", "binary", "binary-invalid"])
+def test_payload_mode(make_gateway, pub, run_async, wait_subscribed, mode, sent, expected):
+    gw = make_gateway(pub.endpoint, payload_mode=mode)
+    wait_subscribed(pub, gw)
+
+    async def main():
+        async with ws_connect(gw.port) as ws:
+            pub.send(sent)
+            return await ws.recv()
+    received = run_async(main())
+    assert type(received) is type(expected)
+    assert received == expected
+
+
+def test_payload_mode_is_validated():
+    with pytest.raises(ValueError, match="payload_mode"):
+        Gateway(None, 0, payload_mode="json")
+
+
+def test_large_message(gateway, pub, run_async):
+    payload = bytes(range(256)) * 1024  # 256 KiB, not UTF-8
+    async def main():
+        async with ws_connect(gateway.port) as ws:
+            pub.send(payload)
+            pub.send(b"after")
+            return await ws.recv(), await ws.recv()
+    assert run_async(main()) == (payload, "after")
+
+
+def test_publish_from_another_thread_reaches_every_client(gateway, run_async):
+    n_clients, n_messages = 5, 200
+    before = gateway.stats.as_dict()
+
+    async def main():
+        clients = await open_clients(gateway.port, n_clients)
+        try:
+            def produce():
+                for i in range(n_messages):
+                    gateway.publish(f"m{i}" if i % 2 == 0 else f"b{i}".encode() + b"\xff")
+
+            producer = threading.Thread(target=produce)
+            producer.start()
+            try:
+                async def consume(ws):
+                    return [await ws.recv() for _ in range(n_messages)]
+
+                results = await asyncio.gather(*(consume(ws) for ws in clients))
+            finally:
+                await asyncio.to_thread(producer.join, 5)
+            return results
+        finally:
+            await close_clients(clients)
+
+    expected = [f"m{i}" if i % 2 == 0 else f"b{i}".encode() + b"\xff" for i in range(n_messages)]
+    for received in run_async(main()):
+        assert received == expected
+    assert gateway.stats.zmq_messages - before["zmq_messages"] == n_messages
+    assert gateway.stats.messages_out - before["messages_out"] == n_messages * n_clients
+
+
+def test_gateway_without_zmq_endpoint_serves_publish(make_gateway, run_async):
+    gw = make_gateway(None)
+
+    async def main():
+        async with ws_connect(gw.port) as a, ws_connect(gw.port) as b:
+            gw.publish("to everyone")
+            gw.publish(b"\xff\x01", topic="t")
+            return [await a.recv(), await a.recv(), await b.recv(), await b.recv()]
+    assert run_async(main()) == ["to everyone", b"\xff\x01"] * 2
+    assert gw.stats.zmq_messages == 2
+    assert gw.last_id >= 2  # ids only grow
+
+
+def test_counters_follow_clients(gateway, pub, run_async, wait_until):
+    async def main():
+        clients = await open_clients(gateway.port, 3)
+        assert gateway.clients == 3
+        await clients[0].close()
+        await asyncio.to_thread(wait_until, lambda: gateway.clients == 2, 2)
+        before = gateway.stats.messages_out
+        pub.send(b"two get this")
+        for ws in clients[1:]:
+            assert await ws.recv() == "two get this"
+        assert gateway.stats.messages_out - before == 2
+        await close_clients(clients)
+    run_async(main())
+    wait_until(lambda: gateway.clients == 0, timeout=2)
+    assert gateway.stats.ws_connections >= 3
+
+
+# -- ZeroMQ side configurations -----------------------------------------------------------------
+
+
+def test_bind_mode_with_connecting_publisher(make_gateway, make_pub, run_async, wait_subscribed, tmp_path):
+    endpoint = f"ipc://{tmp_path}/gateway.ipc"
+    gw = make_gateway(endpoint, bind=True)
+    publisher = make_pub(connect=endpoint)
+    wait_subscribed(publisher, gw)
+
+    async def main():
+        async with ws_connect(gw.port) as ws:
+            for i in range(10):
+                publisher.send(f"bound {i}".encode())
+            return [await ws.recv() for _ in range(10)]
+    assert run_async(main()) == [f"bound {i}" for i in range(10)]
+
+
+def test_bind_mode_with_two_connecting_publishers(make_gateway, make_pub, run_async, wait_subscribed,
+                                                 tmp_path):
+    endpoint = f"ipc://{tmp_path}/gateway.ipc"
+    gw = make_gateway(endpoint, bind=True)
+    publishers = [make_pub(connect=endpoint) for _ in range(2)]
+    for publisher in publishers:
+        wait_subscribed(publisher, gw)
+
+    async def main():
+        async with ws_connect(gw.port) as ws:
+            publishers[0].send(b"from 0")
+            publishers[1].send(b"from 1")
+            return {await ws.recv(), await ws.recv()}
+    assert run_async(main()) == {"from 0", "from 1"}
+
+
+def test_several_sub_endpoints(make_gateway, make_pub, run_async, wait_subscribed):
+    pubs = [make_pub() for _ in range(3)]
+    gw = make_gateway([p.endpoint for p in pubs])
+    for p in pubs:
+        wait_subscribed(p, gw)
+
+    async def main():
+        async with ws_connect(gw.port) as ws:
+            for i in range(20):
+                for k, p in enumerate(pubs):
+                    p.send(f"{k}:{i}".encode())
+            return [await ws.recv() for _ in range(60)]
+    received = run_async(main())
+    for k in range(3):  # in order per publisher
+        assert [m for m in received if m.startswith(f"{k}:")] == [f"{k}:{i}" for i in range(20)]
+
+
+def test_bad_endpoint_raises_value_error():
+    gw = Gateway("nonsense://x", 0)
+    with pytest.raises(ValueError, match=r"cannot connect SUB socket to 'nonsense://x'"):
+        gw.start()
+    gw.stop()  # safe after a failed start
+
+
+def test_bad_endpoint_releases_the_port():
+    gw = Gateway("nonsense://x", 0)
+    with pytest.raises(ValueError):
+        gw.start()
+    # The listening socket made before the SUB failed must be closed again.
+    probe = socket.socket()
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", gw.port))
+        probe.listen(1)
+    finally:
+        probe.close()
+
+
+def test_bad_bind_endpoint_raises_value_error(make_pub):
+    taken = make_pub()
+    gw = Gateway(taken.endpoint, 0, bind=True)  # address already bound by the PUB
+    with pytest.raises(ValueError, match="cannot bind SUB socket"):
+        gw.start()
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def plain_gateway(make_gateway):
+    return make_gateway(None)
+
+
+@pytest.mark.parametrize("path", ["/", "/index.html"])
+def test_get_page(plain_gateway, http_exchange, path):
+    status, headers, body = http_exchange(plain_gateway.port,
+                                          f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert status == 200
+    assert headers["content-type"].startswith("text/html")
+    assert int(headers["content-length"]) == len(body)
+    assert b"WebSocket" in body
+    assert body.lstrip().lower().startswith(b"<!doctype html")
+
+
+def test_head_page_returns_headers_only(plain_gateway, http_exchange):
+    _status, get_headers, get_body = http_exchange(plain_gateway.port,
+                                                   b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = http_exchange(plain_gateway.port, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 200
+    assert body == b""
+    assert headers["content-type"].startswith("text/html")
+    assert int(headers["content-length"]) == len(get_body)
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+    (b"GET /../zmqws/gateway.py HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405),
+    (b"HEAD /other HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+], ids=["other", "traversal", "post", "head-other"])
+def test_other_http_requests(plain_gateway, http_exchange, request_bytes, status):
+    got, _headers, body = http_exchange(plain_gateway.port, request_bytes)
+    assert got == status
+    assert b"Traceback" not in body
+    if request_bytes.startswith(b"HEAD"):
+        assert body == b""
+
+
+def test_page_disabled(make_gateway, http_exchange):
+    gw = make_gateway(None, page=None)
+    assert http_exchange(gw.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 404
+
+
+# -- slow consumers -------------------------------------------------------------------------------
+
+
+def _seq_of(frame_payload: bytes) -> int:
+    return int(frame_payload[:8])
+
+
+@pytest.mark.parametrize("policy", ["close", "drop"])
+def test_slow_consumer_does_not_hurt_others(make_gateway, pub, raw_ws, run_async, wait_subscribed,
+                                            policy):
+    max_queue = 256 * KiB
+    n_good = 50
+    gw = make_gateway(pub.endpoint, max_queue=max_queue, slow_client=policy, close_timeout=10.0)
+    wait_subscribed(pub, gw)
+    slow = raw_ws(gw.port, rcvbuf=4096)  # handshake done; never reads from here on
+
+    # Sample every client's queue after every loop turn, on the loop thread.
+    peak = {"bytes": 0, "turns": 0}
+
+    def sample():
+        peak["turns"] += 1
+        for client in gw.client_list():
+            if client.ws.out_bytes > peak["bytes"]:
+                peak["bytes"] = client.ws.out_bytes
+
+    gw.call_soon_threadsafe(lambda: gw.loop.after_turn.append(sample))
+
+    chunk, window, min_messages, max_messages = 50, 100, 2000, 20000
+    message = b"%08d " + b"x" * (KiB - 9)
+
+    def overflowed() -> bool:
+        return (gw.stats.slow_closed if policy == "close" else gw.stats.dropped_slow) > 0
+
+    async def main():
+        clients = await open_clients(gw.port, n_good)
+        try:
+            assert gw.clients == n_good + 1
+            progress = [0] * n_good
+            errors = []
+
+            async def consume(i, ws):
+                expected = 0
+                while True:
+                    data = await ws.recv()
+                    if data == "END":
+                        return expected
+                    seq = int(data[:8])
+                    if seq != expected:
+                        errors.append((i, expected, seq))
+                        return expected
+                    expected += 1
+                    progress[i] = expected
+
+            consumers = [asyncio.ensure_future(consume(i, ws)) for i, ws in enumerate(clients)]
+            sent = 0
+            while sent < min_messages or not overflowed():
+                assert sent < max_messages, "the slow client never overflowed"
+                # Flow control for the good clients only: never more than `window` messages ahead.
+                while min(progress) < sent - window:
+                    assert not errors, errors
+                    await asyncio.sleep(0.001)
+                for _ in range(chunk):
+                    pub.send(message % sent)
+                    sent += 1
+                await asyncio.sleep(0)
+            pub.send(b"END")
+            counts = await asyncio.gather(*consumers)
+            assert not errors, errors
+            return sent, counts
+        finally:
+            gw.call_soon_threadsafe(lambda: gw.loop.after_turn.remove(sample))
+            await close_clients(clients)
+
+    sent, counts = run_async(main(), timeout=30)
+    assert counts == [sent] * n_good, "a good client missed messages"
+    stats = gw.stats
+    assert stats.drops > 0
+    assert peak["turns"] > 0
+    assert peak["bytes"] <= max_queue, f"a queue reached {peak['bytes']} bytes"
+    if policy == "close":
+        assert stats.slow_closed == 1 and stats.dropped_slow == 0
+        # The slow client got a contiguous prefix of the stream, then close 1008.
+        code, reason, frames = slow.recv_close(timeout=10)
+        assert code == 1008, reason
+        assert [op for op, _ in frames] == [OP_TEXT] * len(frames)
+        assert [_seq_of(p) for _, p in frames] == list(range(len(frames)))
+        assert 0 < len(frames) < sent
+    else:
+        assert stats.slow_closed == 0 and stats.dropped_slow == stats.drops
+        assert gw.clients == 1  # the good ones have left; the slow one stays
+        # What it gets is in order, with a gap where messages were dropped; once it
+        # has read its backlog it gets new messages again.
+        seqs = []
+        while True:
+            try:
+                _fin, op, payload = slow.recv_frame(timeout=0.5)
+            except socket.timeout:
+                break
+            assert op == OP_TEXT
+            if payload != b"END":
+                seqs.append(_seq_of(payload))
+        assert seqs == sorted(seqs) and 0 < len(seqs) < sent
+        assert seqs[:10] == list(range(10))
+        pub.send(b"after the backlog")
+        assert slow.recv_frame(timeout=5) == (True, OP_TEXT, b"after the backlog")
