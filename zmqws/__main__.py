@@ -61,6 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="SUB receive high-water mark in messages (default: %(default)s)")
     src.add_argument("--demo", action="store_true",
                      help="run a built-in publisher of sample messages and connect to it")
+    src.add_argument("--subscribe-all", action="store_true",
+                     help="keep an upstream subscription to every topic even with no client connected "
+                          "(default: the SUB socket subscribes to what connected clients want)")
+    src.add_argument("--linger", type=_seconds, default=10.0, metavar="S",
+                     help="keep an upstream subscription this long after its last client left, so a "
+                          "client back after a blip misses nothing; 0 drops it at once (default: %(default)s)")
+    src.add_argument("--push", metavar="ENDPOINT",
+                     help="forward client messages upstream on a PUSH socket as "
+                          "[topic, client id, payload] (connects, or binds with --bind)")
+    src.add_argument("--pub", metavar="ENDPOINT",
+                     help="forward client messages upstream on a PUB socket instead of PUSH")
+    src.add_argument("--upstream-topic", default="ws", metavar="TOPIC",
+                     help="topic of forwarded client messages that name none (default: %(default)s)")
+    src.add_argument("--history", type=int, default=1000, metavar="N",
+                     help="messages kept for clients resuming with ?since=ID (default: %(default)s; 0 = none)")
+    src.add_argument("--history-bytes", type=_size, default=16 << 20, metavar="BYTES",
+                     help="bytes of payload kept in the history at most (default: 16M)")
     web = p.add_argument_group("WebSocket side")
     web.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (default: %(default)s; 0.0.0.0 for every interface)")
@@ -68,6 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--payload", choices=("auto", "text", "binary"), default="auto",
                      help="frame type for messages: auto = text when the payload is valid UTF-8, "
                           "else binary (default: %(default)s)")
+    web.add_argument("--format", choices=("payload", "topic", "json"), default="payload",
+                     help="what clients receive: the payload only, topic+separator+payload, or JSON "
+                          "{id, topic, data}; a client may choose with ?format= (default: %(default)s)")
+    web.add_argument("--separator", default=" ", metavar="TEXT",
+                     help="separator between topic and payload in --format topic (default: a space)")
+    web.add_argument("--require-topic", action="store_true",
+                     help="refuse (400) clients that name no ?topic= (default: no topic = everything)")
+    web.add_argument("--no-deflate", action="store_true",
+                     help="do not negotiate permessage-deflate compression")
+    web.add_argument("--deflate-threshold", type=_size, default=128, metavar="BYTES",
+                     help="send messages shorter than this uncompressed (default: %(default)s)")
+    web.add_argument("--deflate-mem-level", type=int, default=8, choices=range(1, 10), metavar="1-9",
+                     help="zlib memory level for compression (default: %(default)s)")
     web.add_argument("--subprotocol", action="append", default=[], metavar="NAME",
                      help="a subprotocol the server accepts, in order of preference (repeatable)")
     lim = p.add_argument_group("limits and timeouts")
@@ -75,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="largest message accepted from a client; larger → close 1009 (default: 1M)")
     lim.add_argument("--max-queue", type=_size, default=4 << 20, metavar="BYTES",
                      help="bytes queued for one client before the slow-client policy applies (default: 4M)")
+    lim.add_argument("--client-rate", type=float, default=100.0, metavar="N",
+                     help="messages per second a client may send (bursts of as many) before it is "
+                          "closed with 1008; 0 = no limit (default: %(default)s)")
     lim.add_argument("--slow-client", choices=("close", "drop"), default="close",
                      help="slow-client policy: close it with 1008, or drop messages for it "
                           "(default: %(default)s); both are counted")
@@ -102,6 +135,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     log.setLevel(min(level, logging.INFO))  # startup lines are always shown
     if not args.sub and not args.demo:
         parser.error("give at least one --sub ENDPOINT (or --demo)")
+    if args.push and args.pub:
+        parser.error("give --push or --pub, not both")
 
     from .gateway import Gateway
 
@@ -114,6 +149,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     gateway = Gateway(
         endpoints, args.port, host=args.host, bind=args.bind and not args.demo,
         payload_mode=args.payload, rcvhwm=args.rcvhwm, subprotocols=args.subprotocol,
+        envelope=args.format, separator=args.separator.encode("utf-8"),
+        require_topic=args.require_topic, subscribe_all=args.subscribe_all, linger=args.linger,
+        history=args.history, history_bytes=args.history_bytes,
+        push_endpoint=args.push, pub_endpoint=args.pub,
+        upstream_topic=args.upstream_topic.encode("utf-8"), client_rate=args.client_rate,
+        deflate=not args.no_deflate, deflate_threshold=args.deflate_threshold,
+        deflate_mem_level=args.deflate_mem_level,
         max_message_size=args.max_message_size, max_queue=args.max_queue,
         slow_client=args.slow_client, max_header_size=args.max_header_size,
         ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,
