@@ -23,7 +23,7 @@ from .frames import (
 )
 from .utf8 import Utf8Validator, is_utf8
 
-__all__ = ["OPEN", "CLOSING", "CLOSED", "Message", "Ping", "Pong", "CloseReceived",
+__all__ = ["OutputQueue", "OPEN", "CLOSING", "CLOSED", "Message", "Ping", "Pong", "CloseReceived",
            "ConnectionFailed", "WebSocketConnection"]
 
 OPEN = 1
@@ -85,7 +85,33 @@ class ConnectionFailed:
 Event = Union[Message, Ping, Pong, CloseReceived, ConnectionFailed]
 
 
-class WebSocketConnection:
+class OutputQueue:
+    """Bytes waiting to be written to one peer: a list of buffers and their total size.
+
+    Every transport session (WebSocket, and the HTTP fallbacks) is one, so the
+    fan-out and the loop's writer treat them all alike: the fan-out appends
+    already-encoded bytes; the loop writes ``out`` with one ``sendmsg`` and
+    trims what was sent.
+    """
+
+    __slots__ = ("out", "out_bytes")
+
+    def __init__(self) -> None:
+        self.out: List = []
+        self.out_bytes = 0
+
+    def queue(self, data: bytes) -> None:
+        """Append already-encoded bytes."""
+        self.out.append(data)
+        self.out_bytes += len(data)
+
+    def discard_output(self, keep_head: Optional[bytes] = None) -> None:
+        """Drop everything queued except ``keep_head`` (the unsent rest of a partly written frame)."""
+        self.out[:] = [keep_head] if keep_head else []
+        self.out_bytes = len(keep_head) if keep_head else 0
+
+
+class WebSocketConnection(OutputQueue):
     """Server side of one WebSocket connection after the opening handshake.
 
     ``max_message_size`` bounds a reassembled message (1009 beyond it, checked
@@ -95,16 +121,15 @@ class WebSocketConnection:
     :class:`zmqws.deflate.PerMessageDeflate`, or None.
     """
 
-    __slots__ = ("state", "out", "out_bytes", "parser", "max_message_size", "max_fragments",
+    __slots__ = ("state", "parser", "max_message_size", "max_fragments",
                  "deflate", "close_sent", "close_code", "close_reason",
                  "_msg_opcode", "_msg_parts", "_msg_size", "_msg_frames", "_msg_compressed",
                  "_utf8", "__weakref__")
 
     def __init__(self, *, max_message_size: int = 1 << 20, max_fragments: int = 0,
                  deflate: "Optional[object]" = None) -> None:
+        super().__init__()
         self.state = OPEN
-        self.out: List[bytes] = []
-        self.out_bytes = 0
         self.max_message_size = max_message_size
         self.max_fragments = max_fragments
         self.deflate = deflate
@@ -124,11 +149,6 @@ class WebSocketConnection:
         self._utf8: Optional[Utf8Validator] = None
 
     # -- output ---------------------------------------------------------------
-
-    def queue(self, data: bytes) -> None:
-        """Append already-encoded frame bytes to the outgoing queue."""
-        self.out.append(data)
-        self.out_bytes += len(data)
 
     def send(self, data: Union[str, bytes]) -> None:
         """Queue one message: ``str`` as a text frame, ``bytes`` as binary (§5.6)."""
@@ -160,11 +180,6 @@ class WebSocketConnection:
     def _send_close(self, code: Optional[int], reason: str) -> None:
         self.queue(encode_frame(OP_CLOSE, encode_close_payload(code, reason)))
         self.close_sent = True
-
-    def discard_output(self, keep_head: Optional[bytes] = None) -> None:
-        """Drop everything queued except ``keep_head`` (the unsent rest of a partly written frame)."""
-        self.out[:] = [keep_head] if keep_head else []
-        self.out_bytes = len(keep_head) if keep_head else 0
 
     # -- input ----------------------------------------------------------------
 

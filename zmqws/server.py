@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Unio
 from . import handshake
 from .deflate import DeflateConfig
 from .connection import (
-    CLOSED, OPEN, CloseReceived, ConnectionFailed, Message, Pong, WebSocketConnection,
+    CLOSED, OPEN, OutputQueue, CloseReceived, ConnectionFailed, Message, Pong, WebSocketConnection,
 )
 from .frames import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_POLICY_VIOLATION
 from .handshake import HTTPError, Request, RequestParser
@@ -58,7 +58,7 @@ class Client:
     """
 
     __slots__ = ("server", "sock", "fd", "address", "id", "phase", "parser", "request", "ws",
-                 "out", "out_bytes", "close_after_flush", "want_write", "connected_at",
+                 "session", "close_after_flush", "want_write", "connected_at",
                  "last_seen", "ping_sent_at", "deadline", "subprotocol", "data", "__weakref__")
 
     def __init__(self, server: "WebSocketServer", sock: socket.socket, address: Any, client_id: int,
@@ -72,8 +72,9 @@ class Client:
         self.parser: Optional[RequestParser] = None
         self.request: Optional[Request] = None
         self.ws: Optional[WebSocketConnection] = None
-        self.out: List[Any] = []  # the HTTP phase's queue; the WebSocket phase uses ws.out
-        self.out_bytes = 0
+        # The output queue: a plain one in the HTTP phase, then the transport session
+        # (the WebSocket connection, or an HTTP streaming session).
+        self.session: OutputQueue = OutputQueue()
         self.close_after_flush = False
         self.want_write = False
         self.connected_at = now
@@ -411,8 +412,7 @@ class WebSocketServer:
         return len(response) if end < 0 else end + 4
 
     def _http_reply(self, client: Client, response: bytes) -> None:
-        client.out.append(response)
-        client.out_bytes += len(response)
+        client.session.queue(response)
         client.close_after_flush = True
         self._queued(client)
 
@@ -424,7 +424,7 @@ class WebSocketServer:
                                  max_fragments=self.max_fragments, deflate=extension)
         ws.queue(response)
         client.ws = ws
-        client.out = ws.out  # one queue from here on
+        client.session = ws  # the 101 response is its first bytes
         client.subprotocol = subprotocol
         client.phase = WEBSOCKET
         client.deadline = 0.0
@@ -502,14 +502,14 @@ class WebSocketServer:
         over = None
         sent = 0
         for client in clients:
-            ws = client.ws
-            if ws.out_bytes + size > limit and ws.out_bytes:
+            session = client.session
+            if session.out_bytes + size > limit and session.out_bytes:
                 if over is None:
                     over = []
                 over.append(client)
                 continue
-            ws.out.append(frames)
-            ws.out_bytes += size
+            session.out.append(frames)
+            session.out_bytes += size
             dirty[client] = None
             sent += 1
         stats = self.stats
@@ -526,16 +526,18 @@ class WebSocketServer:
             self.stats.dropped_slow += count
             return
         self.stats.slow_closed += 1
-        ws = client.ws
-        head = client.out[0] if client.out and isinstance(client.out[0], memoryview) else None
-        ws.discard_output(head)
+        session = client.session
+        out = session.out
+        head = out[0] if out and isinstance(out[0], memoryview) else None
+        session.discard_output(head)
         log.info("client %s: slow consumer (over %d bytes queued), closing with 1008",
                  client.id, self.max_queue)
         self._close_client(client, CLOSE_POLICY_VIOLATION, "slow consumer")
 
     def _flush(self, client: Client) -> None:
         """One ``sendmsg`` of the client's queue; POLLOUT stays registered only while output remains."""
-        out = client.out
+        session = client.session
+        out = session.out
         if out:
             try:
                 sent = client.sock.sendmsg(out if len(out) <= _IOV_MAX else out[:_IOV_MAX])
@@ -557,10 +559,7 @@ class WebSocketServer:
                     i += 1
                 if i:
                     del out[:i]
-                if client.ws is not None:
-                    client.ws.out_bytes -= sent
-                else:
-                    client.out_bytes -= sent
+                session.out_bytes -= sent
         if out:
             if not client.want_write:
                 client.want_write = True
