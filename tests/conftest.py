@@ -16,6 +16,7 @@ stopped or closed by a fixture finalizer, and every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import struct
 import time
@@ -66,7 +67,9 @@ def upgrade_request(path: str = "/", *, method: str = "GET", key: Optional[str] 
 
 
 def http_exchange(port: int, request: bytes, timeout: float = 5.0) -> Tuple[int, dict, bytes]:
-    """Send raw request bytes, read the response until the server closes; (status, headers, body)."""
+    """Send raw request bytes, read one response (to its Content-Length, or until the server
+    closes when it has none, or the head only for HEAD); (status, headers, body)."""
+    head_only = request.startswith(b"HEAD ")
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(request)
         data = b""
@@ -74,6 +77,19 @@ def http_exchange(port: int, request: bytes, timeout: float = 5.0) -> Tuple[int,
         while True:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no end of response within {timeout} s: {data[:200]!r}")
+            head, sep, rest = data.partition(b"\r\n\r\n")
+            if sep:
+                match = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+                if head_only or (match and len(rest) >= int(match.group(1))):
+                    # keep-alive: the server may keep the connection open; wait a moment for
+                    # stray bytes after the response (a HEAD body would be a bug)
+                    sock.settimeout(0.2)
+                    try:
+                        extra = sock.recv(65536)
+                    except socket.timeout:
+                        extra = b""
+                    data += extra
+                    break
             chunk = sock.recv(65536)
             if not chunk:
                 break

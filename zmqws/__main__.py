@@ -98,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="send messages shorter than this uncompressed (default: %(default)s)")
     web.add_argument("--deflate-mem-level", type=int, default=8, choices=range(1, 10), metavar="1-9",
                      help="zlib memory level for compression (default: %(default)s)")
+    web.add_argument("--static-dir", metavar="DIR",
+                     help="also serve the files of this folder over HTTP (before the built-in page "
+                          "and /zmqws.js); nothing outside it is ever served")
+    web.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                     help="send CORS headers to pages from this origin (repeatable; * for any) "
+                          "on HTTP responses (/events, /poll, files); none by default")
+    web.add_argument("--sse-heartbeat", type=_seconds, default=15.0, metavar="S",
+                     help="a comment line on idle Server-Sent Events streams this often (default: %(default)s)")
+    web.add_argument("--poll-timeout", type=_seconds, default=25.0, metavar="S",
+                     help="how long a long-polling request is held when there is nothing to send "
+                          "(default: %(default)s)")
     web.add_argument("--subprotocol", action="append", default=[], metavar="NAME",
                      help="a subprotocol the server accepts, in order of preference (repeatable)")
     lim = p.add_argument_group("limits and timeouts")
@@ -155,7 +166,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         push_endpoint=args.push, pub_endpoint=args.pub,
         upstream_topic=args.upstream_topic.encode("utf-8"), client_rate=args.client_rate,
         deflate=not args.no_deflate, deflate_threshold=args.deflate_threshold,
-        deflate_mem_level=args.deflate_mem_level,
+        deflate_mem_level=args.deflate_mem_level, static_dir=args.static_dir,
+        cors_origins=args.cors_origin, sse_heartbeat=args.sse_heartbeat,
+        poll_timeout=args.poll_timeout,
         max_message_size=args.max_message_size, max_queue=args.max_queue,
         slow_client=args.slow_client, max_header_size=args.max_header_size,
         ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import mimetypes
 import os
 import threading
 import time
@@ -32,8 +33,9 @@ import zmq
 from .connection import Message
 from .frames import CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, frame_header
 from .handshake import HTTPError, Request, http_response
+from . import sse
 from .routing import History, Route, Router, Stored, Upstream, topic_matches
-from .server import Client, WebSocketServer
+from .server import STREAM, Client, WebSocketServer
 from .utf8 import is_utf8
 
 __all__ = ["Gateway", "ENVELOPES"]
@@ -44,6 +46,8 @@ _STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
 PAYLOAD_MODES = ("auto", "text", "binary")
 ENVELOPES = ("payload", "topic", "json")
+SSE = "sse"    # route wire format of Server-Sent Events clients
+POLL = "poll"  # route wire format of parked long-polling requests
 
 
 class _ClientState:
@@ -107,6 +111,10 @@ class Gateway(WebSocketServer):
                  upstream_hwm: int = 10_000,
                  rcvhwm: int = 100_000, drain_budget: int = 4096,
                  zmq_context: Optional[zmq.Context] = None, page: Optional[str] = "index.html",
+                 static_dir: Optional[str] = None, max_static_size: int = 16 << 20,
+                 cors_origins: Sequence[str] = (), sse_heartbeat: float = 15.0,
+                 poll_timeout: float = 25.0, poll_max_messages: int = 100,
+                 poll_max_bytes: int = 1 << 20,
                  **server_options: Any) -> None:
         super().__init__(port, host=host, **server_options)
         if payload_mode not in PAYLOAD_MODES:
@@ -136,6 +144,14 @@ class Gateway(WebSocketServer):
         self.rcvhwm = rcvhwm
         self.drain_budget = drain_budget
         self.page = page
+        # Files are served from the user's folder first, then the package's (page, zmqws.js).
+        self._static_roots = [os.path.realpath(d) for d in (static_dir, _STATIC) if d]
+        self.max_static_size = max_static_size
+        self.cors_origins = list(cors_origins)
+        self.sse_heartbeat = sse_heartbeat
+        self.poll_timeout = poll_timeout
+        self.poll_max_messages = poll_max_messages
+        self.poll_max_bytes = poll_max_bytes
         self.history = History(history, history_bytes)
         self.router = Router()
         self.upstream = Upstream()
@@ -148,6 +164,7 @@ class Gateway(WebSocketServer):
         self._active: List[Route] = []  # routes with messages this turn
         self._states: Dict[Client, _ClientState] = {}
         self._deflaters: Dict[Any, Any] = {}  # wire key -> a PerMessageDeflate that encodes for it
+        self._lingering: Dict[bytes, Any] = {}  # prefix -> the timer that will expire it
         self._lock = threading.Lock()
 
     # -- public API -------------------------------------------------------------
@@ -237,7 +254,17 @@ class Gateway(WebSocketServer):
             if self.linger <= 0 or self._stopping:
                 self._expire(prefix)
             else:
-                self.loop.call_later(self.linger, lambda: self._expire(prefix))
+                # The linger counts from the last release: an earlier timer (the prefix
+                # was released, wanted again and released again) must not cut it short.
+                timer = self._lingering.pop(prefix, None)
+                if timer is not None:
+                    timer.cancel()
+                self._lingering[prefix] = self.loop.call_later(self.linger,
+                                                               lambda: self._linger_over(prefix))
+
+    def _linger_over(self, prefix: bytes) -> None:
+        self._lingering.pop(prefix, None)
+        self._expire(prefix)
 
     def _expire(self, prefix: bytes) -> None:
         if self.upstream.expire(prefix, self._last_id) and self._sub is not None:
@@ -298,6 +325,10 @@ class Gateway(WebSocketServer):
             if not route.members:
                 continue
             envelope, wire = route.envelope, route.wire
+            if wire == POLL:
+                for client in list(route.members):
+                    self._answer_poll(client, batch)
+                continue
             if cache is None:
                 frames = [self._encode(m, envelope, wire) for m in batch]
             else:
@@ -312,10 +343,13 @@ class Gateway(WebSocketServer):
             self.fanout(blob, route.members, len(frames))
 
     def _encode(self, m: Stored, envelope: str, wire: Any) -> bytes:
-        """The frame of one message for an envelope and a wire format (plain or deflate window)."""
+        """One message on the wire: a WebSocket frame (plain, or compressed for a deflate
+        window size) or a Server-Sent Event."""
         opcode, body = self._envelope(m, envelope)
         if wire is None:
             return frame_header(opcode, len(body)) + body
+        if wire == SSE:
+            return sse.encode_event(body, m.id, binary=opcode == OP_BINARY)
         return self._deflaters[wire].encode_message(opcode, body)
 
     def _envelope(self, m: Stored, envelope: str) -> Tuple[int, bytes]:
@@ -326,61 +360,92 @@ class Gateway(WebSocketServer):
                 return m.opcode, m.payload
             body = m.topic + self.separator + m.payload
             return (OP_TEXT if m.opcode == OP_TEXT and is_utf8(m.topic + self.separator) else OP_BINARY), body
+        return OP_TEXT, json.dumps(self._json_doc(m), separators=(",", ":")).encode("utf-8")
+
+    @staticmethod
+    def _json_doc(m: Stored) -> Dict[str, Any]:
+        """The ``json`` envelope: ``{"id", "topic", "data"}``, binary data as base64 with ``"binary": true``."""
         doc: Dict[str, Any] = {"id": m.id, "topic": m.topic.decode("utf-8", "replace")}
         if m.opcode == OP_TEXT:
             doc["data"] = m.payload.decode("utf-8")
         else:
             doc["data"] = base64.b64encode(m.payload).decode("ascii")
             doc["binary"] = True
-        return OP_TEXT, json.dumps(doc, separators=(",", ":")).encode("utf-8")
+        return doc
 
-    def _queue_message(self, client: Client, m: Stored) -> None:
-        """Queue one message on one client (replay), in the client's envelope and wire format."""
-        state = self._states[client]
-        frame = self._encode(m, state.envelope, state.wire)
-        client.ws.queue(frame)
-        self.stats.messages_out += 1
-        self.stats.bytes_out += len(frame)
+    def _encode_notice(self, state: "_ClientState", notice: Dict[str, Any]) -> bytes:
+        """A gateway notice (a gap) for a client's envelope and transport."""
+        text = json.dumps(notice, separators=(",", ":"))
+        if state.wire == SSE:
+            return sse.encode_event(text.encode("utf-8"), event=next(iter(notice)))
+        if state.envelope == "topic":
+            text = "$gap" + self.separator.decode("utf-8", "replace") + text
+        body = text.encode("utf-8")
+        if state.wire is None:
+            return frame_header(OP_TEXT, len(body)) + body
+        return self._deflaters[state.wire].encode_message(OP_TEXT, body)
 
     # -- clients --------------------------------------------------------------------
 
-    def accept_websocket(self, client: Client, request: Request) -> None:
-        """Check the query before the 101: ``topic``, ``format``, ``since``."""
+    def _check_query(self, request: Request) -> None:
+        """``topic``, ``format`` and ``since`` as every transport takes them."""
         envelope = request.query_value("format", self.envelope)
         if envelope not in ENVELOPES:
             raise HTTPError(400, f"format must be one of {', '.join(ENVELOPES)}")
-        topics = request.query.get("topic", [])
-        if self.require_topic and not topics:
+        if self.require_topic and not request.query.get("topic"):
             raise HTTPError(400, "name at least one topic (?topic=prefix)")
-        since = request.query_value("since")
+        since = self._since(request)
         if since is not None and not since.isdigit():
             raise HTTPError(400, "since must be a message id (a non-negative integer)")
+
+    @staticmethod
+    def _since(request: Request) -> Optional[str]:
+        """``?since=ID``, else the ``Last-Event-ID`` header an EventSource sends when it reconnects."""
+        since = request.query_value("since")
+        if since is None:
+            since = request.header("last-event-id")
+        return since.strip() if since is not None else None
+
+    def accept_websocket(self, client: Client, request: Request) -> None:
+        """Check the query before the 101: ``topic``, ``format``, ``since``."""
+        self._check_query(request)
         super().accept_websocket(client, request)
 
     def _on_open(self, client: Client) -> None:
-        request = client.request
         deflate = client.ws.deflate
         wire = None if deflate is None else deflate.out_key
         if wire is not None and wire not in self._deflaters:
             self._deflaters[wire] = deflate
+        self._join(client, client.request.query_value("format", self.envelope), wire)
+        super()._on_open(client)
+
+    def _join(self, client: Client, envelope: str, wire: Any) -> None:
+        """Subscribe a client (any transport) to its topics, replay what it missed, route it."""
+        request = client.request
         topics = request.query.get("topic", [])
         prefixes = sorted({t.encode("utf-8") for t in topics}) if topics else [b""]
-        state = _ClientState(prefixes, request.query_value("format", self.envelope), wire,
-                             self.client_rate, time.monotonic(),
+        state = _ClientState(prefixes, envelope, wire, self.client_rate, time.monotonic(),
                              f"{os.getpid()}.{client.id}".encode())
         self._states[client] = state
         self._send_batch()  # this turn's messages go to those already there, not to the newcomer
         for prefix in prefixes:
             self._want(prefix)
-        since = request.query_value("since")
+        since = self._since(request) if wire != POLL else None  # a poll resumes before it parks
         if since is not None:
-            self._replay(client, int(since))
-        self.router.add(client, prefixes, state.envelope, wire)
-        super()._on_open(client)
+            notice, missed = self._missed(state, int(since))
+            if notice is not None:
+                client.session.queue(self._encode_notice(state, notice))
+            for m in missed:
+                frame = self._encode(m, envelope, wire)
+                client.session.queue(frame)
+                self.stats.messages_out += 1
+                self.stats.bytes_out += len(frame)
+            self._queued(client)
+        self.router.add(client, prefixes, envelope, wire)
 
-    def _replay(self, client: Client, since: int) -> None:
-        """Resume: a gap notice if the ids after ``since`` are not all known, then the history."""
-        state = self._states[client]
+    def _missed(self, state: "_ClientState", since: int) -> Tuple[Optional[Dict[str, Any]], List[Stored]]:
+        """Resume: a gap notice if the ids after ``since`` are not all known, and the
+        messages in the history after ``since`` for the client's topics."""
         ranges = []
         if since < self.history.first_missing:
             ranges.append((since + 1, self.history.first_missing))  # evicted from the history
@@ -388,21 +453,13 @@ class Gateway(WebSocketServer):
             blind = self.upstream.gap(prefix, since)  # not subscribed upstream for a while
             if blind is not None:
                 ranges.append(blind)
+        notice = None
         if ranges:
-            self._send_gap(client, min(r[0] for r in ranges), max(r[1] for r in ranges))
-        for m in self.history.after(since):
-            if topic_matches(m.topic if m.multipart else m.payload, state.prefixes):
-                self._queue_message(client, m)
-        self._queued(client)
-
-    def _send_gap(self, client: Client, first: int, last: int) -> None:
-        """Tell a resuming client that messages ``first..last`` (ids) may be lost to it."""
-        state = self._states[client]
-        notice = json.dumps({"gap": [first, last]}, separators=(",", ":"))
-        if state.envelope == "topic":
-            notice = "$gap" + self.separator.decode("utf-8", "replace") + notice
-        self.stats.gaps += 1
-        client.send(notice)
+            self.stats.gaps += 1
+            notice = {"gap": [min(r[0] for r in ranges), max(r[1] for r in ranges)]}
+        missed = [m for m in self.history.after(since)
+                  if topic_matches(m.topic if m.multipart else m.payload, state.prefixes)]
+        return notice, missed
 
     def _forget(self, client: Client) -> None:
         state = self._states.pop(client, None)
@@ -503,15 +560,142 @@ class Gateway(WebSocketServer):
             if prefix not in prefixes:
                 self._release(prefix)
 
-    # -- HTTP -------------------------------------------------------------------------
+    # -- HTTP: the page, static files, Server-Sent Events, long-polling ----------------
 
-    def handle_http(self, client: Client, request: Request) -> bytes:
-        """``GET /`` serves the live page; other paths are 404."""
+    def handle_http(self, client: Client, request: Request) -> Optional[bytes]:
+        """``GET /`` the live page, ``/zmqws.js`` the client, ``/events`` SSE, ``/poll``
+        long-polling, other files from the static folders; else 404 (405 for other methods)."""
+        cors = self._cors_headers(request)
+        if request.method == "OPTIONS" and cors:
+            return http_response(204, headers=cors + [("Access-Control-Allow-Methods", "GET, HEAD"),
+                                                      ("Access-Control-Allow-Headers", "Last-Event-ID"),
+                                                      ("Access-Control-Max-Age", "600")])
         if request.method not in ("GET", "HEAD"):
             raise HTTPError(405, "method not allowed", [("Allow", "GET, HEAD")])
-        if request.path in ("/", "/index.html") and self.page:
-            with open(os.path.join(_STATIC, self.page), "rb") as f:
-                body = f.read()
-            return http_response(200, body, "text/html; charset=utf-8",
-                                 [("Cache-Control", "no-cache")])
-        raise HTTPError(404, "not found")
+        path = request.path
+        if path == "/events":
+            self._start_sse(client, request, cors)
+            return None
+        if path == "/poll":
+            self._start_poll(client, request, cors)
+            return None
+        if path in ("/", "/index.html") and not self.page:
+            raise HTTPError(404, "not found")
+        found = self._static_file("/" + self.page if path == "/" else path)
+        if found is None:
+            raise HTTPError(404, "not found")
+        body, content_type = found
+        self.http_reply(client, http_response(200, body, content_type,
+                                              [("Cache-Control", "no-cache")] + cors,
+                                              keep_alive=request.keep_alive), keep_alive=True)
+        return None
+
+    def _cors_headers(self, request: Request) -> List[Tuple[str, str]]:
+        """``Access-Control-Allow-Origin`` only for an ``Origin`` that ``cors_origins`` names."""
+        origin = request.header("origin")
+        if not origin or not self.cors_origins:
+            return []
+        if "*" in self.cors_origins:
+            return [("Access-Control-Allow-Origin", "*")]
+        if origin in self.cors_origins:
+            return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        return []
+
+    def _static_file(self, path: str) -> Optional[Tuple[bytes, str]]:
+        """A file under one of the static folders, never outside them (no ``..``, no links out)."""
+        relative = path.lstrip("/")
+        if not relative or "\0" in relative or "\\" in relative:
+            return None
+        if any(part in ("", ".", "..") for part in relative.split("/")):
+            return None
+        for root in self._static_roots:
+            full = os.path.realpath(os.path.join(root, relative))
+            if not full.startswith(root + os.sep) or not os.path.isfile(full):
+                continue
+            try:
+                with open(full, "rb") as f:
+                    body = f.read(self.max_static_size + 1)
+            except OSError:
+                continue
+            if len(body) > self.max_static_size:
+                raise HTTPError(404, "not found")
+            content_type = mimetypes.guess_type(full)[0] or "application/octet-stream"
+            if content_type.startswith("text/") or content_type in ("application/javascript",
+                                                                     "application/json"):
+                content_type += "; charset=utf-8"
+            return body, content_type
+        return None
+
+    def _start_sse(self, client: Client, request: Request, cors: List[Tuple[str, str]]) -> None:
+        """``GET /events``: the response becomes an endless event stream (phase STREAM)."""
+        self._check_query(request)
+        if request.method == "HEAD":
+            self.http_reply(client, sse.response_head(cors))
+            return
+        client.session.queue(sse.response_head(cors))
+        client.phase = STREAM
+        client.transport = SSE
+        client.deadline = 0.0
+        client.ping_sent_at = time.monotonic()  # the last heartbeat
+        self.stats.sse_connections += 1
+        self._join(client, request.query_value("format", self.envelope), SSE)
+        self._queued(client)
+
+    def _stream_tick(self, client: Client, now: float) -> None:
+        """A comment line every ``sse_heartbeat`` seconds keeps idle proxies from closing streams."""
+        if self.sse_heartbeat and now - client.ping_sent_at >= self.sse_heartbeat:
+            client.ping_sent_at = now
+            if not client.session.out:
+                client.session.queue(sse.HEARTBEAT)
+                self._queued(client)
+
+    def _start_poll(self, client: Client, request: Request, cors: List[Tuple[str, str]]) -> None:
+        """``GET /poll?since=ID``: the messages after ID at once, or held until one comes."""
+        self._check_query(request)
+        client.data["cors"] = cors
+        since = self._since(request)
+        prefixes_state = _ClientState(
+            sorted({t.encode("utf-8") for t in request.query.get("topic", [])}) or [b""],
+            "json", POLL, 0, 0.0, b"")
+        if since is not None:
+            notice, missed = self._missed(prefixes_state, int(since))
+            if notice is not None or missed:
+                self._poll_response(client, ([notice] if notice else []) + missed)
+                return
+        # Nothing yet: hold the request, routed like any client, until a message or the timeout.
+        self.stats.polls_held += 1
+        client.parked = True
+        client.transport = POLL
+        client.deadline = time.monotonic() + self.poll_timeout
+        self._join(client, "json", POLL)
+
+    def _answer_poll(self, client: Client, batch: List[Stored]) -> None:
+        self._forget(client)
+        self._poll_response(client, batch)
+
+    def _poll_response(self, client: Client, items: List[Any]) -> None:
+        """A JSON array of messages (a gap notice first), bounded in count and bytes."""
+        docs: List[str] = []
+        size = 2
+        for item in items:
+            doc = json.dumps(item if isinstance(item, dict) else self._json_doc(item),
+                             separators=(",", ":"))
+            if docs and (len(docs) >= self.poll_max_messages or size + len(doc) > self.poll_max_bytes):
+                break  # the rest on the next poll, which asks for what follows the last id
+            docs.append(doc)
+            size += len(doc) + 1
+        delivered = sum(1 for item in items[:len(docs)] if not isinstance(item, dict))
+        self.stats.messages_out += delivered
+        body = ("[" + ",".join(docs) + "]").encode("utf-8")
+        self.stats.bytes_out += len(body)
+        client.transport = None
+        self.http_reply(client, http_response(200, body, "application/json",
+                                              [("Cache-Control", "no-cache")] + client.data.get("cors", []),
+                                              keep_alive=client.request.keep_alive),
+                        keep_alive=True)
+
+    def _deadline(self, client: Client) -> None:
+        if client.parked:
+            self._answer_poll(client, [])  # the poll timed out: an empty array, the client asks again
+        else:
+            super()._deadline(client)

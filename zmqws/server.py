@@ -44,6 +44,7 @@ HTTP = 0         # reading an HTTP request
 WEBSOCKET = 1    # after the 101 response
 LINGER = 2       # output flushed then SHUT_WR; reading until EOF or a deadline
 GONE = 3
+STREAM = 4       # an endless HTTP response (Server-Sent Events); input is ignored
 
 _IOV_MAX = 1024
 _RECV_SIZE = 262144
@@ -59,7 +60,8 @@ class Client:
 
     __slots__ = ("server", "sock", "fd", "address", "id", "phase", "parser", "request", "ws",
                  "session", "close_after_flush", "want_write", "connected_at",
-                 "last_seen", "ping_sent_at", "deadline", "subprotocol", "data", "__weakref__")
+                 "last_seen", "ping_sent_at", "deadline", "subprotocol", "data", "transport",
+                 "parked", "__weakref__")
 
     def __init__(self, server: "WebSocketServer", sock: socket.socket, address: Any, client_id: int,
                  now: float) -> None:
@@ -83,6 +85,8 @@ class Client:
         self.deadline = now + server.handshake_timeout
         self.subprotocol: Optional[str] = None
         self.data: Dict[str, Any] = {}  # for applications
+        self.transport: Optional[str] = None  # "websocket", "sse", "poll" once it gets messages
+        self.parked = False  # an HTTP request held open (long-polling) until messages come
 
     @property
     def path(self) -> str:
@@ -370,9 +374,9 @@ class WebSocketServer:
         try:
             if client.phase == WEBSOCKET:
                 self._ws_data(client, data)
-            elif client.phase == HTTP:
+            elif client.phase == HTTP and not client.parked:
                 self._http_data(client, data)
-            # LINGER: discard what arrives until EOF
+            # LINGER, STREAM, a parked request: discard what arrives until EOF
         except Exception:
             log.exception("internal error on client %s", client.id)
             if client.phase == WEBSOCKET and client.ws is not None:
@@ -385,35 +389,45 @@ class WebSocketServer:
             return  # an answer is on its way; ignore the rest
         try:
             request = client.parser.feed(data)
-            if request is None:
-                return
-            request.peer = client.address
-            client.request = request
-            if handshake.is_websocket_upgrade(request):
-                self._upgrade(client, request)
-            else:
+            while request is not None:
+                request.peer = client.address
+                client.request = request
+                if handshake.is_websocket_upgrade(request):
+                    self._upgrade(client, request)
+                    return
                 self.stats.http_requests += 1
-                head_only = request.method == "HEAD"
                 response = self.handle_http(client, request)
                 if response is not None:
-                    self._http_reply(client, response[:self._head_length(response)]
-                                     if head_only else response)
+                    self.http_reply(client, response)
+                if client.phase != HTTP or client.parked or client.close_after_flush:
+                    return
+                request = client.parser.feed(client.parser.reset())
         except HTTPError as exc:
             self.stats.http_errors += 1
             log.debug("client %s: HTTP %s %s", client.id, exc.status, exc.reason)
             response = handshake.error_response(exc)
-            if client.request is not None and client.request.method == "HEAD":
-                response = response[:self._head_length(response)]  # RFC 9110 §9.3.2: no body
-            self._http_reply(client, response)
+            self.http_reply(client, response)
 
     @staticmethod
     def _head_length(response: bytes) -> int:
         end = response.find(b"\r\n\r\n")
         return len(response) if end < 0 else end + 4
 
-    def _http_reply(self, client: Client, response: bytes) -> None:
+    def http_reply(self, client: Client, response: bytes, keep_alive: bool = False) -> None:
+        """Queue a complete HTTP response (loop thread).  A HEAD request gets the head only.
+
+        With ``keep_alive`` the connection then waits for the next request
+        (RFC 9112 §9.3); else it is closed once the response is written.
+        """
+        request = client.request
+        if request is not None and request.method == "HEAD":
+            response = response[:self._head_length(response)]  # RFC 9110 §9.3.2: no body
         client.session.queue(response)
-        client.close_after_flush = True
+        client.parked = False
+        if keep_alive and request is not None and request.keep_alive and not self._stopping:
+            client.deadline = time.monotonic() + self.handshake_timeout
+        else:
+            client.close_after_flush = True
         self._queued(client)
 
     def _upgrade(self, client: Client, request: Request) -> None:
@@ -431,6 +445,7 @@ class WebSocketServer:
         rest = client.parser.rest
         client.parser = None
         self._ws_clients[client] = None
+        client.transport = "websocket"
         self.stats.ws_connections += 1
         log.debug("client %s: WebSocket open %s %s", client.id, client.address, request.target)
         self._queued(client)
@@ -581,7 +596,7 @@ class WebSocketServer:
                 self._ws_clients.pop(client, None)
                 client.deadline = time.monotonic() + self.close_timeout
                 self._queued(client)
-        elif client.phase == HTTP:
+        elif client.phase in (HTTP, STREAM):
             self._abort(client)
 
     def _closing_done(self, client: Client) -> None:
@@ -607,7 +622,7 @@ class WebSocketServer:
         """Drop the TCP connection now and forget the client."""
         if client.phase == GONE:
             return
-        was_ws = client.ws is not None
+        had_transport = client.transport is not None
         client.phase = GONE
         self._ws_clients.pop(client, None)
         self._dirty.pop(client, None)
@@ -617,16 +632,17 @@ class WebSocketServer:
             client.sock.close()
         except OSError:  # pragma: no cover
             pass
-        if was_ws:
+        if had_transport:
             ws = client.ws
-            code = ws.close_code if ws.close_code is not None else 1006
-            self.stats.count_close(code)
-            log.debug("client %s: disconnected (%s)", client.id, code)
+            if ws is not None:
+                code = ws.close_code if ws.close_code is not None else 1006
+                self.stats.count_close(code)
+                log.debug("client %s: disconnected (%s)", client.id, code)
             self._on_close(client)
 
     def _on_close(self, client: Client) -> None:
-        """Called once when a WebSocket client is gone; subclasses unsubscribe it here."""
-        if self.on_disconnect is not None:
+        """Called once when a client with a transport is gone; subclasses unsubscribe it here."""
+        if self.on_disconnect is not None and client.ws is not None:
             try:
                 self.on_disconnect(client)
             except Exception:
@@ -659,12 +675,21 @@ class WebSocketServer:
                     client.ping_sent_at = now
                     client.ws.ping(b"zmqws")
                     self._queued(client)
+            elif phase == STREAM:
+                self._stream_tick(client, now)
             elif client.deadline and now >= client.deadline:
-                if phase == HTTP:
-                    self.stats.handshake_timeouts += 1
-                self._abort(client)
+                self._deadline(client)
         if not self._stopping:
             self._schedule_housekeeping()
+
+    def _deadline(self, client: Client) -> None:
+        """A client's deadline passed: handshake or keep-alive idle time, or the close wait."""
+        if client.phase == HTTP and not client.close_after_flush:
+            self.stats.handshake_timeouts += 1
+        self._abort(client)
+
+    def _stream_tick(self, client: Client, now: float) -> None:
+        """Once a second for every streaming HTTP client (subclasses send heartbeats)."""
 
     # -- stopping -----------------------------------------------------------------
 
@@ -679,7 +704,7 @@ class WebSocketServer:
         for client in list(self._clients.values()):
             if client.phase == WEBSOCKET:
                 self._close_client(client, CLOSE_GOING_AWAY, "server shutting down")
-            elif client.phase == HTTP and not client.close_after_flush:
+            elif client.phase in (HTTP, STREAM) and not client.close_after_flush:
                 self._abort(client)
         self._flush_dirty()
         deadline = time.monotonic() + timeout

@@ -24,7 +24,8 @@ class Stats:
                  "messages_in", "bytes_in", "messages_out", "bytes_out", "zmq_messages",
                  "drops", "slow_closed", "dropped_slow", "protocol_errors", "ping_timeouts",
                  "handshake_timeouts", "accept_errors", "gaps", "rate_limited",
-                 "upstream_messages", "upstream_drops", "closes")
+                 "upstream_messages", "upstream_drops", "sse_connections", "polls_held",
+                 "closes")
 
     def __init__(self) -> None:
         for name in self.__slots__:
