@@ -26,7 +26,7 @@ def main() -> None:
 
     server = zmqws.WebSocketServer(
         args.port, host=args.host,
-        max_message_size=16 << 20, max_queue=64 << 20, deflate=not args.no_deflate,
+        max_message_size=16 << 20, max_fragments=0, max_queue=64 << 20, deflate=not args.no_deflate,
         on_message=lambda client, data: client.send(data),
     )
     server.start()

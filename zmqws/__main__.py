@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import signal
 import sys
@@ -111,7 +112,29 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: %(default)s)")
     web.add_argument("--subprotocol", action="append", default=[], metavar="NAME",
                      help="a subprotocol the server accepts, in order of preference (repeatable)")
+    sec = p.add_argument_group("security")
+    sec.add_argument("--certfile", metavar="FILE",
+                     help="serve wss:// and https:// with this PEM certificate (chain)")
+    sec.add_argument("--keyfile", metavar="FILE", help="the private key of --certfile (if not in it)")
+    sec.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                     help="accept browser pages from this origin only (repeatable), e.g. "
+                          "https://example.com; others get 403; default: any origin")
+    sec.add_argument("--token", metavar="TOKEN",
+                     help="require this shared token as ?token=TOKEN or 'Authorization: Bearer TOKEN' "
+                          "(compared in constant time); else 401. Prefer the ZMQWS_TOKEN environment "
+                          "variable, which process listings do not show")
+    sec.add_argument("--no-metrics", action="store_true", help="do not serve GET /metrics")
     lim = p.add_argument_group("limits and timeouts")
+    lim.add_argument("--max-connections", type=int, default=10000, metavar="N",
+                     help="connections at most; beyond, new ones get 503 (default: %(default)s)")
+    lim.add_argument("--max-connections-per-address", type=int, default=0, metavar="N",
+                     help="connections at most from one client IP address; 0 = no limit (default; "
+                          "behind a reverse proxy every client has the proxy's address)")
+    lim.add_argument("--max-fragments", type=int, default=4096, metavar="N",
+                     help="frames in one client message at most; more → close 1009 (default: %(default)s)")
+    lim.add_argument("--idle-timeout", type=_seconds, default=0.0, metavar="S",
+                     help="close a WebSocket client that sends nothing (not even pongs) this long; "
+                          "0 = never (default)")
     lim.add_argument("--max-message-size", type=_size, default=1 << 20, metavar="BYTES",
                      help="largest message accepted from a client; larger → close 1009 (default: 1M)")
     lim.add_argument("--max-queue", type=_size, default=4 << 20, metavar="BYTES",
@@ -151,6 +174,22 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from .gateway import Gateway
 
+    ssl_context = None
+    if args.keyfile and not args.certfile:
+        parser.error("--keyfile needs --certfile")
+    if args.certfile:
+        from .tls import server_context
+        try:
+            ssl_context = server_context(args.certfile, args.keyfile)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            print(f"zmqws: error: cannot load the certificate: {exc}", file=sys.stderr)
+            return 1
+    token = args.token or os.environ.get("ZMQWS_TOKEN")
+    authenticate = None
+    if token:
+        from .auth import token_authenticator
+        authenticate = token_authenticator(token)
+
     demo = None
     endpoints = list(args.sub)
     if args.demo:
@@ -168,7 +207,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         deflate=not args.no_deflate, deflate_threshold=args.deflate_threshold,
         deflate_mem_level=args.deflate_mem_level, static_dir=args.static_dir,
         cors_origins=args.cors_origin, sse_heartbeat=args.sse_heartbeat,
-        poll_timeout=args.poll_timeout,
+        poll_timeout=args.poll_timeout, ssl_context=ssl_context,
+        allow_origins=args.allow_origin, authenticate=authenticate, metrics=not args.no_metrics,
+        max_connections=args.max_connections,
+        max_connections_per_address=args.max_connections_per_address,
+        max_fragments=args.max_fragments, idle_timeout=args.idle_timeout,
         max_message_size=args.max_message_size, max_queue=args.max_queue,
         slow_client=args.slow_client, max_header_size=args.max_header_size,
         ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,
@@ -187,11 +230,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:  # from here on, a signal (even before run() waits) means a graceful stop
         signal.signal(signal.SIGTERM, on_signal)
         shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
-        log.info("zmqws %s listening on ws://%s:%d/ (page: http://%s:%d/), SUB %s %s",
-                 __version__, args.host, gateway.port, shown_host, gateway.port,
+        ws_scheme, http_scheme = ("wss", "https") if ssl_context else ("ws", "http")
+        log.info("zmqws %s listening on %s://%s:%d/ (page: %s://%s:%d/), SUB %s %s",
+                 __version__, ws_scheme, args.host, gateway.port, http_scheme, shown_host, gateway.port,
                  "bound to" if gateway.bind else "connected to", ", ".join(endpoints))
         if args.demo:
-            print(f"zmqws demo: open http://{shown_host}:{gateway.port}/ in a browser (Ctrl-C to stop)",
+            print(f"zmqws demo: open {http_scheme}://{shown_host}:{gateway.port}/ in a browser (Ctrl-C to stop)",
                   flush=True)
         gateway.run()
     except KeyboardInterrupt:

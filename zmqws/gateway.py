@@ -33,6 +33,7 @@ import zmq
 from .connection import Message
 from .frames import CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, frame_header
 from .handshake import HTTPError, Request, http_response
+from . import metrics as prometheus
 from . import sse
 from .routing import History, Route, Router, Stored, Upstream, topic_matches
 from .server import STREAM, Client, WebSocketServer
@@ -114,7 +115,7 @@ class Gateway(WebSocketServer):
                  static_dir: Optional[str] = None, max_static_size: int = 16 << 20,
                  cors_origins: Sequence[str] = (), sse_heartbeat: float = 15.0,
                  poll_timeout: float = 25.0, poll_max_messages: int = 100,
-                 poll_max_bytes: int = 1 << 20,
+                 poll_max_bytes: int = 1 << 20, metrics: bool = True,
                  **server_options: Any) -> None:
         super().__init__(port, host=host, **server_options)
         if payload_mode not in PAYLOAD_MODES:
@@ -152,6 +153,7 @@ class Gateway(WebSocketServer):
         self.poll_timeout = poll_timeout
         self.poll_max_messages = poll_max_messages
         self.poll_max_bytes = poll_max_bytes
+        self.metrics = metrics
         self.history = History(history, history_bytes)
         self.router = Router()
         self.upstream = Upstream()
@@ -387,8 +389,14 @@ class Gateway(WebSocketServer):
 
     # -- clients --------------------------------------------------------------------
 
-    def _check_query(self, request: Request) -> None:
-        """``topic``, ``format`` and ``since`` as every transport takes them."""
+    def _check_query(self, client: Client, request: Request) -> None:
+        """``topic``, ``format`` and ``since`` as every transport takes them; topics must be
+        within what the ``authenticate`` hook allowed (403)."""
+        allowed = client.data.get("allowed")
+        if allowed is not None:
+            for topic in request.query.get("topic", []):
+                if not topic_matches(topic.encode("utf-8"), allowed):
+                    raise HTTPError(403, f"topic not allowed: {topic}")
         envelope = request.query_value("format", self.envelope)
         if envelope not in ENVELOPES:
             raise HTTPError(400, f"format must be one of {', '.join(ENVELOPES)}")
@@ -408,7 +416,7 @@ class Gateway(WebSocketServer):
 
     def accept_websocket(self, client: Client, request: Request) -> None:
         """Check the query before the 101: ``topic``, ``format``, ``since``."""
-        self._check_query(request)
+        self._check_query(client, request)
         super().accept_websocket(client, request)
 
     def _on_open(self, client: Client) -> None:
@@ -419,11 +427,19 @@ class Gateway(WebSocketServer):
         self._join(client, client.request.query_value("format", self.envelope), wire)
         super()._on_open(client)
 
+    @staticmethod
+    def _prefixes(client: Client, request: Request) -> List[bytes]:
+        """The topics a client asked for; none = everything it is allowed."""
+        topics = request.query.get("topic", [])
+        if topics:
+            return sorted({t.encode("utf-8") for t in topics})
+        allowed = client.data.get("allowed")
+        return list(allowed) if allowed is not None else [b""]
+
     def _join(self, client: Client, envelope: str, wire: Any) -> None:
         """Subscribe a client (any transport) to its topics, replay what it missed, route it."""
         request = client.request
-        topics = request.query.get("topic", [])
-        prefixes = sorted({t.encode("utf-8") for t in topics}) if topics else [b""]
+        prefixes = self._prefixes(client, request)
         state = _ClientState(prefixes, envelope, wire, self.client_rate, time.monotonic(),
                              f"{os.getpid()}.{client.id}".encode())
         self._states[client] = state
@@ -530,8 +546,14 @@ class Gateway(WebSocketServer):
         if action not in ("subscribe", "unsubscribe") or not isinstance(prefix, str):
             return False
         raw = prefix.encode("utf-8")
+        allowed = client.data.get("allowed")
+        if action == "subscribe" and allowed is not None and not topic_matches(raw, allowed):
+            client.send(json.dumps({"error": "topic not allowed", "topic": prefix},
+                                   separators=(",", ":")))
+            return True
         prefixes = list(state.prefixes)
-        everything = prefixes == [b""] and not client.request.query.get("topic")
+        everything = not client.request.query.get("topic") and prefixes == self._prefixes(
+            client, client.request)
         if action == "subscribe":
             if everything:
                 prefixes = []  # the first explicit topic replaces "everything"
@@ -573,6 +595,10 @@ class Gateway(WebSocketServer):
         if request.method not in ("GET", "HEAD"):
             raise HTTPError(405, "method not allowed", [("Allow", "GET, HEAD")])
         path = request.path
+        if path == "/healthz":
+            return http_response(200, b"ok\n", keep_alive=False)
+        if path == "/metrics" and self.metrics:
+            return http_response(200, prometheus.render(self), prometheus.CONTENT_TYPE)
         if path == "/events":
             self._start_sse(client, request, cors)
             return None
@@ -628,7 +654,8 @@ class Gateway(WebSocketServer):
 
     def _start_sse(self, client: Client, request: Request, cors: List[Tuple[str, str]]) -> None:
         """``GET /events``: the response becomes an endless event stream (phase STREAM)."""
-        self._check_query(request)
+        self.check_access(client, request)
+        self._check_query(client, request)
         if request.method == "HEAD":
             self.http_reply(client, sse.response_head(cors))
             return
@@ -651,12 +678,11 @@ class Gateway(WebSocketServer):
 
     def _start_poll(self, client: Client, request: Request, cors: List[Tuple[str, str]]) -> None:
         """``GET /poll?since=ID``: the messages after ID at once, or held until one comes."""
-        self._check_query(request)
+        self.check_access(client, request)
+        self._check_query(client, request)
         client.data["cors"] = cors
         since = self._since(request)
-        prefixes_state = _ClientState(
-            sorted({t.encode("utf-8") for t in request.query.get("topic", [])}) or [b""],
-            "json", POLL, 0, 0.0, b"")
+        prefixes_state = _ClientState(self._prefixes(client, request), "json", POLL, 0, 0.0, b"")
         if since is not None:
             notice, missed = self._missed(prefixes_state, int(since))
             if notice is not None or missed:

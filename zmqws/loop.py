@@ -19,6 +19,7 @@ import logging
 import socket
 import threading
 import time
+from time import perf_counter
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Tuple
 
@@ -66,6 +67,8 @@ class Loop:
         self.running = False
         self.thread_id: "int | None" = None
         self.turns = 0
+        self.busy_seconds = 0.0  # time spent in turns (outside poll), for /metrics
+        self.max_turn_seconds = 0.0
         self.register(self._wake_r.fileno(), POLLIN, self._on_wake)
 
     # -- registration ---------------------------------------------------------
@@ -141,6 +144,7 @@ class Loop:
                     continue
                 raise
             self.turns += 1
+            started = perf_counter()
             for obj, revents in ready:
                 handler = handlers.get(obj)
                 if handler is not None:
@@ -158,6 +162,10 @@ class Loop:
                 self._safely(calls.popleft())
             for hook in self.after_turn:
                 self._safely(hook)
+            took = perf_counter() - started
+            self.busy_seconds += took
+            if took > self.max_turn_seconds:
+                self.max_turn_seconds = took
 
     @staticmethod
     def _safely(callback: Callable[[], Any]) -> None:

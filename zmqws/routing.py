@@ -46,12 +46,13 @@ class Route:
 class Router:
     """Maps topics to routes by prefix."""
 
-    __slots__ = ("_routes", "_by_prefix", "_lengths", "_of")
+    __slots__ = ("_routes", "_by_prefix", "_lengths", "_length_counts", "_of")
 
     def __init__(self) -> None:
         self._routes: Dict[Tuple[Any, ...], Route] = {}
         self._by_prefix: Dict[bytes, Dict[Route, None]] = {}
         self._lengths: List[int] = []  # distinct prefix lengths in use, sorted
+        self._length_counts: Dict[int, int] = {}  # prefix length -> prefixes of that length
         self._of: Dict[Any, Route] = {}  # client -> its route
 
     def __len__(self) -> int:
@@ -69,8 +70,11 @@ class Router:
         if route is None:
             route = self._routes[key] = Route(key, frozen, envelope, wire)
             for prefix in frozen:
-                self._by_prefix.setdefault(prefix, {})[route] = None
-            self._update_lengths()
+                routes = self._by_prefix.get(prefix)
+                if routes is None:
+                    routes = self._by_prefix[prefix] = {}
+                    self._count_length(len(prefix), 1)
+                routes[route] = None
         route.members[client] = None
         self._of[client] = route
         return route
@@ -88,11 +92,20 @@ class Router:
                 del routes[route]
                 if not routes:
                     del self._by_prefix[prefix]
-            self._update_lengths()
+                    self._count_length(len(prefix), -1)
         return route
 
-    def _update_lengths(self) -> None:
-        self._lengths = sorted({len(p) for p in self._by_prefix})
+    def _count_length(self, length: int, delta: int) -> None:
+        """Keep ``_lengths`` up to date in O(1) per prefix, re-sorting only when the set changes."""
+        counts = self._length_counts
+        count = counts.get(length, 0) + delta
+        if count:
+            counts[length] = count
+            if count == 1 and delta > 0:
+                self._lengths = sorted(counts)
+        else:
+            del counts[length]
+            self._lengths = sorted(counts)
 
     def match(self, topic: bytes) -> Iterator[Route]:
         """The routes whose prefixes match ``topic``, each once."""

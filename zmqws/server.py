@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
@@ -45,6 +46,7 @@ WEBSOCKET = 1    # after the 101 response
 LINGER = 2       # output flushed then SHUT_WR; reading until EOF or a deadline
 GONE = 3
 STREAM = 4       # an endless HTTP response (Server-Sent Events); input is ignored
+TLS = 5          # the TLS handshake, run non-blocking in the loop
 
 _IOV_MAX = 1024
 _RECV_SIZE = 262144
@@ -61,7 +63,7 @@ class Client:
     __slots__ = ("server", "sock", "fd", "address", "id", "phase", "parser", "request", "ws",
                  "session", "close_after_flush", "want_write", "connected_at",
                  "last_seen", "ping_sent_at", "deadline", "subprotocol", "data", "transport",
-                 "parked", "__weakref__")
+                 "parked", "tls", "__weakref__")
 
     def __init__(self, server: "WebSocketServer", sock: socket.socket, address: Any, client_id: int,
                  now: float) -> None:
@@ -87,6 +89,7 @@ class Client:
         self.data: Dict[str, Any] = {}  # for applications
         self.transport: Optional[str] = None  # "websocket", "sse", "poll" once it gets messages
         self.parked = False  # an HTTP request held open (long-polling) until messages come
+        self.tls = isinstance(sock, ssl.SSLSocket)
 
     @property
     def path(self) -> str:
@@ -122,7 +125,7 @@ class WebSocketServer:
       ``server.port`` after :meth:`start`).
     * ``subprotocols``: the subprotocols the server speaks, preferred first.
     * ``max_message_size``: largest message accepted from a client (1009 beyond).
-    * ``max_fragments``: most frames in one client message (0 = no limit).
+    * ``max_fragments``: most frames in one client message (1009 beyond; 0 = no limit).
     * ``max_header_size``: largest request head (431 beyond).
     * ``max_queue``: bytes queued for one client before the slow-consumer
       policy applies (``slow_client="close"``: close with 1008 and count it;
@@ -136,17 +139,31 @@ class WebSocketServer:
       ``deflate_level``, ``deflate_mem_level`` and ``deflate_max_window_bits``
       tune zlib.  Outgoing messages are compressed without context takeover,
       so the fan-out compresses a message once for all clients.
+    * ``ssl_context``: serve ``wss://``/``https://``; the TLS handshake runs
+      non-blocking in the loop (see :func:`zmqws.tls.server_context`).
+    * ``max_connections``: beyond it new connections get 503 and are closed;
+      ``max_connections_per_address``: the same per client IP address (0 = no limit).
+    * ``idle_timeout``: close (1000) a WebSocket client silent this long (0 = never).
+    * ``allow_origins``: if given, a browser request (it has ``Origin``) from
+      any other origin is refused with 403.
+    * ``authenticate(request)``: called for every upgrade and streaming request;
+      return None (allowed, every topic) or the topic prefixes the client may
+      receive, or raise ``HTTPError(401 or 403, reason)``.
     * ``on_connect(client)``, ``on_message(client, data)``,
       ``on_disconnect(client)``: hooks, run on the loop thread.
     """
 
     def __init__(self, port: int = 8080, *, host: str = "127.0.0.1",
                  subprotocols: Sequence[str] = (), max_message_size: int = 1 << 20,
-                 max_fragments: int = 0, max_header_size: int = 8192,
+                 max_fragments: int = 4096, max_header_size: int = 8192,
                  max_queue: int = 4 << 20, slow_client: str = "close",
                  ping_interval: float = 20.0, ping_timeout: float = 20.0,
                  handshake_timeout: float = 10.0, close_timeout: float = 3.0,
-                 backlog: int = 1024, deflate: bool = True, deflate_threshold: int = 128,
+                 backlog: int = 1024, ssl_context: Optional[ssl.SSLContext] = None,
+                 max_connections: int = 10000, max_connections_per_address: int = 0,
+                 idle_timeout: float = 0.0, allow_origins: Sequence[str] = (),
+                 authenticate: Optional[Callable[[Request], Optional[Iterable[str]]]] = None,
+                 deflate: bool = True, deflate_threshold: int = 128,
                  deflate_level: int = 6, deflate_mem_level: int = 8,
                  deflate_max_window_bits: int = 15,
                  on_connect: Optional[Callable[[Client], Any]] = None,
@@ -172,6 +189,13 @@ class WebSocketServer:
                                       mem_level=deflate_mem_level,
                                       max_window_bits=deflate_max_window_bits)
                         if deflate else None)
+        self.ssl_context = ssl_context
+        self.max_connections = max_connections
+        self.max_connections_per_address = max_connections_per_address
+        self.idle_timeout = idle_timeout
+        self.allow_origins = list(allow_origins)
+        self.authenticate = authenticate
+        self._per_address: Dict[Any, int] = {}
         self.on_connect = on_connect
         self.on_message = on_message
         self.on_disconnect = on_disconnect
@@ -283,6 +307,27 @@ class WebSocketServer:
     def accept_websocket(self, client: Client, request: Request) -> None:
         """Hook before the 101 response: raise :class:`HTTPError` to refuse the upgrade."""
 
+    def check_access(self, client: Client, request: Request) -> None:
+        """``allow_origins`` and the ``authenticate`` hook, for upgrades and streaming requests.
+
+        The topic prefixes the hook allows (None = all) are kept in
+        ``client.data["allowed"]``.
+        """
+        origin = request.header("origin")
+        if self.allow_origins and origin is not None and origin not in self.allow_origins:
+            self.stats.forbidden += 1
+            raise HTTPError(403, "origin not allowed")
+        allowed = None
+        if self.authenticate is not None:
+            try:
+                result = self.authenticate(request)
+            except HTTPError:
+                self.stats.forbidden += 1
+                raise
+            if result is not None:
+                allowed = sorted({p.encode("utf-8") if isinstance(p, str) else bytes(p) for p in result})
+        client.data["allowed"] = allowed
+
     def negotiate_extensions(self, offers: list) -> Optional[tuple]:
         """Extension negotiation (§9): permessage-deflate when enabled; None declines every offer."""
         if self.deflate is None:
@@ -341,16 +386,48 @@ class WebSocketServer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:  # pragma: no cover
                 pass
+            host = address[0] if isinstance(address, tuple) else address
+            if self._stopping or len(self._clients) >= self.max_connections or (
+                    self.max_connections_per_address
+                    and self._per_address.get(host, 0) >= self.max_connections_per_address):
+                self._refuse(sock, host)
+                continue
+            if self.ssl_context is not None:
+                try:
+                    sock = self.ssl_context.wrap_socket(sock, server_side=True,
+                                                        do_handshake_on_connect=False)
+                except (OSError, ValueError):
+                    self.stats.tls_errors += 1
+                    sock.close()
+                    continue
             client = Client(self, sock, address, self._next_id, now)
             self._next_id += 1
             client.parser = RequestParser(self.max_header_size)
+            if client.tls:
+                client.phase = TLS
+            self._per_address[host] = self._per_address.get(host, 0) + 1
             self._clients[client.fd] = client
             self.stats.connections += 1
             self.loop.register(client.fd, POLLIN, lambda ev, c=client: self._on_client_event(c, ev))
 
+    def _refuse(self, sock: socket.socket, host: Any) -> None:
+        """Over a connection limit (or stopping): 503, best effort, and close (no TLS is spoken)."""
+        self.stats.refused += 1
+        log.info("refusing a connection from %s: connection limit", host)
+        try:
+            if self.ssl_context is None:
+                sock.send(handshake.error_response(HTTPError(
+                    503, "too many connections", [("Retry-After", "5")])))
+        except OSError:
+            pass
+        sock.close()
+
     # -- reading ----------------------------------------------------------------
 
     def _on_client_event(self, client: Client, revents: int) -> None:
+        if client.phase == TLS:
+            self._tls_handshake(client)
+            return
         if revents & POLLOUT:
             self._flush(client)
             if client.phase == GONE:
@@ -358,10 +435,43 @@ class WebSocketServer:
         if revents & POLLIN or not revents & POLLOUT:
             self._read(client)
 
-    def _read(self, client: Client) -> None:
+    def _tls_handshake(self, client: Client) -> None:
+        """One non-blocking step of the TLS handshake; a stalled peer only waits for its deadline."""
         try:
-            data = client.sock.recv(_RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
+            client.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._want_write(client, False)
+            return
+        except ssl.SSLWantWriteError:
+            self._want_write(client, True)
+            return
+        except (ssl.SSLError, OSError) as exc:
+            self.stats.tls_errors += 1
+            log.debug("client %s: TLS handshake failed: %s", client.id, exc)
+            self._abort(client)
+            return
+        client.phase = HTTP
+        self._want_write(client, False)
+        if client.sock.pending():
+            self._read(client)
+
+    def _want_write(self, client: Client, want: bool) -> None:
+        if client.want_write != want:
+            client.want_write = want
+            self.loop.modify(client.fd, POLLIN | POLLOUT if want else POLLIN)
+
+    def _read(self, client: Client) -> None:
+        sock = client.sock
+        try:
+            data = sock.recv(_RECV_SIZE)
+            if client.tls:
+                # Bytes already decrypted inside the SSL object wake no poll: take them now.
+                while sock.pending():
+                    more = sock.recv(max(sock.pending(), _RECV_SIZE))
+                    if not more:
+                        break
+                    data += more
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError:
             self._abort(client)
@@ -431,6 +541,7 @@ class WebSocketServer:
         self._queued(client)
 
     def _upgrade(self, client: Client, request: Request) -> None:
+        self.check_access(client, request)
         self.accept_websocket(client, request)
         response, subprotocol, extension = handshake.websocket_accept(
             request, self.subprotocols, self.negotiate_extensions)
@@ -555,8 +666,12 @@ class WebSocketServer:
         out = session.out
         if out:
             try:
-                sent = client.sock.sendmsg(out if len(out) <= _IOV_MAX else out[:_IOV_MAX])
-            except (BlockingIOError, InterruptedError):
+                if client.tls:
+                    # SSL sockets have no sendmsg: one record-sized batch per write.
+                    sent = client.sock.send(out[0] if len(out) == 1 else b"".join(out[:64]))
+                else:
+                    sent = client.sock.sendmsg(out if len(out) <= _IOV_MAX else out[:_IOV_MAX])
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 sent = 0
             except OSError:
                 self._abort(client)
@@ -576,13 +691,9 @@ class WebSocketServer:
                     del out[:i]
                 session.out_bytes -= sent
         if out:
-            if not client.want_write:
-                client.want_write = True
-                self.loop.modify(client.fd, POLLIN | POLLOUT)
+            self._want_write(client, True)
             return
-        if client.want_write:
-            client.want_write = False
-            self.loop.modify(client.fd, POLLIN)
+        self._want_write(client, False)
         if client.close_after_flush:
             self._linger(client)
 
@@ -614,6 +725,7 @@ class WebSocketServer:
         client.phase = LINGER
         client.deadline = time.monotonic() + self.close_timeout
         try:
+            # Under TLS this drops the SSL object too; what still arrives is discarded raw.
             client.sock.shutdown(socket.SHUT_WR)
         except OSError:
             self._abort(client)
@@ -626,8 +738,15 @@ class WebSocketServer:
         client.phase = GONE
         self._ws_clients.pop(client, None)
         self._dirty.pop(client, None)
-        if self._clients.pop(client.fd, None) is not None and self.loop is not None:
-            self.loop.unregister(client.fd)
+        if self._clients.pop(client.fd, None) is not None:
+            if self.loop is not None:
+                self.loop.unregister(client.fd)
+            host = client.address[0] if isinstance(client.address, tuple) else client.address
+            left = self._per_address.get(host, 1) - 1
+            if left > 0:
+                self._per_address[host] = left
+            else:
+                self._per_address.pop(host, None)
         try:
             client.sock.close()
         except OSError:  # pragma: no cover
@@ -664,6 +783,10 @@ class WebSocketServer:
         for client in list(self._clients.values()):
             phase = client.phase
             if phase == WEBSOCKET and client.ws.state == OPEN:
+                if self.idle_timeout and now - client.last_seen >= self.idle_timeout:
+                    self.stats.idle_closed += 1
+                    self._close_client(client, 1000, "idle timeout")
+                    continue
                 if not ping_interval:
                     continue
                 if client.ping_sent_at:
@@ -684,7 +807,7 @@ class WebSocketServer:
 
     def _deadline(self, client: Client) -> None:
         """A client's deadline passed: handshake or keep-alive idle time, or the close wait."""
-        if client.phase == HTTP and not client.close_after_flush:
+        if client.phase in (HTTP, TLS) and not client.close_after_flush:
             self.stats.handshake_timeouts += 1
         self._abort(client)
 
