@@ -8,9 +8,12 @@ import os
 import re
 import signal
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from . import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .gateway import Gateway
 
 log = logging.getLogger("zmqws")
 
@@ -155,49 +158,47 @@ def build_parser() -> argparse.ArgumentParser:
                      help="time allowed to send the HTTP request (default: %(default)s)")
     lim.add_argument("--close-timeout", type=_seconds, default=3.0, metavar="S",
                      help="time to wait for the peer during a close (default: %(default)s)")
+    scale = p.add_argument_group("scale-out")
+    scale.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="run N worker processes sharing the port (SO_REUSEPORT), each with its "
+                            "own SUB socket and loop, behind an id-stamping forwarder so that a "
+                            "client may resume on any worker; the parent restarts crashed workers "
+                            "(default: %(default)s)")
+    scale.add_argument("--upstream-ids", action="store_true",
+                       help="take message ids from upstream: messages are [first part, 8-byte id, "
+                            "...] as stamped by 'python -m zmqws.proxy --stamp'")
+    scale.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    scale.add_argument("--stats-dir", help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="log more (-v: connections, -vv: debug)")
     p.add_argument("--version", action="version", version=f"zmqws {__version__}")
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(min(level, logging.INFO))  # startup lines are always shown
-    if not args.sub and not args.demo:
-        parser.error("give at least one --sub ENDPOINT (or --demo)")
-    if args.push and args.pub:
-        parser.error("give --push or --pub, not both")
 
+
+def build_gateway(args: argparse.Namespace, endpoints: List[str], **overrides: Any) -> "Gateway":
+    """The Gateway the parsed arguments describe (raises ValueError/OSError on bad settings)."""
     from .gateway import Gateway
 
     ssl_context = None
-    if args.keyfile and not args.certfile:
-        parser.error("--keyfile needs --certfile")
     if args.certfile:
         from .tls import server_context
         try:
             ssl_context = server_context(args.certfile, args.keyfile)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            print(f"zmqws: error: cannot load the certificate: {exc}", file=sys.stderr)
-            return 1
+            raise ValueError(f"cannot load the certificate: {exc}") from None
     token = args.token or os.environ.get("ZMQWS_TOKEN")
     authenticate = None
     if token:
         from .auth import token_authenticator
         authenticate = token_authenticator(token)
-
-    demo = None
-    endpoints = list(args.sub)
-    if args.demo:
-        from .demo import DemoPublisher
-        demo = DemoPublisher().start()
-        endpoints.append(demo.endpoint)
-    gateway = Gateway(
-        endpoints, args.port, host=args.host, bind=args.bind and not args.demo,
+    options: Dict[str, Any] = dict(
+        host=args.host, bind=args.bind and not args.demo,
         payload_mode=args.payload, rcvhwm=args.rcvhwm, subprotocols=args.subprotocol,
         envelope=args.format, separator=args.separator.encode("utf-8"),
         require_topic=args.require_topic, subscribe_all=args.subscribe_all, linger=args.linger,
@@ -209,6 +210,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         cors_origins=args.cors_origin, sse_heartbeat=args.sse_heartbeat,
         poll_timeout=args.poll_timeout, ssl_context=ssl_context,
         allow_origins=args.allow_origin, authenticate=authenticate, metrics=not args.no_metrics,
+        upstream_ids=args.upstream_ids,
         max_connections=args.max_connections,
         max_connections_per_address=args.max_connections_per_address,
         max_fragments=args.max_fragments, idle_timeout=args.idle_timeout,
@@ -216,6 +218,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         slow_client=args.slow_client, max_header_size=args.max_header_size,
         ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,
         handshake_timeout=args.handshake_timeout, close_timeout=args.close_timeout)
+    port = overrides.pop("port", args.port)
+    options.update(overrides)
+    return Gateway(endpoints, port, **options)
+
+
+def serve(gateway: "Gateway", args: argparse.Namespace, endpoints: List[str], demo: Any = None) -> int:
+    """Start ``gateway``, log where it listens, run until SIGINT/SIGTERM; the exit status."""
     try:
         gateway.start()
     except (OSError, ValueError) as exc:
@@ -230,13 +239,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:  # from here on, a signal (even before run() waits) means a graceful stop
         signal.signal(signal.SIGTERM, on_signal)
         shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
-        ws_scheme, http_scheme = ("wss", "https") if ssl_context else ("ws", "http")
+        ws_scheme, http_scheme = ("wss", "https") if gateway.ssl_context else ("ws", "http")
         log.info("zmqws %s listening on %s://%s:%d/ (page: %s://%s:%d/), SUB %s %s",
                  __version__, ws_scheme, args.host, gateway.port, http_scheme, shown_host, gateway.port,
                  "bound to" if gateway.bind else "connected to", ", ".join(endpoints))
-        if args.demo:
-            print(f"zmqws demo: open {http_scheme}://{shown_host}:{gateway.port}/ in a browser (Ctrl-C to stop)",
-                  flush=True)
+        if args.demo and demo is not None:
+            print(f"zmqws demo: open {http_scheme}://{shown_host}:{gateway.port}/ in a browser "
+                  "(Ctrl-C to stop)", flush=True)
         gateway.run()
     except KeyboardInterrupt:
         gateway.stop()
@@ -245,6 +254,42 @@ def main(argv: Optional[List[str]] = None) -> int:
             demo.stop()
     log.info("stopped: %s", gateway.stats.as_dict())
     return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    if not args.sub and not args.demo:
+        parser.error("give at least one --sub ENDPOINT (or --demo)")
+    if args.push and args.pub:
+        parser.error("give --push or --pub, not both")
+    if args.keyfile and not args.certfile:
+        parser.error("--keyfile needs --certfile")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+
+    demo = None
+    endpoints = list(args.sub)
+    if args.demo:
+        from .demo import DemoPublisher
+        demo = DemoPublisher().start()
+        endpoints.append(demo.endpoint)
+    if args.workers > 1:
+        from .workers import Supervisor
+        try:
+            return Supervisor(args, endpoints).run()
+        finally:
+            if demo is not None:
+                demo.stop()
+    try:
+        gateway = build_gateway(args, endpoints)
+    except ValueError as exc:
+        if demo is not None:
+            demo.stop()
+        print(f"zmqws: error: {exc}", file=sys.stderr)
+        return 1
+    return serve(gateway, args, endpoints, demo)
 
 
 if __name__ == "__main__":

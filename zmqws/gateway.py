@@ -93,6 +93,12 @@ class Gateway(WebSocketServer):
       client may send (burst of the same size) before it is closed with 1008;
       ``upstream_hwm``: the upstream socket's send high-water mark (when it
       is full, messages are dropped and counted in ``stats.upstream_drops``).
+    * ``upstream_ids``: message ids come from upstream: every message is
+      ``[first part, 8-byte big-endian id, other parts...]`` as stamped by
+      ``python -m zmqws.proxy --stamp`` (and by the ``--workers`` parent), so
+      that several gateways agree on ids and a client may resume on any of them.
+    * ``stats_dir``: write this process's counters there every second and
+      sum every file found there at ``/metrics`` (set by ``--workers``).
     * ``rcvhwm``: the SUB socket's receive high-water mark (messages).
     * ``drain_budget``: most messages taken from ZeroMQ per loop turn.
     * ``zmq_context``: a context to use (default: a new one, terminated on stop).
@@ -115,7 +121,8 @@ class Gateway(WebSocketServer):
                  static_dir: Optional[str] = None, max_static_size: int = 16 << 20,
                  cors_origins: Sequence[str] = (), sse_heartbeat: float = 15.0,
                  poll_timeout: float = 25.0, poll_max_messages: int = 100,
-                 poll_max_bytes: int = 1 << 20, metrics: bool = True,
+                 poll_max_bytes: int = 1 << 20, metrics: bool = True, upstream_ids: bool = False,
+                 stats_dir: Optional[str] = None,
                  **server_options: Any) -> None:
         super().__init__(port, host=host, **server_options)
         if payload_mode not in PAYLOAD_MODES:
@@ -154,6 +161,8 @@ class Gateway(WebSocketServer):
         self.poll_max_messages = poll_max_messages
         self.poll_max_bytes = poll_max_bytes
         self.metrics = metrics
+        self.upstream_ids = upstream_ids
+        self.stats_dir = stats_dir
         self.history = History(history, history_bytes)
         self.router = Router()
         self.upstream = Upstream()
@@ -219,6 +228,17 @@ class Gateway(WebSocketServer):
         self.loop.after_turn.insert(0, self._send_batch)
         if self._published:
             self.loop.call_soon_threadsafe(self._take_published)
+        if self.stats_dir:
+            self.loop.call_later(0, self._write_snapshot)
+
+    def _write_snapshot(self) -> None:
+        """With workers: this process's counters for the others' /metrics, once a second."""
+        try:
+            prometheus.write_snapshot(self, self.stats_dir)
+        except OSError as exc:
+            log.warning("cannot write metrics snapshot: %s", exc)
+        if not self._stopping:
+            self.loop.call_later(1.0, self._write_snapshot)
 
     def _attach(self, sock: zmq.Socket, endpoint: str, kind: str) -> None:
         try:
@@ -246,6 +266,12 @@ class Gateway(WebSocketServer):
     # -- upstream subscriptions -----------------------------------------------------
 
     def _want(self, prefix: bytes) -> None:
+        if self.upstream_ids:
+            # Ids come from upstream and cannot be reserved: coverage starts after the last one.
+            if self.upstream.want(prefix, self._last_id):
+                self._sub.setsockopt(zmq.SUBSCRIBE, prefix)
+                log.debug("upstream SUBSCRIBE %r", prefix)
+            return
         if self.upstream.want(prefix, self._last_id + 1):
             self._last_id += 1  # the coverage marker: no message carries this id
             self._sub.setsockopt(zmq.SUBSCRIBE, prefix)
@@ -283,6 +309,16 @@ class Gateway(WebSocketServer):
                 parts = recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if self.upstream_ids:
+                # [first, id, rest...] from a sequencer (zmqws.proxy --stamp, or --workers)
+                if len(parts) < 2 or len(parts[1]) != 8:
+                    self.stats.malformed += 1
+                    continue
+                msg_id = int.from_bytes(parts[1], "big")
+                if msg_id <= self._last_id:
+                    continue  # a duplicate (or a sequencer restart); never go back
+                self._last_id = msg_id - 1
+                del parts[1]
             if len(parts) > 1:
                 take(parts[0], parts[-1])
             else:
@@ -598,7 +634,7 @@ class Gateway(WebSocketServer):
         if path == "/healthz":
             return http_response(200, b"ok\n", keep_alive=False)
         if path == "/metrics" and self.metrics:
-            return http_response(200, prometheus.render(self), prometheus.CONTENT_TYPE)
+            return http_response(200, prometheus.render(self, self.stats_dir), prometheus.CONTENT_TYPE)
         if path == "/events":
             self._start_sse(client, request, cors)
             return None

@@ -1,17 +1,28 @@
-"""``GET /metrics``: the server's counters in the Prometheus text exposition format (0.0.4)."""
+"""``GET /metrics``: the counters in the Prometheus text exposition format (0.0.4).
+
+With ``--workers N`` every worker process writes a snapshot of its counters
+to a shared folder once a second (``write_snapshot``); whichever worker
+answers ``/metrics`` reads them all and reports each series summed over the
+workers (no label) and per worker (``worker="PID"``).  A snapshot older than
+five seconds (a worker that died) is left out.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List
+import json
+import os
+import time
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import WebSocketServer
 
-__all__ = ["render", "CONTENT_TYPE"]
+__all__ = ["render", "snapshot", "write_snapshot", "CONTENT_TYPE"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+STALE_SECONDS = 5.0
 
-# (stats attribute, metric name, type, help)
+# (stats attribute, metric name, help)
 _COUNTERS = [
     ("connections", "zmqws_connections_total", "TCP connections accepted"),
     ("ws_connections", "zmqws_websocket_connections_total", "WebSocket handshakes completed"),
@@ -33,50 +44,110 @@ _COUNTERS = [
     ("protocol_errors", "zmqws_protocol_errors_total", "WebSocket protocol violations by clients"),
     ("tls_errors", "zmqws_tls_errors_total", "failed TLS handshakes"),
     ("accept_errors", "zmqws_accept_errors_total", "accept() failures"),
+    ("drops", "zmqws_dropped_messages_total", "deliveries not made (slow consumers)"),
 ]
 
-_DROPS = [
+_DROP_CAUSES = [
     ("slow_closed", "slow_consumer_closed"),
     ("dropped_slow", "slow_consumer_dropped"),
     ("upstream_drops", "upstream_full"),
     ("rate_limited", "client_rate_limit"),
     ("idle_closed", "idle_timeout"),
+    ("malformed", "malformed_upstream_message"),
 ]
 
 
-def render(server: "WebSocketServer") -> bytes:
-    """Render the metrics of ``server`` (called on the loop thread)."""
-    stats = server.stats
-    lines: List[str] = []
-
-    def metric(name: str, kind: str, help_text: str, samples: Dict[str, float]) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples.items():
-            lines.append(f"{name}{labels} {value:g}" if isinstance(value, float) else f"{name}{labels} {value}")
-
+def snapshot(server: "WebSocketServer") -> Dict[str, Any]:
+    """This process's counters and gauges as plain data (loop thread)."""
     by_transport: Dict[str, int] = {"websocket": 0, "sse": 0, "poll": 0, "http": 0}
     queued = 0
     for client in list(server._clients.values()):
         transport = client.transport or "http"
         by_transport[transport] = by_transport.get(transport, 0) + 1
         queued += client.session.out_bytes
-    metric("zmqws_clients", "gauge", "connected clients by transport",
-           {f'{{transport="{t}"}}': n for t, n in by_transport.items()})
-    metric("zmqws_queued_bytes", "gauge", "bytes waiting in client output queues", {"": queued})
-    for attr, name, help_text in _COUNTERS:
-        metric(name, "counter", help_text, {"": getattr(stats, attr)})
-    metric("zmqws_drops_total", "counter", "deliveries dropped or clients closed, by cause",
-           {f'{{cause="{cause}"}}': getattr(stats, attr) for attr, cause in _DROPS})
-    metric("zmqws_dropped_messages_total", "counter", "deliveries not made (slow consumers)",
-           {"": stats.drops})
-    metric("zmqws_closes_total", "counter", "WebSocket connections ended, by close code",
-           {f'{{code="{code}"}}': n for code, n in sorted(stats.closes.items())} or {'{code="1000"}': 0})
     loop = server.loop
-    if loop is not None:
-        metric("zmqws_loop_turns_total", "counter", "poll loop turns", {"": loop.turns})
-        metric("zmqws_loop_busy_seconds_total", "counter", "time spent working in loop turns (not polling)",
-               {"": float(loop.busy_seconds)})
-        metric("zmqws_loop_turn_max_seconds", "gauge", "longest loop turn so far",
-               {"": float(loop.max_turn_seconds)})
+    return {
+        "pid": os.getpid(), "time": time.time(), "stats": server.stats.as_dict(),
+        "clients": by_transport, "queued": queued,
+        "loop": {"turns": loop.turns if loop else 0,
+                 "busy": loop.busy_seconds if loop else 0.0,
+                 "max_turn": loop.max_turn_seconds if loop else 0.0},
+    }
+
+
+def write_snapshot(server: "WebSocketServer", folder: str) -> None:
+    """Write this process's snapshot to ``folder`` (atomically: write, then rename)."""
+    path = os.path.join(folder, f"worker-{os.getpid()}.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(snapshot(server), f)
+    os.replace(tmp, path)
+
+
+def _snapshots(server: "WebSocketServer", folder: "str | None") -> List[Dict[str, Any]]:
+    own = snapshot(server)
+    if not folder:
+        return [own]
+    found = [own]
+    now = time.time()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return found
+    for name in sorted(names):
+        if not (name.startswith("worker-") and name.endswith(".json")):
+            continue
+        try:
+            with open(os.path.join(folder, name)) as f:
+                snap = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if snap.get("pid") != own["pid"] and now - snap.get("time", 0) < STALE_SECONDS:
+            found.append(snap)
+    return found
+
+
+def render(server: "WebSocketServer", folder: "str | None" = None) -> bytes:
+    """The metrics of this process, or summed over every worker's snapshot in ``folder``."""
+    snaps = _snapshots(server, folder)
+    per_worker = len(snaps) > 1
+    lines: List[str] = []
+
+    def metric(name: str, kind: str, help_text: str,
+               series: List[Tuple[str, Any]], combine: Any = sum) -> None:
+        """``series``: (labels without braces, value getter over a snapshot)."""
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, get in series:
+            total = combine(get(s) for s in snaps)
+            lines.append(_sample(name, labels, total))
+            if per_worker:
+                for s in snaps:
+                    worker = f'worker="{s["pid"]}"'
+                    lines.append(_sample(name, f"{labels},{worker}" if labels else worker, get(s)))
+
+    transports = sorted({t for s in snaps for t in s["clients"]})
+    metric("zmqws_clients", "gauge", "connected clients by transport",
+           [(f'transport="{t}"', lambda s, t=t: s["clients"].get(t, 0)) for t in transports])
+    metric("zmqws_queued_bytes", "gauge", "bytes waiting in client output queues",
+           [("", lambda s: s["queued"])])
+    for attr, name, help_text in _COUNTERS:
+        metric(name, "counter", help_text, [("", lambda s, a=attr: s["stats"].get(a, 0))])
+    metric("zmqws_drops_total", "counter", "deliveries dropped or clients closed, by cause",
+           [(f'cause="{cause}"', lambda s, a=attr: s["stats"].get(a, 0)) for attr, cause in _DROP_CAUSES])
+    codes = sorted({int(c) for s in snaps for c in s["stats"]["closes"]}) or [1000]
+    metric("zmqws_closes_total", "counter", "WebSocket connections ended, by close code",
+           [(f'code="{c}"', lambda s, c=c: s["stats"]["closes"].get(c, s["stats"]["closes"].get(str(c), 0)))
+            for c in codes])
+    metric("zmqws_loop_turns_total", "counter", "poll loop turns", [("", lambda s: s["loop"]["turns"])])
+    metric("zmqws_loop_busy_seconds_total", "counter",
+           "time spent working in loop turns (not waiting in poll)",
+           [("", lambda s: float(s["loop"]["busy"]))])
+    metric("zmqws_loop_turn_max_seconds", "gauge", "longest loop turn so far",
+           [("", lambda s: float(s["loop"]["max_turn"]))], combine=max)
     return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def _sample(name: str, labels: str, value: Any) -> str:
+    shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+    return f"{name}{{{labels}}} {shown}" if labels else f"{name} {shown}"

@@ -139,6 +139,7 @@ class WebSocketServer:
       ``deflate_level``, ``deflate_mem_level`` and ``deflate_max_window_bits``
       tune zlib.  Outgoing messages are compressed without context takeover,
       so the fan-out compresses a message once for all clients.
+    * ``reuse_port``: set ``SO_REUSEPORT`` so that several processes share the port.
     * ``ssl_context``: serve ``wss://``/``https://``; the TLS handshake runs
       non-blocking in the loop (see :func:`zmqws.tls.server_context`).
     * ``max_connections``: beyond it new connections get 503 and are closed;
@@ -159,7 +160,7 @@ class WebSocketServer:
                  max_queue: int = 4 << 20, slow_client: str = "close",
                  ping_interval: float = 20.0, ping_timeout: float = 20.0,
                  handshake_timeout: float = 10.0, close_timeout: float = 3.0,
-                 backlog: int = 1024, ssl_context: Optional[ssl.SSLContext] = None,
+                 backlog: int = 1024, reuse_port: bool = False, ssl_context: Optional[ssl.SSLContext] = None,
                  max_connections: int = 10000, max_connections_per_address: int = 0,
                  idle_timeout: float = 0.0, allow_origins: Sequence[str] = (),
                  authenticate: Optional[Callable[[Request], Optional[Iterable[str]]]] = None,
@@ -189,6 +190,7 @@ class WebSocketServer:
                                       mem_level=deflate_mem_level,
                                       max_window_bits=deflate_max_window_bits)
                         if deflate else None)
+        self.reuse_port = reuse_port
         self.ssl_context = ssl_context
         self.max_connections = max_connections
         self.max_connections_per_address = max_connections_per_address
@@ -365,7 +367,11 @@ class WebSocketServer:
         self.loop.register(sock.fileno(), POLLIN, self._on_accept)
 
     def _configure_listener(self, sock: socket.socket) -> None:
-        """Hook for socket options on the listening socket before bind."""
+        """Socket options on the listening socket before bind: ``SO_REUSEPORT`` for workers."""
+        if self.reuse_port:
+            if not hasattr(socket, "SO_REUSEPORT"):
+                raise OSError(0, "SO_REUSEPORT is not available on this system (needed by --workers)")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
 
     def _on_accept(self, _revents: int) -> None:
         listener = self._listener

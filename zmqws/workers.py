@@ -1,0 +1,145 @@
+"""``--workers N``: several gateway processes on one port, supervised by a parent.
+
+One Python thread serves one core.  With ``--workers N`` the parent:
+
+1. reserves the port (``SO_REUSEPORT``; every worker binds it too, and the
+   kernel spreads new connections over the workers' listening sockets);
+2. runs a forwarder (:class:`zmqws.proxy.Sequencer`) whose XSUB side connects
+   to the ``--sub`` endpoints and whose XPUB side the workers' SUB sockets
+   connect to over IPC.  It stamps each message with an id, so every worker
+   numbers messages alike and a client may resume (``?since=``) on any
+   worker; subscriptions still flow upstream;
+3. starts N workers, each an ordinary gateway with its own SUB socket and
+   loop, restarts a worker that dies, forwards SIGTERM/SIGINT to them and
+   exits once they have stopped;
+4. gives them a folder where each writes its counters every second; any
+   worker's ``/metrics`` reports them summed and per worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from typing import List, Optional
+
+__all__ = ["Supervisor"]
+
+log = logging.getLogger("zmqws")
+
+
+def _worker_main(args: argparse.Namespace, endpoint: str, port: int, stats_dir: str) -> None:
+    """A worker process: an ordinary gateway fed by the parent's forwarder."""
+    from .__main__ import _setup_logging, build_gateway, serve
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends SIGTERM
+    _setup_logging(args.verbose)
+    gateway = build_gateway(args, [endpoint], port=port, bind=False, reuse_port=True,
+                            upstream_ids=True, stats_dir=stats_dir)
+    raise SystemExit(serve(gateway, args, [endpoint]))
+
+
+class Supervisor:
+    """Runs and supervises ``args.workers`` gateway processes (see the module docstring)."""
+
+    def __init__(self, args: argparse.Namespace, endpoints: List[str]) -> None:
+        self.args = args
+        self.endpoints = endpoints
+        self.stopping = threading.Event()
+        self.restarts = 0
+        self._ctx = multiprocessing.get_context("spawn")
+        self._procs: List[Optional[multiprocessing.process.BaseProcess]] = []
+
+    def run(self) -> int:
+        if not hasattr(socket, "SO_REUSEPORT"):
+            print("zmqws: error: --workers needs SO_REUSEPORT, which this system lacks",
+                  flush=True)
+            return 1
+        from .proxy import Sequencer
+
+        args = self.args
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        reserve = socket.socket(family, socket.SOCK_STREAM)
+        reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            reserve.bind((args.host, args.port))
+        except OSError as exc:
+            print(f"zmqws: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+                  flush=True)
+            reserve.close()
+            return 1
+        self.port = reserve.getsockname()[1]
+        folder = tempfile.mkdtemp(prefix="zmqws-workers-")
+        endpoint = f"ipc://{folder}/messages.ipc"
+        try:
+            sequencer = Sequencer(self.endpoints, [endpoint], connect_xsub=not args.bind or args.demo)
+        except ValueError as exc:
+            print(f"zmqws: error: {exc}", flush=True)
+            reserve.close()
+            shutil.rmtree(folder, ignore_errors=True)
+            return 1
+        sequencer.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stopping.set())
+        try:
+            self._procs = [self._spawn(endpoint, folder) for _ in range(args.workers)]
+            self._wait_listening(args.host)
+            log.info("zmqws listening on port %d with %d workers (pids %s), SUB %s",
+                     self.port, args.workers, ", ".join(str(p.pid) for p in self._procs),
+                     ", ".join(self.endpoints))
+            while not self.stopping.wait(0.2):
+                for i, proc in enumerate(self._procs):
+                    if proc is not None and not proc.is_alive() and not self.stopping.is_set():
+                        log.warning("worker %d (pid %s) exited with status %s; restarting",
+                                    i, proc.pid, proc.exitcode)
+                        self.restarts += 1
+                        try:
+                            os.unlink(os.path.join(folder, f"worker-{proc.pid}.json"))
+                        except OSError:
+                            pass
+                        self._procs[i] = self._spawn(endpoint, folder)
+        finally:
+            self._stop_workers()
+            sequencer.stop()
+            reserve.close()
+            shutil.rmtree(folder, ignore_errors=True)
+        log.info("all workers stopped")
+        return 0
+
+    def _wait_listening(self, host: str, timeout: float = 10.0) -> None:
+        """Announce the port only once a worker accepts on it."""
+        target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            try:
+                socket.create_connection((target, self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+
+    def _spawn(self, endpoint: str, folder: str) -> multiprocessing.process.BaseProcess:
+        proc = self._ctx.Process(target=_worker_main, args=(self.args, endpoint, self.port, folder),
+                                 name="zmqws-worker", daemon=False)
+        proc.start()
+        return proc
+
+    def _stop_workers(self) -> None:
+        """SIGTERM to every worker (each closes its clients with 1001), then wait, then kill."""
+        live = [p for p in self._procs if p is not None and p.is_alive()]
+        for proc in live:
+            proc.terminate()
+        deadline = time.monotonic() + self.args.close_timeout + 5
+        for proc in live:
+            proc.join(max(0.1, deadline - time.monotonic()))
+            if proc.is_alive():
+                log.warning("worker pid %s did not stop; killing it", proc.pid)
+                proc.kill()
+                proc.join(1)
