@@ -167,8 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--upstream-ids", action="store_true",
                        help="take message ids from upstream: messages are [first part, 8-byte id, "
                             "...] as stamped by 'python -m zmqws.proxy --stamp'")
-    scale.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
-    scale.add_argument("--stats-dir", help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="log more (-v: connections, -vv: debug)")
     p.add_argument("--version", action="version", version=f"zmqws {__version__}")
