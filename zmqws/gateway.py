@@ -37,6 +37,7 @@ from . import metrics as prometheus
 from . import sse
 from .routing import History, Route, Router, Stored, Upstream, topic_matches
 from .server import STREAM, Client, WebSocketServer
+from .socketio import SIO_POLL_WIRE, SocketIOEndpoint
 from .utf8 import is_utf8
 
 __all__ = ["Gateway", "ENVELOPES"]
@@ -99,6 +100,9 @@ class Gateway(WebSocketServer):
       that several gateways agree on ids and a client may resume on any of them.
     * ``stats_dir``: write this process's counters there every second and
       sum every file found there at ``/metrics`` (set by ``--workers``).
+    * ``socketio``: serve Socket.IO (Engine.IO v4) clients under ``sio_path``;
+      ``sio_event``: the event name of messages (``"topic"``: the topic);
+      ``sio_ping_interval``/``sio_ping_timeout``: Engine.IO heartbeats.
     * ``rcvhwm``: the SUB socket's receive high-water mark (messages).
     * ``drain_budget``: most messages taken from ZeroMQ per loop turn.
     * ``zmq_context``: a context to use (default: a new one, terminated on stop).
@@ -122,7 +126,9 @@ class Gateway(WebSocketServer):
                  cors_origins: Sequence[str] = (), sse_heartbeat: float = 15.0,
                  poll_timeout: float = 25.0, poll_max_messages: int = 100,
                  poll_max_bytes: int = 1 << 20, metrics: bool = True, upstream_ids: bool = False,
-                 stats_dir: Optional[str] = None,
+                 stats_dir: Optional[str] = None, socketio: bool = True,
+                 sio_path: str = "/socket.io/", sio_event: str = "message",
+                 sio_ping_interval: float = 25.0, sio_ping_timeout: float = 20.0,
                  **server_options: Any) -> None:
         super().__init__(port, host=host, **server_options)
         if payload_mode not in PAYLOAD_MODES:
@@ -162,6 +168,9 @@ class Gateway(WebSocketServer):
         self.poll_max_bytes = poll_max_bytes
         self.metrics = metrics
         self.upstream_ids = upstream_ids
+        self.sio = (SocketIOEndpoint(self, path=sio_path, event=sio_event,
+                                     ping_interval=sio_ping_interval, ping_timeout=sio_ping_timeout)
+                    if socketio else None)
         self.stats_dir = stats_dir
         self.history = History(history, history_bytes)
         self.router = Router()
@@ -367,6 +376,9 @@ class Gateway(WebSocketServer):
                 for client in list(route.members):
                     self._answer_poll(client, batch)
                 continue
+            if wire == SIO_POLL_WIRE:
+                self.sio.deliver_polling(list(route.members), batch)
+                continue
             if cache is None:
                 frames = [self._encode(m, envelope, wire) for m in batch]
             else:
@@ -382,12 +394,14 @@ class Gateway(WebSocketServer):
 
     def _encode(self, m: Stored, envelope: str, wire: Any) -> bytes:
         """One message on the wire: a WebSocket frame (plain, or compressed for a deflate
-        window size) or a Server-Sent Event."""
-        opcode, body = self._envelope(m, envelope)
+        window size), a Server-Sent Event, or Socket.IO frames."""
+        opcode, body = self._envelope(m, envelope) if envelope != "sio" else (0, b"")
         if wire is None:
             return frame_header(opcode, len(body)) + body
         if wire == SSE:
             return sse.encode_event(body, m.id, binary=opcode == OP_BINARY)
+        if wire.__class__ is tuple:  # ("sio", deflate key or None): Socket.IO over WebSocket
+            return self.sio.encode_ws(m, wire[1])
         return self._deflaters[wire].encode_message(opcode, body)
 
     def _envelope(self, m: Stored, envelope: str) -> Tuple[int, bytes]:
@@ -436,7 +450,7 @@ class Gateway(WebSocketServer):
         envelope = request.query_value("format", self.envelope)
         if envelope not in ENVELOPES:
             raise HTTPError(400, f"format must be one of {', '.join(ENVELOPES)}")
-        if self.require_topic and not request.query.get("topic"):
+        if self.require_topic and not any(request.query.get("topic", [])):
             raise HTTPError(400, "name at least one topic (?topic=prefix)")
         since = self._since(request)
         if since is not None and not since.isdigit():
@@ -451,11 +465,18 @@ class Gateway(WebSocketServer):
         return since.strip() if since is not None else None
 
     def accept_websocket(self, client: Client, request: Request) -> None:
-        """Check the query before the 101: ``topic``, ``format``, ``since``."""
-        self._check_query(client, request)
+        """Check the query before the 101: ``topic``, ``format``, ``since`` (or Engine.IO's)."""
+        if self.sio is not None and self.sio.matches(request):
+            self.sio.check_upgrade(client, request)
+        else:
+            self._check_query(client, request)
         super().accept_websocket(client, request)
 
     def _on_open(self, client: Client) -> None:
+        if self.sio is not None and self.sio.matches(client.request):
+            self.sio.on_ws_open(client)
+            WebSocketServer._on_open(self, client)
+            return
         deflate = client.ws.deflate
         wire = None if deflate is None else deflate.out_key
         if wire is not None and wire not in self._deflaters:
@@ -472,16 +493,39 @@ class Gateway(WebSocketServer):
         allowed = client.data.get("allowed")
         return list(allowed) if allowed is not None else [b""]
 
+    def _new_state(self, member: Any, prefixes: List[bytes], envelope: str, client_id: bytes,
+                   wire: Any = None) -> "_ClientState":
+        """What the gateway keeps for a routed member (a client, or a Socket.IO polling session)."""
+        state = _ClientState(prefixes, envelope, wire, self.client_rate, time.monotonic(), client_id)
+        self._states[member] = state
+        return state
+
+    def _subscribe(self, prefixes: List[bytes]) -> None:
+        for prefix in prefixes:
+            self._want(prefix)
+
+    def _unsubscribe(self, prefixes: List[bytes]) -> None:
+        for prefix in prefixes:
+            self._release(prefix)
+
+    def _move_member(self, old: Any, new: Any, wire: Any) -> None:
+        """Route ``new`` where ``old`` was (a Socket.IO session moving to WebSocket)."""
+        state = self._states.pop(old, None)
+        self.router.remove(old)
+        if state is None:
+            return
+        self._send_batch()
+        state.wire = wire
+        self._states[new] = state
+        self.router.add(new, state.prefixes, state.envelope, wire)
+
     def _join(self, client: Client, envelope: str, wire: Any) -> None:
         """Subscribe a client (any transport) to its topics, replay what it missed, route it."""
         request = client.request
         prefixes = self._prefixes(client, request)
-        state = _ClientState(prefixes, envelope, wire, self.client_rate, time.monotonic(),
-                             f"{os.getpid()}.{client.id}".encode())
-        self._states[client] = state
+        state = self._new_state(client, prefixes, envelope, f"{os.getpid()}.{client.id}".encode(), wire)
         self._send_batch()  # this turn's messages go to those already there, not to the newcomer
-        for prefix in prefixes:
-            self._want(prefix)
+        self._subscribe(prefixes)
         since = self._since(request) if wire != POLL else None  # a poll resumes before it parks
         if since is not None:
             notice, missed = self._missed(state, int(since))
@@ -513,42 +557,47 @@ class Gateway(WebSocketServer):
                   if topic_matches(m.topic if m.multipart else m.payload, state.prefixes)]
         return notice, missed
 
-    def _forget(self, client: Client) -> None:
-        state = self._states.pop(client, None)
-        self.router.remove(client)
+    def _forget(self, member: Any) -> None:
+        state = self._states.pop(member, None)
+        self.router.remove(member)
         if state is not None:
-            for prefix in state.prefixes:
-                self._release(prefix)
+            self._unsubscribe(state.prefixes)
+
+    def _gone(self, client: Client) -> None:
+        """A client stops receiving: unroute it (and end its Socket.IO session, if any)."""
+        if self.sio is not None and client.transport == "socketio":
+            session = client.data.get("eio_poll")
+            if session is not None and session.poll_client is client:
+                session.poll_client = None  # the held poll's connection went away
+            self.sio.on_ws_gone(client)
+        self._forget(client)
 
     def _on_close(self, client: Client) -> None:
-        self._forget(client)
+        self._gone(client)
         super()._on_close(client)
 
     def _close_client(self, client: Client, code: int, reason: str) -> None:
-        self._forget(client)
+        self._gone(client)
         super()._close_client(client, code, reason)
 
     def _closing_done(self, client: Client) -> None:
-        self._forget(client)
+        self._gone(client)
         super()._closing_done(client)
 
     # -- messages from clients ------------------------------------------------------
 
     def _on_message(self, client: Client, message: Message) -> None:
+        if client.transport == "socketio":
+            data = message.data if message.binary else message.data.decode("utf-8")
+            self.sio.on_ws_message(client, data)
+            return
         state = self._states.get(client)
         if state is None:
             return
-        # Flood limit: a token bucket of client_rate per second, as deep as one second.
-        if self.client_rate:
-            now = time.monotonic()
-            state.tokens = min(self.client_rate, state.tokens + (now - state.tokens_at) * self.client_rate)
-            state.tokens_at = now
-            if state.tokens < 1:
-                self.stats.rate_limited += 1
-                log.info("client %s: over %s messages/s, closing with 1008", client.id, self.client_rate)
-                self._close_client(client, CLOSE_POLICY_VIOLATION, "message rate limit")
-                return
-            state.tokens -= 1
+        if not self._rate_ok(state):
+            log.info("client %s: over %s messages/s, closing with 1008", client.id, self.client_rate)
+            self._close_client(client, CLOSE_POLICY_VIOLATION, "message rate limit")
+            return
         data = message.data
         if not message.binary and data[:1] == b"{" and self._control(client, state, data):
             return
@@ -562,13 +611,40 @@ class Gateway(WebSocketServer):
                 topic = doc["topic"].encode("utf-8")
                 value = doc["data"]
                 data = value.encode("utf-8") if isinstance(value, str) else json.dumps(value).encode()
-        if self._out is not None:
-            try:
-                self._out.send_multipart([topic, state.client_id, data], zmq.NOBLOCK)
-                self.stats.upstream_messages += 1
-            except zmq.Again:
-                self.stats.upstream_drops += 1
+        self._forward(topic, state.client_id, data)
         super()._on_message(client, message)
+
+    def _on_ping(self, client: Client) -> None:
+        """A ping counts against ``client_rate`` like a message: a ping flood is a flood."""
+        state = self._states.get(client)
+        if state is not None and not self._rate_ok(state):
+            log.info("client %s: over %s messages/s (pings), closing with 1008", client.id, self.client_rate)
+            self._close_client(client, CLOSE_POLICY_VIOLATION, "message rate limit")
+
+    def _rate_ok(self, state: _ClientState) -> bool:
+        """The flood limit: a token bucket of ``client_rate`` per second, one second deep."""
+        if not self.client_rate:
+            return True
+        now = time.monotonic()
+        state.tokens = min(self.client_rate, state.tokens + (now - state.tokens_at) * self.client_rate)
+        state.tokens_at = now
+        if state.tokens < 1:
+            self.stats.rate_limited += 1
+            return False
+        state.tokens -= 1
+        return True
+
+    def _forward(self, topic: bytes, client_id: bytes, data: bytes) -> bool:
+        """A client message upstream as ``[topic, client id, payload]``; False if not sent."""
+        if self._out is None:
+            return False
+        try:
+            self._out.send_multipart([topic, client_id, data], zmq.NOBLOCK)
+        except zmq.Again:
+            self.stats.upstream_drops += 1  # the upstream socket is full (or PUSH has no peer)
+            return False
+        self.stats.upstream_messages += 1
+        return True
 
     def _control(self, client: Client, state: _ClientState, data: bytes) -> bool:
         """``{"subscribe": "p"}`` / ``{"unsubscribe": "p"}``: change topics, answer with an ack."""
@@ -623,6 +699,8 @@ class Gateway(WebSocketServer):
     def handle_http(self, client: Client, request: Request) -> Optional[bytes]:
         """``GET /`` the live page, ``/zmqws.js`` the client, ``/events`` SSE, ``/poll``
         long-polling, other files from the static folders; else 404 (405 for other methods)."""
+        if self.sio is not None and self.sio.matches(request):
+            return self.sio.handle_http(client, request)
         cors = self._cors_headers(request)
         if request.method == "OPTIONS" and cors:
             return http_response(204, headers=cors + [("Access-Control-Allow-Methods", "GET, HEAD"),
@@ -692,8 +770,8 @@ class Gateway(WebSocketServer):
         """``GET /events``: the response becomes an endless event stream (phase STREAM)."""
         self.check_access(client, request)
         self._check_query(client, request)
-        if request.method == "HEAD":
-            self.http_reply(client, sse.response_head(cors))
+        if request.method == "HEAD":  # the head says keep-alive: honour it (no body follows)
+            self.http_reply(client, sse.response_head(cors), keep_alive=True)
             return
         client.session.queue(sse.response_head(cors))
         client.phase = STREAM
@@ -719,17 +797,27 @@ class Gateway(WebSocketServer):
         client.data["cors"] = cors
         since = self._since(request)
         prefixes_state = _ClientState(self._prefixes(client, request), "json", POLL, 0, 0.0, b"")
-        if since is not None:
-            notice, missed = self._missed(prefixes_state, int(since))
-            if notice is not None or missed:
-                self._poll_response(client, ([notice] if notice else []) + missed)
-                return
-        # Nothing yet: hold the request, routed like any client, until a message or the timeout.
-        self.stats.polls_held += 1
-        client.parked = True
-        client.transport = POLL
-        client.deadline = time.monotonic() + self.poll_timeout
-        self._join(client, "json", POLL)
+        # Every poll wants its topics upstream, as a joining client does, even one answered at
+        # once from the history: the linger restarts, so the subscription lasts as long as the
+        # client keeps polling, and the resume below sees a subscription that (re)starts now
+        # and reports the ids the gateway may have been blind for.
+        for prefix in prefixes_state.prefixes:
+            self._want(prefix)
+        try:
+            if since is not None:
+                notice, missed = self._missed(prefixes_state, int(since))
+                if notice is not None or missed:
+                    self._poll_response(client, ([notice] if notice else []) + missed)
+                    return
+            # Nothing yet: hold the request, routed like any client, until a message or the timeout.
+            self.stats.polls_held += 1
+            client.parked = True
+            client.transport = POLL
+            client.deadline = time.monotonic() + self.poll_timeout
+            self._join(client, "json", POLL)
+        finally:
+            for prefix in prefixes_state.prefixes:
+                self._release(prefix)
 
     def _answer_poll(self, client: Client, batch: List[Stored]) -> None:
         self._forget(client)
@@ -757,7 +845,9 @@ class Gateway(WebSocketServer):
                         keep_alive=True)
 
     def _deadline(self, client: Client) -> None:
-        if client.parked:
+        if client.parked and "eio_poll" in client.data:
+            self.sio.poll_deadline(client)
+        elif client.parked:
             self._answer_poll(client, [])  # the poll timed out: an empty array, the client asks again
         else:
             super()._deadline(client)

@@ -28,6 +28,7 @@ _COUNTERS = [
     ("ws_connections", "zmqws_websocket_connections_total", "WebSocket handshakes completed"),
     ("sse_connections", "zmqws_sse_connections_total", "Server-Sent Events streams started"),
     ("polls_held", "zmqws_polls_held_total", "long-polling requests held open"),
+    ("sio_sessions", "zmqws_socketio_sessions_total", "Socket.IO (Engine.IO) sessions opened"),
     ("http_requests", "zmqws_http_requests_total", "plain HTTP requests"),
     ("http_errors", "zmqws_http_errors_total", "HTTP requests answered with an error status"),
     ("zmq_messages", "zmqws_zmq_messages_total", "messages taken from ZeroMQ (and publish())"),
@@ -65,6 +66,9 @@ def snapshot(server: "WebSocketServer") -> Dict[str, Any]:
         transport = client.transport or "http"
         by_transport[transport] = by_transport.get(transport, 0) + 1
         queued += client.session.out_bytes
+    sio = getattr(server, "sio", None)
+    if sio is not None:
+        by_transport.update(sio.counts())
     loop = server.loop
     return {
         "pid": os.getpid(), "time": time.time(), "stats": server.stats.as_dict(),

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Unio
 from . import handshake
 from .deflate import DeflateConfig
 from .connection import (
-    CLOSED, OPEN, OutputQueue, CloseReceived, ConnectionFailed, Message, Pong, WebSocketConnection,
+    CLOSED, OPEN, OutputQueue, CloseReceived, ConnectionFailed, Message, Ping, Pong, WebSocketConnection,
 )
 from .frames import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_POLICY_VIOLATION
 from .handshake import HTTPError, Request, RequestParser
@@ -114,6 +114,13 @@ class Client:
 
 
 MessageHook = Callable[[Client, Union[str, bytes]], Any]
+
+
+def _address(address: Any) -> str:
+    """``host:port`` of a peer address, for log lines."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address)
 
 
 class WebSocketServer:
@@ -564,7 +571,8 @@ class WebSocketServer:
         self._ws_clients[client] = None
         client.transport = "websocket"
         self.stats.ws_connections += 1
-        log.debug("client %s: WebSocket open %s %s", client.id, client.address, request.target)
+        log.info("connect client=%s addr=%s transport=websocket path=%s", client.id,
+                 _address(client.address), request.path)
         self._queued(client)
         self._on_open(client)
         if rest and client.phase == WEBSOCKET:
@@ -590,6 +598,8 @@ class WebSocketServer:
             if cls is Message:
                 self.stats.messages_in += 1
                 self._on_message(client, event)
+            elif cls is Ping:
+                self._on_ping(client)
             elif cls is Pong:
                 client.ping_sent_at = 0.0
             elif cls is CloseReceived:
@@ -598,9 +608,16 @@ class WebSocketServer:
                 self.stats.protocol_errors += 1
                 log.info("client %s: protocol error %s: %s", client.id, event.code, event.reason)
         if ws.out_bytes != before:
+            if ws.out_bytes > self.max_queue and ws.state == OPEN:
+                # Pongs pile up for a peer that pings and does not read: the bound holds for them too.
+                self._slow_client(client, 0, force_close=True)
             self._queued(client)
-        if ws.state == CLOSED:
+        if ws.state == CLOSED and not client.close_after_flush:
+            # Once only: bytes the peer keeps sending must not push the close deadline back.
             self._closing_done(client)
+
+    def _on_ping(self, client: Client) -> None:
+        """A ping from a client (its pong is already queued); subclasses rate-limit here."""
 
     def _on_message(self, client: Client, message: Message) -> None:
         """A whole message from a client; the default calls the ``on_message`` hook."""
@@ -651,10 +668,11 @@ class WebSocketServer:
             for client in over:
                 self._slow_client(client, count)
 
-    def _slow_client(self, client: Client, count: int) -> None:
-        """The slow-consumer policy (its queue would pass ``max_queue``)."""
+    def _slow_client(self, client: Client, count: int, force_close: bool = False) -> None:
+        """The slow-consumer policy (its queue would pass ``max_queue``); ``force_close``:
+        close whatever the policy (what is queued is not droppable, e.g. pongs)."""
         self.stats.drops += count
-        if self.slow_client == "drop":
+        if self.slow_client == "drop" and not force_close:
             self.stats.dropped_slow += count
             return
         self.stats.slow_closed += 1
@@ -762,7 +780,7 @@ class WebSocketServer:
             if ws is not None:
                 code = ws.close_code if ws.close_code is not None else 1006
                 self.stats.count_close(code)
-                log.debug("client %s: disconnected (%s)", client.id, code)
+                log.info("disconnect client=%s addr=%s code=%s", client.id, _address(client.address), code)
             self._on_close(client)
 
     def _on_close(self, client: Client) -> None:
