@@ -23,7 +23,6 @@ import json
 import logging
 import mimetypes
 import os
-import threading
 import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
@@ -185,7 +184,6 @@ class Gateway(WebSocketServer):
         self._states: Dict[Client, _ClientState] = {}
         self._deflaters: Dict[Any, Any] = {}  # wire key -> a PerMessageDeflate that encodes for it
         self._lingering: Dict[bytes, Any] = {}  # prefix -> the timer that will expire it
-        self._lock = threading.Lock()
 
     # -- public API -------------------------------------------------------------
 

@@ -31,7 +31,9 @@ from .deflate import DeflateConfig
 from .connection import (
     CLOSED, OPEN, OutputQueue, CloseReceived, ConnectionFailed, Message, Ping, Pong, WebSocketConnection,
 )
-from .frames import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_POLICY_VIOLATION
+from .frames import (
+    CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, encode_frame,
+)
 from .handshake import HTTPError, Request, RequestParser
 from .loop import POLLIN, POLLOUT, Loop
 from .stats import Stats
@@ -294,7 +296,6 @@ class WebSocketServer:
 
         The frame is encoded once and the same bytes are queued on every client.
         """
-        from .frames import OP_BINARY, OP_TEXT, encode_frame
         if isinstance(data, str):
             frame = encode_frame(OP_TEXT, data.encode("utf-8"))
         else:

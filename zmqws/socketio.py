@@ -26,7 +26,6 @@ carries ``{"topics": [...]}``); any other event is forwarded upstream as
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
