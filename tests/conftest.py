@@ -338,6 +338,7 @@ def make_gateway():
 
     def make(endpoints=None, **options) -> Gateway:
         options.setdefault("close_timeout", 1.0)
+        options.setdefault("first_id", 1)  # small, predictable ids (the default comes from the clock)
         gateway = Gateway(endpoints, 0, **options)
         gateways.append(gateway)
         gateway.start()

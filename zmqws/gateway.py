@@ -97,6 +97,8 @@ class Gateway(WebSocketServer):
       ``[first part, 8-byte big-endian id, other parts...]`` as stamped by
       ``python -m zmqws.proxy --stamp`` (and by the ``--workers`` parent), so
       that several gateways agree on ids and a client may resume on any of them.
+    * ``first_id``: the id of the first message (default: from the clock, so
+      ids keep growing across restarts).
     * ``stats_dir``: write this process's counters there every second and
       sum every file found there at ``/metrics`` (set by ``--workers``).
     * ``socketio``: serve Socket.IO (Engine.IO v4) clients under ``sio_path``;
@@ -125,7 +127,8 @@ class Gateway(WebSocketServer):
                  cors_origins: Sequence[str] = (), sse_heartbeat: float = 15.0,
                  poll_timeout: float = 25.0, poll_max_messages: int = 100,
                  poll_max_bytes: int = 1 << 20, metrics: bool = True, upstream_ids: bool = False,
-                 stats_dir: Optional[str] = None, socketio: bool = True,
+                 stats_dir: Optional[str] = None, first_id: Optional[int] = None,
+                 socketio: bool = True,
                  sio_path: str = "/socket.io/", sio_event: str = "message",
                  sio_ping_interval: float = 25.0, sio_ping_timeout: float = 20.0,
                  **server_options: Any) -> None:
@@ -179,9 +182,14 @@ class Gateway(WebSocketServer):
         self._sub: Optional[zmq.Socket] = None
         self._out: Optional[zmq.Socket] = None
         self._published: Deque[Tuple[Optional[bytes], bytes]] = deque()
-        self._last_id = 0
+        # Ids start from the clock (microseconds since the epoch, exact in a JavaScript
+        # number), so a restarted gateway gives larger ids than before and a client
+        # resuming with an id of the previous run is told of the gap, not confused.
+        self._last_id = int(time.time() * 1_000_000) if first_id is None else first_id - 1
         self._active: List[Route] = []  # routes with messages this turn
         self._states: Dict[Client, _ClientState] = {}
+        # upstream_ids: resuming clients waiting for this gateway to take the id they saw
+        self._behind: Dict[Any, int] = {}
         self._deflaters: Dict[Any, Any] = {}  # wire key -> a PerMessageDeflate that encodes for it
         self._lingering: Dict[bytes, Any] = {}  # prefix -> the timer that will expire it
 
@@ -315,7 +323,7 @@ class Gateway(WebSocketServer):
             try:
                 parts = recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             if self.upstream_ids:
                 # [first, id, rest...] from a sequencer (zmqws.proxy --stamp, or --workers)
                 if len(parts) < 2 or len(parts[1]) != 8:
@@ -324,12 +332,16 @@ class Gateway(WebSocketServer):
                 msg_id = int.from_bytes(parts[1], "big")
                 if msg_id <= self._last_id:
                     continue  # a duplicate (or a sequencer restart); never go back
+                if not self._last_id:
+                    self.history.first_missing = msg_id - 1  # the ids before: never seen here
                 self._last_id = msg_id - 1
                 del parts[1]
             if len(parts) > 1:
                 take(parts[0], parts[-1])
             else:
                 take(None, parts[0])
+        if self._behind:
+            self._catch_up()
 
     def _take_published(self) -> None:
         published = self._published
@@ -517,25 +529,58 @@ class Gateway(WebSocketServer):
         self._states[new] = state
         self.router.add(new, state.prefixes, state.envelope, wire)
 
-    def _join(self, client: Client, envelope: str, wire: Any) -> None:
-        """Subscribe a client (any transport) to its topics, replay what it missed, route it."""
+    def _join(self, client: Client, envelope: str, wire: Any, since: Optional[int] = None) -> None:
+        """Subscribe a client (any transport) to its topics, replay what it missed, route it.
+
+        ``since``: for a parked poll (which resumes before it parks), the id it waits after;
+        other transports take it from the request.
+        """
         request = client.request
         prefixes = self._prefixes(client, request)
         state = self._new_state(client, prefixes, envelope, f"{os.getpid()}.{client.id}".encode(), wire)
         self._send_batch()  # this turn's messages go to those already there, not to the newcomer
         self._subscribe(prefixes)
-        since = self._since(request) if wire != POLL else None  # a poll resumes before it parks
+        if wire != POLL:
+            text = self._since(request)
+            since = int(text) if text is not None else None
+        if since is not None and self.upstream_ids and since > self._last_id:
+            # The client saw ids this gateway has not taken yet (a gateway or worker that has
+            # just started, or one a little behind the one the client came from): it waits off
+            # the routes until the gateway has, then resumes (no duplicate, no silent gap).
+            self._behind[client] = since
+            return
+        self._resume(client, state, since)
+
+    def _resume(self, client: Client, state: "_ClientState", since: Optional[int]) -> None:
+        """Replay what a joining client missed after ``since`` (a gap notice first), then route it."""
         if since is not None:
-            notice, missed = self._missed(state, int(since))
-            if notice is not None:
-                client.session.queue(self._encode_notice(state, notice))
-            for m in missed:
-                frame = self._encode(m, envelope, wire)
-                client.session.queue(frame)
-                self.stats.messages_out += 1
-                self.stats.bytes_out += len(frame)
-            self._queued(client)
-        self.router.add(client, prefixes, envelope, wire)
+            notice, missed = self._missed(state, since)
+            if state.wire == POLL:
+                if notice is not None or missed:
+                    self._answer_poll(client, ([notice] if notice else []) + missed)
+                    return
+            else:
+                if notice is not None:
+                    client.session.queue(self._encode_notice(state, notice))
+                for m in missed:
+                    frame = self._encode(m, state.envelope, state.wire)
+                    client.session.queue(frame)
+                    self.stats.messages_out += 1
+                    self.stats.bytes_out += len(frame)
+                self._queued(client)
+        self.router.add(client, state.prefixes, state.envelope, state.wire)
+
+    def _catch_up(self) -> None:
+        """upstream_ids: resume the clients that waited for the gateway to take the id they saw."""
+        ready = [client for client, since in self._behind.items() if self._last_id >= since]
+        if not ready:
+            return
+        self._send_batch()  # this turn's messages go to those already routed
+        for client in ready:
+            since = self._behind.pop(client)
+            state = self._states.get(client)
+            if state is not None:
+                self._resume(client, state, since)
 
     def _missed(self, state: "_ClientState", since: int) -> Tuple[Optional[Dict[str, Any]], List[Stored]]:
         """Resume: a gap notice if the ids after ``since`` are not all known, and the
@@ -557,6 +602,7 @@ class Gateway(WebSocketServer):
 
     def _forget(self, member: Any) -> None:
         state = self._states.pop(member, None)
+        self._behind.pop(member, None)
         self.router.remove(member)
         if state is not None:
             self._unsubscribe(state.prefixes)
@@ -684,7 +730,9 @@ class Gateway(WebSocketServer):
             if prefix not in old:
                 self._want(prefix)
         state.prefixes = prefixes
-        if prefixes:
+        if client in self._behind:
+            pass  # waiting to resume (upstream_ids): routed with these prefixes when it does
+        elif prefixes:
             self.router.add(client, prefixes, state.envelope, state.wire)
         else:
             self.router.remove(client)
@@ -801,8 +849,9 @@ class Gateway(WebSocketServer):
         # and reports the ids the gateway may have been blind for.
         for prefix in prefixes_state.prefixes:
             self._want(prefix)
+        behind = since is not None and self.upstream_ids and int(since) > self._last_id
         try:
-            if since is not None:
+            if since is not None and not behind:
                 notice, missed = self._missed(prefixes_state, int(since))
                 if notice is not None or missed:
                     self._poll_response(client, ([notice] if notice else []) + missed)
@@ -812,7 +861,7 @@ class Gateway(WebSocketServer):
             client.parked = True
             client.transport = POLL
             client.deadline = time.monotonic() + self.poll_timeout
-            self._join(client, "json", POLL)
+            self._join(client, "json", POLL, int(since) if behind else None)
         finally:
             for prefix in prefixes_state.prefixes:
                 self._release(prefix)
@@ -822,7 +871,10 @@ class Gateway(WebSocketServer):
         self._poll_response(client, batch)
 
     def _poll_response(self, client: Client, items: List[Any]) -> None:
-        """A JSON array of messages (a gap notice first), bounded in count and bytes."""
+        """A JSON array of messages (a gap notice first), bounded in count and bytes.
+
+        ``X-Zmqws-Last-Id`` carries the last id the gateway has given, so that a
+        client whose first poll comes back empty can ask ``since`` it next time."""
         docs: List[str] = []
         size = 2
         for item in items:
@@ -837,8 +889,11 @@ class Gateway(WebSocketServer):
         body = ("[" + ",".join(docs) + "]").encode("utf-8")
         self.stats.bytes_out += len(body)
         client.transport = None
-        self.http_reply(client, http_response(200, body, "application/json",
-                                              [("Cache-Control", "no-cache")] + client.data.get("cors", []),
+        cors = client.data.get("cors", [])
+        headers = [("Cache-Control", "no-cache"), ("X-Zmqws-Last-Id", str(self._last_id))] + cors
+        if cors:
+            headers.append(("Access-Control-Expose-Headers", "X-Zmqws-Last-Id"))
+        self.http_reply(client, http_response(200, body, "application/json", headers,
                                               keep_alive=client.request.keep_alive),
                         keep_alive=True)
 

@@ -235,10 +235,13 @@
     poll: function (self, h) {
       var req = null, stopped = false;
       function next() {
-        req = get(self.url + "poll" + self._query(), self.pollTimeout, function (err, text) {
+        req = get(self.url + "poll" + self._query(), self.pollTimeout, function (err, text, last) {
           req = null;
           var list = err ? null : parse(text), i;
           if (Object.prototype.toString.call(list) !== "[object Array]") return h.fail();
+          // A first poll that timed out empty: resume from the gateway's last id, so that
+          // nothing published before the next poll is missed.
+          if (self.lastId == null && last && /^\d+$/.test(last)) self.lastId = Number(last);
           h.open();
           for (i = 0; i < list.length && !stopped; i++) h.data(list[i]);
           if (!stopped) next();
@@ -249,15 +252,19 @@
     }
   };
 
-  /** GET a URL as text: done(error, text) once. XMLHttpRequest, else fetch. Returns {abort()}. */
+  /** GET a URL as text: done(error, text, X-Zmqws-Last-Id) once. XMLHttpRequest, else fetch.
+   *  Returns {abort()}. */
   function get(url, timeout, done) {
     var finished = false, X = root.XMLHttpRequest, timer;
-    function end(err, text) { if (!finished) { finished = true; clearTimeout(timer); done(err, text); } }
+    function end(err, text, last) { if (!finished) { finished = true; clearTimeout(timer); done(err, text, last); } }
     if (X) {
       var xhr = new X();
       xhr.open("GET", url, true);
       xhr.timeout = timeout;
-      xhr.onload = function () { end(xhr.status === 200 ? null : new Error("HTTP " + xhr.status), xhr.responseText); };
+      xhr.onload = function () {
+        end(xhr.status === 200 ? null : new Error("HTTP " + xhr.status), xhr.responseText,
+            xhr.getResponseHeader("X-Zmqws-Last-Id"));
+      };
       xhr.onerror = xhr.ontimeout = function () { end(new Error("poll failed")); };
       xhr.send();
       return { abort: function () { finished = true; xhr.abort(); } };
@@ -265,7 +272,9 @@
     var ctl = root.AbortController ? new root.AbortController() : null;
     timer = setTimeout(function () { if (ctl) ctl.abort(); end(new Error("timeout")); }, timeout);
     root.fetch(url, {cache: "no-store", signal: ctl ? ctl.signal : undefined}).then(function (r) {
-      return r.text().then(function (text) { end(r.status === 200 ? null : new Error("HTTP " + r.status), text); });
+      return r.text().then(function (text) {
+        end(r.status === 200 ? null : new Error("HTTP " + r.status), text, r.headers.get("X-Zmqws-Last-Id"));
+      });
     }).then(null, function (e) { end(e); });
     return { abort: function () { finished = true; clearTimeout(timer); if (ctl) ctl.abort(); } };
   }

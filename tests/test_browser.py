@@ -1,0 +1,305 @@
+"""The live page and zmqws.js in a real headless Chromium (Playwright), against a real Gateway
+fed by a real ZeroMQ PUB socket: WebSocket, Server-Sent Events and long-polling, the fallback
+from one to the next, and resume after the server drops the connection mid-stream.
+
+Needs ``pip install playwright`` (the Python package only: the browser is the system's
+``/usr/bin/chromium``, Debian package ``chromium``; ``playwright install`` is not used).
+Without them these tests fail; they do not skip.
+
+The page's contract: ``GET /`` loads ``/zmqws.js``, reads ``?topic=`` and ``?transports=``,
+shows ``#state``, ``#transport``, ``#count``, ``#last-id``, a canvas ``#rate-chart`` and a log
+``#log`` of ``<div class="msg" data-id="ID">`` rows, and exposes ``window.zmqwsPage =
+{client, received}`` where ``received`` holds every message ``{id, topic, data, binary}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import pytest
+
+from conftest import wait_subscribed, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+
+# The gateway's options for these tests: a subscription outlives a reconnect (linger) and the
+# history holds every message of a test, so a client that comes back with since=lastId loses
+# nothing; an empty long-poll is answered after 2 s (the page shows "open" after the first).
+GATEWAY_OPTIONS = dict(linger=30, history=10_000, poll_timeout=2.0, close_timeout=1.0)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the module, closed in a finalizer."""
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (CI must have it)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the playwright package is missing: pip install playwright")
+    playwright = sync_playwright().start()
+    try:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
+    except BaseException:
+        playwright.stop()
+        raise
+    try:
+        yield chromium
+    finally:
+        chromium.close()
+        playwright.stop()
+
+
+class PageLog:
+    """What the page said: uncaught errors and console lines (shown when a test fails)."""
+
+    def __init__(self) -> None:
+        self.errors: List[str] = []
+        self.console: List[str] = []
+
+    def __str__(self) -> str:
+        return "page errors: %s\nconsole:\n%s" % (self.errors, "\n".join(self.console[-30:]))
+
+
+@pytest.fixture
+def open_page(browser):
+    """``open_page(url, init_script=None)`` → (page, PageLog); its browser context is closed at teardown."""
+    contexts = []
+
+    def open_(url: str, init_script: Optional[str] = None):
+        context = browser.new_context(viewport={"width": 1100, "height": 760})
+        contexts.append(context)
+        context.set_default_timeout(15_000)
+        if init_script:
+            context.add_init_script(init_script)
+        page = context.new_page()
+        log = PageLog()
+        page.on("pageerror", lambda exc: log.errors.append(str(exc)))
+        page.on("console", lambda msg: log.console.append(f"{msg.type}: {msg.text}"))
+        page.goto(url, wait_until="load")
+        return page, log
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def live_gateway(make_gateway, pub):
+    """A Gateway on a real PUB socket, already receiving (the slow-joiner fence passed)."""
+    gw = make_gateway(pub.endpoint, **GATEWAY_OPTIONS)
+    wait_subscribed(pub, gw)
+    return gw
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+
+
+def on_loop(gw, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """Run ``fn`` on the gateway's loop thread and return its result."""
+    result: "queue.Queue[Any]" = queue.Queue()
+
+    def call():
+        try:
+            result.put((True, fn()))
+        except BaseException as exc:  # pragma: no cover - re-raised below
+            result.put((False, exc))
+
+    gw.call_soon_threadsafe(call)
+    ok, value = result.get(timeout=timeout)
+    if not ok:
+        raise value
+    return value
+
+
+def parked_polls(gw) -> int:
+    return on_loop(gw, lambda: sum(1 for c in gw._clients.values() if c.parked))
+
+
+def drop_connections(gw, transport: str) -> int:
+    """Close the page's connection(s) of ``transport`` from the server side; how many."""
+    def drop() -> int:
+        if transport == "websocket":
+            clients = gw.client_list()
+            for client in clients:
+                client.close(1001, "test: going away")
+            return len(clients)
+        victims = [c for c in gw._clients.values() if c.transport == transport]
+        for client in victims:
+            gw._abort(client)  # the TCP connection is gone at once: no response, no end of stream
+        return len(victims)
+    return on_loop(gw, drop)
+
+
+def wait_open(page, transport: str, log: PageLog, timeout: float = 15.0) -> None:
+    try:
+        page.wait_for_function(
+            """(t) => {
+                const s = document.querySelector('#state'), tr = document.querySelector('#transport');
+                return !!(s && tr && /\\bopen\\b/i.test(s.textContent)
+                          && tr.textContent.trim().toLowerCase().includes(t));
+            }""", arg=transport, timeout=timeout * 1000, polling=50)
+    except Exception as exc:
+        state = page.evaluate("""() => [document.querySelector('#state') && document.querySelector('#state').textContent,
+                                          document.querySelector('#transport') && document.querySelector('#transport').textContent]""")
+        raise AssertionError(f"the page did not open over {transport}: #state/#transport = {state}\n{log}") from exc
+
+
+def wait_received(page, n: int, log: PageLog, timeout: float = 20.0) -> List[dict]:
+    try:
+        page.wait_for_function("(n) => window.zmqwsPage && window.zmqwsPage.received.length >= n",
+                               arg=n, timeout=timeout * 1000, polling=50)
+    except Exception as exc:
+        got = page.evaluate("() => window.zmqwsPage ? window.zmqwsPage.received.length : null")
+        raise AssertionError(f"{got} of {n} messages reached the page\n{log}") from exc
+    return page.evaluate("() => window.zmqwsPage.received")
+
+
+def seqs_of(received: List[dict]) -> List[int]:
+    return [json.loads(m["data"])["seq"] for m in received]
+
+
+def check_in_order(received: List[dict]) -> None:
+    ids = [m["id"] for m in received]
+    assert all(a < b for a, b in zip(ids, ids[1:])), f"ids not strictly increasing: {ids}"
+    assert all(isinstance(m["id"], int) for m in received)
+
+
+def server_transport_counts(gw) -> dict:
+    return {"ws": gw.stats.ws_connections, "sse": gw.stats.sse_connections, "poll": gw.stats.polls_held}
+
+
+# -- the page over each transport --------------------------------------------------------------------------
+
+
+CASES = [
+    pytest.param("", None, "websocket", id="websocket"),
+    pytest.param("?transports=sse,poll", None, "sse", id="sse-by-query"),
+    pytest.param("?transports=poll", None, "poll", id="poll-by-query"),
+    pytest.param("", "delete window.WebSocket;", "sse", id="no-WebSocket-falls-back-to-sse"),
+    pytest.param("", "delete window.WebSocket; delete window.EventSource;", "poll",
+                 id="no-WebSocket-no-EventSource-falls-back-to-poll"),
+]
+
+
+@pytest.mark.parametrize("query, init_script, transport", CASES)
+def test_page_receives_every_message_in_order(live_gateway, pub, open_page, query, init_script, transport):
+    gw = live_gateway
+    before = server_transport_counts(gw)
+    page, log = open_page(f"http://127.0.0.1:{gw.port}/{query}", init_script)
+    if init_script:  # the init script really took the API away
+        assert page.evaluate("() => typeof window.WebSocket") == "undefined"
+    wait_open(page, transport, log)
+    if transport == "poll":  # publish while a poll is held, not between two polls
+        wait_until(lambda: parked_polls(gw) >= 1, message="a parked poll")
+    n = 50
+    for seq in range(n):
+        pub.send_multipart([b"demo.x", json.dumps({"seq": seq, "text": f"message {seq}"}).encode()])
+    received = wait_received(page, n, log)
+    assert len(received) == n, f"more messages than published: {received[n:]}"
+    assert seqs_of(received) == list(range(n))
+    check_in_order(received)
+    assert {m["topic"] for m in received} == {"demo.x"}
+    assert not any(m["binary"] for m in received)
+    # the log shows one row per message (it may render in batches: wait for them)
+    page.wait_for_function("(n) => document.querySelectorAll('#log .msg').length >= n", arg=n, timeout=5000)
+    rows = page.eval_on_selector_all("#log .msg", "rows => rows.map(r => Number(r.dataset.id))")
+    assert sorted(rows) == [m["id"] for m in received], rows
+    assert rows in ([m["id"] for m in received], [m["id"] for m in reversed(received)])
+    # the counters and the chart
+    page.wait_for_function("(n) => /\\b" + str(n) + "\\b/.test(document.querySelector('#count').textContent)",
+                           arg=n, timeout=5000)
+    assert str(received[-1]["id"]) in page.text_content("#last-id")
+    assert page.evaluate("() => document.querySelector('#rate-chart') instanceof HTMLCanvasElement")
+    # the server saw the transport the page says it uses
+    after = server_transport_counts(gw)
+    used = {k: after[k] - before[k] for k in after}
+    key = {"websocket": "ws", "sse": "sse", "poll": "poll"}[transport]
+    assert used[key] >= 1, used
+    assert all(v == 0 for k, v in used.items() if k != key), f"other transports were used: {used}"
+    assert not log.errors, str(log)
+
+
+# -- a forced disconnect in the middle of a stream ------------------------------------------------------------
+
+
+class Publisher(threading.Thread):
+    """Publishes ``n`` messages ``[b"demo.x", {"seq": i}]`` at about ``rate`` per second (owns the PUB)."""
+
+    def __init__(self, pub, n: int, rate: float) -> None:
+        super().__init__(name="publisher", daemon=True)
+        self.pub = pub
+        self.n = n
+        self.interval = 1.0 / rate
+        self.sent = 0
+        self.error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        try:
+            start = time.monotonic()
+            for seq in range(self.n):
+                delay = start + seq * self.interval - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                self.pub.send_multipart([b"demo.x", json.dumps({"seq": seq, "text": f"tick {seq}"}).encode()])
+                self.sent = seq + 1
+        except BaseException as exc:  # pragma: no cover - reported by the test
+            self.error = exc
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse", "poll"])
+def test_forced_disconnect_mid_stream_loses_nothing(live_gateway, pub, open_page, transport):
+    gw = live_gateway
+    query = {"websocket": "", "sse": "?transports=sse", "poll": "?transports=poll"}[transport]
+    page, log = open_page(f"http://127.0.0.1:{gw.port}/{query}")
+    wait_open(page, transport, log)
+    if transport == "poll":
+        wait_until(lambda: parked_polls(gw) >= 1, message="a parked poll")
+    key = {"websocket": "ws", "sse": "sse", "poll": "poll"}[transport]
+    connections = server_transport_counts(gw)[key]
+    n = 300
+    publisher = Publisher(pub, n, rate=100)
+    publisher.start()
+    try:
+        wait_received(page, 80, log)  # the stream is flowing
+        dropped = 0
+        deadline = time.monotonic() + 5
+        while not dropped:  # a poll may be between two requests: try again
+            assert time.monotonic() < deadline, "no connection to drop"
+            dropped = drop_connections(gw, transport)
+            time.sleep(0.005)
+        at_drop = publisher.sent
+        # the page notices, reconnects (after its back-off) and resumes with since=lastId
+        wait_until(lambda: server_transport_counts(gw)[key] > connections, timeout=10,
+                   message=f"the page to reconnect over {transport}")
+        wait_open(page, transport, log)
+        if transport == "websocket":
+            ARTIFACTS.mkdir(exist_ok=True)
+            wait_received(page, 220, log)
+            page.screenshot(path=str(ARTIFACTS / "page.png"))  # messages flowing
+        publisher.join(10)
+        assert not publisher.is_alive() and publisher.error is None, publisher.error
+        received = wait_received(page, n, log, timeout=20)
+    finally:
+        publisher.join(10)
+    assert at_drop < n, "the drop came after the end of the stream"
+    seqs = seqs_of(received)
+    assert len(seqs) == len(set(seqs)), "duplicates"
+    missing = sorted(set(range(n)) - set(seqs))
+    assert not missing, f"lost across the reconnect: {missing[:20]}\n{log}"
+    assert seqs == list(range(n))
+    check_in_order(received)
+    assert page.evaluate("() => window.zmqwsPage.gaps || []") == []  # the resume was complete
+    assert not log.errors, str(log)
+    assert page.evaluate("() => window.zmqwsPage.client.transport") == transport
