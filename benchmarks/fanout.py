@@ -12,13 +12,16 @@ For each stack and each client count (a "scenario"):
    upgraded; then the publisher waits until the gateway has subscribed
    (zmqws subscribes upstream only once a client wants the topic);
 4. the publisher sends N messages of S bytes (send time and sequence number
-   inside) at full rate or at ``--rate``; the client counts the messages on
+   inside; ``--messages auto``, the default, is N = ``--deliveries`` /
+   clients) at full rate or at ``--rate``; the client counts the messages on
    every connection, checks their order, samples latency on every 10th
    connection, and stops when every connection has all N, or after
    ``--idle`` seconds without a message, or ``--timeout`` seconds after the
    start;
 5. the gateway's CPU time (``/proc/PID/stat``, all threads, from just before
-   the start to the client's end) and peak RSS (``VmHWM``) are read, and
+   the start to the client's end) and peak RSS (``VmHWM``) are read, with
+   how busy each pinned CPU was while messages arrived (``/proc/stat``,
+   softirq included) and how much CPU other processes used meanwhile; then
    every process is stopped.
 
 deliveries/s = messages received by all clients / (last arrival - first
@@ -224,6 +227,20 @@ def other_cpu(before: Dict[int, float], after: Dict[int, float], ours: set) -> f
     A lower bound: a process that started and ended between the snapshots is missed.
     """
     return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items() if pid not in ours)
+
+
+def wait_quiet(max_wait: float, limit: float = 0.1, window: float = 2.0) -> bool:
+    """Wait until the machine is idle: under ``limit`` CPUs busy over ``window`` seconds."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        a = CpuSampler.read()
+        time.sleep(window)
+        b = CpuSampler.read()
+        busy = sum(b[cpu][0] - a[cpu][0] for cpu in b) / window
+        if busy < limit:
+            return True
+        if time.monotonic() >= deadline:
+            return False
 
 
 def proc_status_kb(pid: int, key: str) -> int:
@@ -465,10 +482,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--gateway-cpu", type=int, default=0, help="CPU the gateway is pinned to (-1: none)")
     p.add_argument("--client-cpu", type=int, default=1,
                    help="CPU the load client and the publisher are pinned to (-1: none)")
+    p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
+                   help="before each scenario, wait up to S seconds for the machine to be idle "
+                        "(under 10 %% of a CPU busy)")
+    p.add_argument("--retries", type=int, default=0,
+                   help="run a scenario again (up to N times) when other processes used more "
+                        "than 5 %% of a CPU during it")
     p.add_argument("--profile", metavar="DIR", help="run zmqws under cProfile, stats to DIR")
     p.add_argument("--py-spy", metavar="DIR", help="attach py-spy to zmqws, raw stacks to DIR")
     p.add_argument("--json", metavar="FILE", help="write the raw results here")
-    p.add_argument("--logs", metavar="DIR", help="keep the gateways' logs here (default: a temp dir)")
+    p.add_argument("--logs", metavar="DIR", help="keep the gateways' logs here (else in a new temp dir)")
     args = p.parse_args(argv)
     if args.size < 16:
         p.error("--size must be at least 16")
@@ -497,8 +520,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     for clients in parse_list(args.clients, int):
         for stack in stacks:
             t = time.monotonic()
-            with CpuSampler() as sampler:
-                r = run_scenario(stack, clients, args, loadclient, logdir, sampler)
+            for attempt in range(args.retries + 1):
+                if args.quiet_wait and not wait_quiet(args.quiet_wait):
+                    print(f"fanout.py: the machine is still busy after {args.quiet_wait:.0f} s; "
+                          "running anyway", file=sys.stderr)
+                with CpuSampler() as sampler:
+                    r = run_scenario(stack, clients, args, loadclient, logdir, sampler)
+                noisy = r.get("wall_s") and r["other_cpu_s"] > 0.05 * r["wall_s"]
+                if not noisy or attempt == args.retries:
+                    break
+                print(f"    {stack} {clients}: other processes used "
+                      f"{100 * r['other_cpu_s'] / r['wall_s']:.0f} % of a CPU; again",
+                      file=sys.stderr, flush=True)
+            r["attempts"] = attempt + 1
             results.append(r)
             if "error" in r:
                 msg = f"error: {r['error']}"
