@@ -9,6 +9,14 @@ Each turn: poll, dispatch the ready sockets' handlers, run due timers and
 queued calls, then the ``after_turn`` hooks (where the server flushes the
 output that the turn produced, so that each client gets one ``sendmsg`` per
 turn whatever the turn queued for it).
+
+Raw file descriptors (the listening and client sockets) live in an epoll set
+where the OS has one, and the epoll descriptor itself is polled by the
+``zmq.Poller`` beside the ZeroMQ sockets.  ``zmq.Poller.poll`` costs time in
+proportion to what is registered in it (about 150 µs per 1000 here) and its
+``unregister`` is O(n) (closing 5000 clients at once stalled the loop for
+3 s); epoll costs in proportion to the ready descriptors, and adding or
+removing one is O(1).  Without epoll everything goes into the ``zmq.Poller``.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import select
 import socket
 import threading
 import time
@@ -32,6 +41,20 @@ log = logging.getLogger("zmqws")
 POLLIN = zmq.POLLIN
 POLLOUT = zmq.POLLOUT
 POLLERR = zmq.POLLERR
+
+_EPOLL = getattr(select, "epoll", None)
+if _EPOLL is not None:
+    # Hang-ups and errors wake the reader, which then sees EOF or the error itself.
+    _EPOLL_IN = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR | getattr(select, "EPOLLRDHUP", 0)
+    _EPOLL_OUT = select.EPOLLOUT
+
+
+def _to_epoll(events: int) -> int:
+    return (_EPOLL_IN if events & POLLIN else 0) | (_EPOLL_OUT if events & POLLOUT else 0)
+
+
+def _from_epoll(mask: int) -> int:
+    return (POLLIN if mask & _EPOLL_IN else 0) | (POLLOUT if mask & _EPOLL_OUT else 0)
 
 
 class Timer:
@@ -51,8 +74,11 @@ class Timer:
 class Loop:
     """A single-threaded poll loop over raw file descriptors and ZeroMQ sockets."""
 
-    def __init__(self) -> None:
+    def __init__(self, use_epoll: bool = True) -> None:
         self.poller = zmq.Poller()
+        self._epoll = _EPOLL() if use_epoll and _EPOLL is not None else None
+        if self._epoll is not None:
+            self.poller.register(self._epoll.fileno(), POLLIN)
         self._handlers: Dict[Any, Callable[[int], None]] = {}
         self._events: Dict[Any, int] = {}
         self._timers: List[Tuple[float, int, Timer]] = []
@@ -77,17 +103,30 @@ class Loop:
         """Poll ``obj`` (a file descriptor or a ZeroMQ socket) for ``events``; call ``handler(revents)``."""
         self._handlers[obj] = handler
         self._events[obj] = events
-        self.poller.register(obj, events)
+        if self._epoll is not None and isinstance(obj, int):
+            self._epoll.register(obj, _to_epoll(events))
+        else:
+            self.poller.register(obj, events)
 
     def modify(self, obj: Any, events: int) -> None:
         if self._events.get(obj) != events:
             self._events[obj] = events
-            self.poller.modify(obj, events)
+            if self._epoll is not None and isinstance(obj, int):
+                self._epoll.modify(obj, _to_epoll(events))
+            else:
+                self.poller.modify(obj, events)
 
     def unregister(self, obj: Any) -> None:
+        """Stop polling ``obj``; call it before closing a file descriptor."""
         if self._handlers.pop(obj, None) is not None:
             del self._events[obj]
-            self.poller.unregister(obj)
+            if self._epoll is not None and isinstance(obj, int):
+                try:
+                    self._epoll.unregister(obj)
+                except OSError:  # already closed: the kernel dropped it from the set
+                    pass
+            else:
+                self.poller.unregister(obj)
 
     # -- scheduling -----------------------------------------------------------
 
@@ -128,6 +167,8 @@ class Loop:
         self.running = True
         self.thread_id = threading.get_ident()
         poll = self.poller.poll
+        epoll = self._epoll
+        epoll_fd = epoll.fileno() if epoll is not None else None
         handlers = self._handlers
         timers = self._timers
         calls = self._calls
@@ -145,6 +186,8 @@ class Loop:
                 raise
             self.turns += 1
             started = perf_counter()
+            if epoll is not None:
+                ready = self._expand(ready, epoll_fd)
             for obj, revents in ready:
                 handler = handlers.get(obj)
                 if handler is not None:
@@ -167,6 +210,16 @@ class Loop:
             if took > self.max_turn_seconds:
                 self.max_turn_seconds = took
 
+    def _expand(self, ready: List[Tuple[Any, int]], epoll_fd: int) -> List[Tuple[Any, int]]:
+        """Replace the epoll descriptor's readiness by the ready descriptors in its set."""
+        out = []
+        for obj, revents in ready:
+            if obj == epoll_fd:
+                out.extend((fd, _from_epoll(mask)) for fd, mask in self._epoll.poll(0, 4096))
+            else:
+                out.append((obj, revents))
+        return out
+
     @staticmethod
     def _safely(callback: Callable[[], Any]) -> None:
         try:
@@ -183,3 +236,6 @@ class Loop:
         self.unregister(self._wake_r.fileno())
         self._wake_r.close()
         self._wake_w.close()
+        if self._epoll is not None:
+            self.poller.unregister(self._epoll.fileno())
+            self._epoll.close()
