@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the tests need, then run them all:
-#   * Debian packages: chromium (headless browser tests) and nginx (reverse-proxy test),
+#   * Debian packages: chromium (headless browser tests), nginx and haproxy (reverse-proxy tests),
 #     with apt-get when they are missing (as root, or through sudo);
 #   * Python: the package with its test extra (pytest, hypothesis, websockets, playwright,
 #     python-socketio);
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
 
 missing=""
-for pkg in chromium nginx; do
+for pkg in chromium nginx haproxy; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then

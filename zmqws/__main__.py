@@ -115,6 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: %(default)s)")
     web.add_argument("--subprotocol", action="append", default=[], metavar="NAME",
                      help="a subprotocol the server accepts, in order of preference (repeatable)")
+    sio = p.add_argument_group("Socket.IO side (socket.io-client v3/v4, python-socketio; see docs/socketio.md)")
+    sio.add_argument("--no-socketio", action="store_true",
+                     help="do not serve Socket.IO (Engine.IO v4) clients (default: served under --sio-path)")
+    sio.add_argument("--sio-path", default="/socket.io/", metavar="PATH",
+                     help="the Engine.IO path, the client's 'path' option (default: %(default)s)")
+    sio.add_argument("--sio-event", default="message", metavar="NAME|topic",
+                     help="the event name of each message, or 'topic' to use the message's topic "
+                          "(single-part messages stay 'message') (default: %(default)s)")
+    sio.add_argument("--sio-ping-interval", type=_seconds, default=25.0, metavar="S",
+                     help="Engine.IO heartbeat: a ping this often (default: %(default)s)")
+    sio.add_argument("--sio-ping-timeout", type=_seconds, default=20.0, metavar="S",
+                     help="close a Socket.IO session that does not answer a ping within this "
+                          "(default: %(default)s)")
     sec = p.add_argument_group("security")
     sec.add_argument("--certfile", metavar="FILE",
                      help="serve wss:// and https:// with this PEM certificate (chain)")
@@ -215,7 +228,9 @@ def build_gateway(args: argparse.Namespace, endpoints: List[str], **overrides: A
         max_message_size=args.max_message_size, max_queue=args.max_queue,
         slow_client=args.slow_client, max_header_size=args.max_header_size,
         ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,
-        handshake_timeout=args.handshake_timeout, close_timeout=args.close_timeout)
+        handshake_timeout=args.handshake_timeout, close_timeout=args.close_timeout,
+        socketio=not args.no_socketio, sio_path=args.sio_path, sio_event=args.sio_event,
+        sio_ping_interval=args.sio_ping_interval, sio_ping_timeout=args.sio_ping_timeout)
     port = overrides.pop("port", args.port)
     options.update(overrides)
     return Gateway(endpoints, port, **options)
@@ -232,6 +247,9 @@ def serve(gateway: "Gateway", args: argparse.Namespace, endpoints: List[str], de
         return 1
 
     def on_signal(signum, frame):  # noqa: ARG001
+        # One graceful stop: a second SIGTERM (systemd's KillMode=control-group signals every
+        # process, and a --workers parent forwards its own) must not cut it short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     try:  # from here on, a signal (even before run() waits) means a graceful stop
@@ -266,6 +284,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--keyfile needs --certfile")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if not args.sio_path.startswith("/"):
+        parser.error("--sio-path must start with /")
+    if args.sio_ping_interval <= 0 or args.sio_ping_timeout <= 0:
+        parser.error("--sio-ping-interval and --sio-ping-timeout must be more than 0")
 
     demo = None
     endpoints = list(args.sub)

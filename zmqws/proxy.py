@@ -127,12 +127,29 @@ class Sequencer:
                 sock.close(linger=0)
 
 
+def _steerable_proxy(front: zmq.Socket, back: zmq.Socket, capture: Optional[zmq.Socket],
+                     control: zmq.Socket) -> None:
+    """The proxy thread: signals are for the main thread (an EINTR here would restart
+    libzmq's proxy in the middle of a multipart message)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    zmq.proxy_steerable(front, back, capture, control)
+
+
 def run_proxy(xsub: Sequence[str], xpub: Sequence[str], capture: Optional[str] = None) -> None:
-    """Plain mode: libzmq's ``zmq.proxy`` between a bound XSUB and a bound XPUB (blocks)."""
+    """Plain mode: libzmq's ``zmq.proxy`` between a bound XSUB and a bound XPUB (blocks).
+
+    The proxy runs on a thread (``zmq.proxy_steerable``) while the calling thread waits, so
+    that a signal is always seen: libzmq's proxy loop, run on the main thread, misses a
+    signal that arrives while it is forwarding rather than polling.  KeyboardInterrupt
+    (SIGINT, or SIGTERM as :func:`main` sets it up) stops the proxy and propagates.
+    """
     context = zmq.Context.instance()
     front = context.socket(zmq.XSUB)
     back = context.socket(zmq.XPUB)
     cap = context.socket(zmq.PUB) if capture else None
+    for sock in (front, back):  # the Sequencer's queues, not libzmq's default 1000 (a burst drops)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
     try:
         for endpoint in xsub:
             front.bind(endpoint)
@@ -142,10 +159,24 @@ def run_proxy(xsub: Sequence[str], xpub: Sequence[str], capture: Optional[str] =
             cap.bind(capture)
     except zmq.ZMQError as exc:
         raise ValueError(f"zmqws.proxy: cannot bind: {exc}") from None
+    address = f"inproc://zmqws-proxy-control-{id(front)}"
+    control = context.socket(zmq.PAIR)
+    control.bind(address)
+    steer = context.socket(zmq.PAIR)
+    steer.connect(address)
+    thread = threading.Thread(target=_steerable_proxy, args=(front, back, cap, steer),
+                              name="zmqws-proxy", daemon=True)
+    thread.start()
     try:
-        zmq.proxy(front, back, cap)
-    except zmq.ContextTerminated:  # pragma: no cover
-        pass
+        while thread.is_alive():
+            thread.join(0.5)
+    finally:
+        control.send(b"TERMINATE")
+        thread.join(5)
+        if not thread.is_alive():  # never close sockets under a running proxy
+            for sock in (front, back, cap, steer, control):
+                if sock is not None:
+                    sock.close(linger=0)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -8,7 +8,8 @@ One Python thread serves one core.  With ``--workers N`` the parent:
    to the ``--sub`` endpoints and whose XPUB side the workers' SUB sockets
    connect to over IPC.  It stamps each message with an id, so every worker
    numbers messages alike and a client may resume (``?since=``) on any
-   worker; subscriptions still flow upstream;
+   worker (with ``--upstream-ids`` it passes on the ids stamped upstream by
+   ``zmqws.proxy --stamp`` instead); subscriptions still flow upstream;
 3. starts N workers, each an ordinary gateway with its own SUB socket and
    loop, restarts a worker that dies, forwards SIGTERM/SIGINT to them and
    exits once they have stopped;
@@ -80,7 +81,10 @@ class Supervisor:
         folder = tempfile.mkdtemp(prefix="zmqws-workers-")
         endpoint = f"ipc://{folder}/messages.ipc"
         try:
-            sequencer = Sequencer(self.endpoints, [endpoint], connect_xsub=not args.bind or args.demo)
+            # With --upstream-ids the messages carry the ids of a stamping proxy upstream: pass
+            # them on (the workers then agree with every other gateway behind that proxy).
+            sequencer = Sequencer(self.endpoints, [endpoint], stamp=not args.upstream_ids,
+                                  connect_xsub=not args.bind or args.demo)
         except ValueError as exc:
             print(f"zmqws: error: {exc}", flush=True)
             reserve.close()
@@ -91,7 +95,7 @@ class Supervisor:
             signal.signal(sig, lambda *_: self.stopping.set())
         try:
             self._procs = [self._spawn(endpoint, folder) for _ in range(args.workers)]
-            self._wait_listening(args.host)
+            self._wait_listening(args.host, folder)
             log.info("zmqws listening on port %d with %d workers (pids %s), SUB %s",
                      self.port, args.workers, ", ".join(str(p.pid) for p in self._procs),
                      ", ".join(self.endpoints))
@@ -114,10 +118,15 @@ class Supervisor:
         log.info("all workers stopped")
         return 0
 
-    def _wait_listening(self, host: str, timeout: float = 10.0) -> None:
-        """Announce the port only once a worker accepts on it."""
+    def _wait_listening(self, host: str, folder: str, timeout: float = 10.0) -> None:
+        """Announce the port only once every worker listens on it (each writes its first
+        metrics snapshot just after binding) and a connection is accepted."""
         target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
         deadline = time.monotonic() + timeout
+        snapshots = [os.path.join(folder, f"worker-{p.pid}.json") for p in self._procs if p is not None]
+        while (time.monotonic() < deadline and not self.stopping.is_set()
+               and not all(os.path.exists(path) for path in snapshots)):
+            time.sleep(0.02)
         while time.monotonic() < deadline and not self.stopping.is_set():
             try:
                 socket.create_connection((target, self.port), timeout=0.5).close()
