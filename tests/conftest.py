@@ -23,6 +23,7 @@ import time
 from typing import Callable, List, Optional, Tuple
 
 import pytest
+from websockets.asyncio.client import connect
 import zmq
 
 from zmqws.frames import OP_CLOSE, encode_close_payload, encode_frame
@@ -400,3 +401,14 @@ def gateway(pub):
         wait_subscribed(pub, gw)
         yield gw
     assert gw._thread is None, "the loop thread was not joined"
+
+
+def ws_connect(port: int, path: str = "/", **options):
+    """A ``websockets`` client: no compression (unless asked), no proxy, no client-side pings."""
+    options.setdefault("compression", None)
+    options.setdefault("proxy", None)
+    options.setdefault("open_timeout", 5)
+    options.setdefault("close_timeout", 2)
+    options.setdefault("ping_interval", None)
+    options.setdefault("max_size", None)
+    return connect(f"ws://127.0.0.1:{port}{path}", **options)

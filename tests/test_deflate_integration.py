@@ -29,6 +29,7 @@ from typing import List, Optional, Sequence, Tuple
 import pytest
 from websockets.asyncio.client import connect
 
+from conftest import ws_connect as plain_ws_connect
 from zmqws.frames import OP_BINARY, OP_TEXT
 
 pytestmark = pytest.mark.timeout(60)
@@ -49,14 +50,11 @@ FIN, RSV1 = 0x80, 0x40
 # -- helpers ------------------------------------------------------------------------------------
 
 
+
+
 def ws_connect(port: int, path: str = "/", **options):
     """A ``websockets`` client with its default compression (permessage-deflate offered)."""
-    options.setdefault("proxy", None)
-    options.setdefault("open_timeout", 5)
-    options.setdefault("close_timeout", 2)
-    options.setdefault("ping_interval", None)
-    options.setdefault("max_size", None)
-    return connect(f"ws://127.0.0.1:{port}{path}", **options)
+    return plain_ws_connect(port, path, compression="deflate", **options)
 
 
 async def recv(ws, timeout: float = 5.0):

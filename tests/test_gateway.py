@@ -10,6 +10,7 @@ import threading
 import pytest
 from websockets.asyncio.client import connect
 
+from conftest import ws_connect
 from zmqws.frames import OP_TEXT
 from zmqws.gateway import Gateway
 
@@ -18,15 +19,6 @@ pytestmark = pytest.mark.timeout(40)
 KiB = 1 << 10
 
 
-def ws_connect(port: int, path: str = "/", **options):
-    """A ``websockets`` client: no compression, no proxy, no client-side pings."""
-    options.setdefault("compression", None)
-    options.setdefault("proxy", None)
-    options.setdefault("open_timeout", 5)
-    options.setdefault("close_timeout", 2)
-    options.setdefault("ping_interval", None)
-    options.setdefault("max_size", None)
-    return connect(f"ws://127.0.0.1:{port}{path}", **options)
 
 
 async def open_clients(port: int, n: int):

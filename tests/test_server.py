@@ -17,6 +17,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.protocol import State
 
+from conftest import ws_connect
 from zmqws import WebSocketServer
 from zmqws.frames import OP_BINARY, OP_CONT, OP_PING, OP_TEXT, encode_frame
 
@@ -25,15 +26,6 @@ pytestmark = pytest.mark.timeout(30)
 MiB = 1 << 20
 
 
-def ws_connect(port: int, path: str = "/", **options):
-    """A ``websockets`` client to the server: no compression, no proxy, no client-side pings."""
-    options.setdefault("compression", None)
-    options.setdefault("proxy", None)
-    options.setdefault("open_timeout", 5)
-    options.setdefault("close_timeout", 2)
-    options.setdefault("ping_interval", None)
-    options.setdefault("max_size", None)
-    return connect(f"ws://127.0.0.1:{port}{path}", **options)
 
 
 def echo(client, data):

@@ -27,6 +27,7 @@ import zmq
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from conftest import ws_connect
 from zmqws.frames import OP_TEXT
 from zmqws.gateway import Gateway
 from zmqws.routing import History, Router, Stored, Upstream
@@ -39,15 +40,6 @@ KiB = 1 << 10
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def ws_connect(port: int, path: str = "/", **options):
-    """A ``websockets`` client: no compression, no proxy, no client-side pings."""
-    options.setdefault("compression", None)
-    options.setdefault("proxy", None)
-    options.setdefault("open_timeout", 5)
-    options.setdefault("close_timeout", 2)
-    options.setdefault("ping_interval", None)
-    options.setdefault("max_size", None)
-    return connect(f"ws://127.0.0.1:{port}{path}", **options)
 
 
 async def recv(ws, timeout: float = 5.0):
