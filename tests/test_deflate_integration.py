@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import pytest
-from websockets.asyncio.client import connect
 
 from conftest import ws_connect as plain_ws_connect
 from zmqws.frames import OP_BINARY, OP_TEXT

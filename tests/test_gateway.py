@@ -8,7 +8,6 @@ import socket
 import threading
 
 import pytest
-from websockets.asyncio.client import connect
 
 from conftest import ws_connect
 from zmqws.frames import OP_TEXT

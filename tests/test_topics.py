@@ -24,7 +24,6 @@ from typing import Dict, List, Optional, Sequence
 
 import pytest
 import zmq
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from conftest import ws_connect
