@@ -139,7 +139,7 @@ class SioPacket:
 
 def decode_sio(text: str, max_attachments: int = MAX_ATTACHMENTS) -> SioPacket:
     """Parse a Socket.IO packet string (the data of an Engine.IO message packet)."""
-    if not text or not text[0].isdigit() or int(text[0]) > BINARY_ACK:
+    if not text or text[0] not in "0123456":  # not str.isdigit(): "²" is a digit to it
         raise SocketIOError("unknown Socket.IO packet type")
     kind = int(text[0])
     i = 1
@@ -169,7 +169,7 @@ def decode_sio(text: str, max_attachments: int = MAX_ATTACHMENTS) -> SioPacket:
     if i < len(text):
         try:
             data = json.loads(text[i:])
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             raise SocketIOError("invalid JSON") from None
     packet = SioPacket(kind, nsp, ack_id, data, attachments)
     _check_payload(packet)
@@ -241,7 +241,10 @@ class Reassembler:
         if len(self.buffers) < self.packet.attachments:
             return None
         packet = self.packet
-        packet.data = self._fill(packet.data)
+        try:
+            packet.data = self._fill(packet.data)
+        except RecursionError:
+            raise SocketIOError("attachments nested too deep") from None
         packet.type = EVENT if packet.type == BINARY_EVENT else ACK
         return packet
 

@@ -63,9 +63,11 @@ def snapshot(server: "WebSocketServer") -> Dict[str, Any]:
     by_transport: Dict[str, int] = {"websocket": 0, "sse": 0, "poll": 0, "http": 0}
     queued = 0
     for client in list(server._clients.values()):
+        queued += client.session.out_bytes
+        if "eio_poll" in client.data:
+            continue  # a held Socket.IO poll: its session counts once, under "socketio-polling"
         transport = client.transport or "http"
         by_transport[transport] = by_transport.get(transport, 0) + 1
-        queued += client.session.out_bytes
     sio = getattr(server, "sio", None)
     if sio is not None:
         by_transport.update(sio.counts())

@@ -111,12 +111,21 @@ class SocketIOEndpoint:
     # -- HTTP: handshake, long-polling GET and POST ------------------------------------
 
     def handle_http(self, client: "Client", request: Request) -> Optional[bytes]:
+        response = self._respond(client, request)
+        if response is not None:
+            # Sent here, not returned: a returned response closes the connection after it,
+            # and these say "Connection: keep-alive" (clients reuse the connection at once).
+            self.gateway.http_reply(client, response, keep_alive=True)
+        return None
+
+    def _respond(self, client: "Client", request: Request) -> Optional[bytes]:
         gateway = self.gateway
         cors = gateway._cors_headers(request)
         if request.method == "OPTIONS":
             if cors:
                 return http_response(204, headers=cors + [("Access-Control-Allow-Methods", "GET, POST"),
-                                                          ("Access-Control-Allow-Headers", "Content-Type")])
+                                                          ("Access-Control-Allow-Headers", "Content-Type")],
+                                     keep_alive=request.keep_alive)
             raise HTTPError(405, "method not allowed", [("Allow", "GET, POST")])
         try:
             self._check_eio(request)
@@ -190,6 +199,11 @@ class SocketIOEndpoint:
             raise eio.EngineIOError(eio.BAD_REQUEST, "Bad request: overlapping polls")
         session.last_seen = time.monotonic()
         client.data["cors"] = cors
+        probe = session.probe_client
+        if not session.packets and probe is not None and probe.data.get("eio_probed"):
+            # Upgrading: the client waits for this poll to end before it sends "5" (engine.io
+            # answers polls with a noop while upgrading); holding it would stall the upgrade.
+            session.packets.append((eio.NOOP, ""))
         if session.packets:
             self._answer_poll(client, session)
             return
@@ -294,6 +308,7 @@ class SocketIOEndpoint:
         """The upgrade of a polling session: 2probe → 3probe (and a noop to the poll), then 5."""
         if data == eio.PING + "probe":
             client.send(eio.PONG + "probe")
+            client.data["eio_probed"] = True
             if session.poll_client is not None:
                 session.packets.append((eio.NOOP, ""))
                 self._answer_poll(session.poll_client, session)
@@ -568,7 +583,10 @@ class SocketIOEndpoint:
     # -- timers and closing ----------------------------------------------------------------
 
     def _schedule_tick(self) -> None:
-        self.gateway.loop.call_later(1.0, self._tick)
+        # Fine enough that a ping goes out well within the client's pingInterval + pingTimeout
+        # (a client that hears no ping by then closes the session with "ping timeout").
+        step = max(0.01, min(1.0, self.ping_interval / 2, self.ping_timeout / 2))
+        self.gateway.loop.call_later(step, self._tick)
 
     def _tick(self) -> None:
         """Heartbeats: a ping every ping_interval; no pong (or poll) within ping_timeout closes."""

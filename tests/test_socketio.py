@@ -1,0 +1,1155 @@
+"""Socket.IO clients on the gateway (zmqws/socketio.py, zmqws/engineio.py), end to end.
+
+* The real ``socket.io-client`` (v4) from Node (tests/node/sio_client.mjs): WebSocket only,
+  long-polling only and the default polling → WebSocket upgrade, with a real ZeroMQ PUB
+  publishing while the client receives; binary payloads; client events forwarded to a PULL
+  socket with their ack; subscribe/unsubscribe; ``auth.topics``; ``sio_event="topic"``;
+  connection state recovery after a forced transport close, over WebSocket and polling.
+* The same library's browser bundle in headless Chromium (a page served by the test itself).
+* python-socketio's ``socketio.Client`` over WebSocket and polling.
+* The Engine.IO HTTP protocol by hand (http.client): error codes and messages as engine.io
+  sends them, sessions closed on bad input, the open packet, heartbeats — none of which
+  disturbs a client that behaves.
+* The server side of the upgrade by hand (a poll during the probe is released with a noop; no
+  message lost or doubled across the switch), keep-alive polling connections, tokens.
+* Hypothesis over the sans-I/O codecs, the /metrics gauges, the command line's options.
+
+Everything runs on 127.0.0.1 with ephemeral ports; processes, threads, sockets and gateways
+are stopped in finalizers; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import http.server
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import threading
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import wait_subscribed, wait_until
+from zmqws import engineio as eio
+from zmqws.frames import OP_TEXT
+
+pytestmark = pytest.mark.timeout(60)
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+SIO_CLIENT = NODE_DIR / "sio_client.mjs"
+SIO_BUNDLE = NODE_DIR / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+RATE = 100  # messages per second published in the streaming tests
+COUNT = 200
+
+
+# =================================================================================================
+# helpers
+# =================================================================================================
+
+
+def payload(i: int) -> bytes:
+    """Message ``i`` of a stream: text, except every 10th (from 3) which is binary (not UTF-8)."""
+    if i % 10 == 3:
+        return b"\xff\xfe" + i.to_bytes(4, "big")
+    return f"seq {i:04d} ".encode().ljust(64, b".")
+
+
+def decoded(data: Any) -> bytes:
+    """An event's data as sio_client.mjs printed it, back to bytes ({"bin": base64} = binary)."""
+    if isinstance(data, dict) and set(data) == {"bin"}:
+        return base64.b64decode(data["bin"])
+    assert isinstance(data, str), data
+    return data.encode()
+
+
+def publish_paced(pub, items: List[Tuple[bytes, bytes]], rate: float = RATE,
+                  stop: Optional[threading.Event] = None) -> None:
+    """``[topic, payload]`` multipart messages on a real PUB socket at about ``rate`` per second."""
+    start = time.monotonic()
+    for n, (topic, data) in enumerate(items):
+        if stop is not None and stop.is_set():
+            return
+        pub.send_multipart([topic, data])
+        delay = start + (n + 1) / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+class Publisher(threading.Thread):
+    """``publish_paced`` on a thread with its own PUB socket (a ZeroMQ socket stays on one
+    thread): it starts when ``go`` is set; until then ``send``/``send_multipart`` (used by
+    ``wait_subscribed``) are queued and sent by the thread."""
+
+    def __init__(self, context: zmq.Context, items: List[Tuple[bytes, bytes]], rate: float = RATE) -> None:
+        super().__init__(daemon=True)
+        self.sock = context.socket(zmq.PUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.items = items
+        self.rate = rate
+        self.go = threading.Event()
+        self.stop_flag = threading.Event()
+        self.error: Optional[BaseException] = None
+        self._outbox: List[List[bytes]] = []
+        self._lock = threading.Lock()
+
+    def send_multipart(self, parts) -> None:
+        with self._lock:
+            self._outbox.append(list(parts))
+
+    def send(self, data: bytes) -> None:
+        self.send_multipart([data])
+
+    def _flush(self) -> None:
+        with self._lock:
+            out, self._outbox = self._outbox, []
+        for parts in out:
+            self.sock.send_multipart(parts)
+
+    def run(self) -> None:
+        try:
+            while not self.go.is_set() and not self.stop_flag.is_set():
+                self._flush()
+                time.sleep(0.002)
+            self._flush()
+            publish_paced(self.sock, self.items, self.rate, self.stop_flag)
+        except BaseException as exc:  # pragma: no cover - reported by the test
+            self.error = exc
+        finally:
+            self.sock.close(linger=0)
+
+    def finish(self) -> None:
+        self.stop_flag.set()
+        self.join(10)
+
+
+class NodeSio:
+    """``node tests/node/sio_client.mjs URL OPTIONS`` as a subprocess, read line by line."""
+
+    def __init__(self, node: str, url: str, options: Dict[str, Any], stderr_path: Path) -> None:
+        self._stderr = open(stderr_path, "w+b")
+        self.stdin = bool(options.get("stdin"))
+        self.proc = subprocess.Popen([node, str(SIO_CLIENT), url, json.dumps(options)],
+                                     stdin=subprocess.PIPE if self.stdin else subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=self._stderr)
+        self._buf = b""
+        self.seen: List[str] = []
+
+    def next_line(self, timeout: float) -> str:
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"sio_client: no line in {timeout} s; seen {self.seen[-10:]}; "
+                                     f"stderr: {self.stderr()}")
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if ready:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    self.proc.wait(5)
+                    raise AssertionError(f"sio_client exited ({self.proc.returncode}); seen "
+                                         f"{self.seen[-10:]}; stderr: {self.stderr()}")
+                self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        text = line.decode()
+        self.seen.append(text)
+        return text
+
+    def expect(self, prefix: str, timeout: float = 10.0) -> str:
+        """The next line starting with ``prefix`` (lines before it are kept in ``seen``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.next_line(max(0.01, deadline - time.monotonic()))
+            if line.startswith(prefix):
+                return line
+
+    def event(self, timeout: float = 10.0) -> Tuple[str, Any, Optional[str]]:
+        """The next ``event`` line (with ``echo``): (name, data, offset)."""
+        return tuple(json.loads(self.expect("event ", timeout)[6:]))
+
+    def send(self, command: Dict[str, Any]) -> None:
+        assert self.stdin, "start the client with stdin=True"
+        self.proc.stdin.write(json.dumps(command).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def result(self, timeout: float = 30.0) -> Dict[str, Any]:
+        line = self.expect("{", timeout)
+        assert self.proc.wait(5) == 0, self.stderr()
+        return json.loads(line)
+
+    def stderr(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read().decode("utf-8", "replace")[-3000:]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None and not stream.closed:
+                stream.close()
+        self._stderr.close()
+
+
+@pytest.fixture(scope="session")
+def node_ready():
+    """node, with tests/node's node_modules (CI runs ``npm ci`` there; else install now)."""
+    node = shutil.which("node")
+    assert node, "node is not installed"
+    if not (NODE_DIR / "node_modules" / "socket.io-client" / "package.json").is_file():
+        npm = shutil.which("npm")
+        assert npm, "npm is not installed"
+        subprocess.run([npm, "install", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True,
+                       timeout=180, stdout=subprocess.DEVNULL)
+    return node
+
+
+@pytest.fixture
+def node_sio(node_ready, tmp_path):
+    """``node_sio(url, **options)`` → a started NodeSio, killed at teardown."""
+    made: List[NodeSio] = []
+
+    def make(url: str, **options) -> NodeSio:
+        options.setdefault("timeout", 40)
+        client = NodeSio(node_ready, url, options, tmp_path / f"sio-{len(made)}.err")
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+def pull(zmq_context):
+    """A PULL socket bound to tcp://127.0.0.1:* → (socket, endpoint)."""
+    sock = zmq_context.socket(zmq.PULL)
+    sock.setsockopt(zmq.LINGER, 0)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    yield sock, f"tcp://127.0.0.1:{port}"
+    sock.close(linger=0)
+
+
+@pytest.fixture
+def py_sio():
+    """``py_sio(url, transport, events=("message",))`` → a connected socketio.Client that records
+    ``(event, data, offset)`` in ``client.got``; disconnected at teardown."""
+    import socketio
+    from engineio.payload import Payload
+
+    # python-engineio's client refuses a long-polling response of more than 16 packets
+    # ("Unexpected packet from server, aborting"); its documented workaround:
+    saved = Payload.max_decode_packets
+    Payload.max_decode_packets = 10_000
+    made = []
+
+    def make(url: str, transport: str, events=("message",), **connect_options):
+        client = socketio.Client(reconnection=False)
+        client.got = []
+        client.connects = 0
+        client.disconnects = []
+
+        def on_connect():
+            client.connects += 1
+
+        client.on("connect", on_connect)
+        client.on("disconnect", lambda *reason: client.disconnects.append(reason))
+        for name in events:
+            client.on(name, partial(lambda name, data, offset=None: client.got.append((name, data, offset)),
+                                    name))
+        made.append(client)
+        client.connect(url, transports=[transport], wait_timeout=5, **connect_options)
+        return client
+
+    yield make
+    for client in made:
+        try:
+            client.disconnect()
+        except Exception:  # pragma: no cover - already gone
+            pass
+    Payload.max_decode_packets = saved
+
+
+def check_stream(events: List[Dict[str, Any]], expected: List[bytes]) -> None:
+    """Events (as sio_client.mjs reports them) are exactly ``expected``, in order, with strictly
+    increasing offsets; binary payloads came as binary, text as strings."""
+    got = [decoded(e["data"]) for e in events]
+    missing = [p for p in expected if p not in set(got)]
+    assert got == expected, f"{len(got)} events for {len(expected)} expected; missing {missing[:5]}"
+    for e, want in zip(events, expected):
+        assert e["event"] == "message"
+        is_binary = isinstance(e["data"], dict)
+        assert is_binary == (want[:1] == b"\xff"), e
+    offsets = [int(e["offset"]) for e in events]
+    assert all(b > a for a, b in zip(offsets, offsets[1:])), "offsets must strictly increase"
+
+
+# =================================================================================================
+# 1. socket.io-client from Node
+# =================================================================================================
+
+
+@pytest.mark.parametrize("mode", ["websocket", "polling"])
+def test_node_client_receives_the_stream_in_order(mode, pub, make_gateway, node_sio):
+    gw = make_gateway(pub.endpoint, linger=10)
+    wait_subscribed(pub, gw)
+    client = node_sio(f"http://127.0.0.1:{gw.port}", transports=[mode], count=COUNT)
+    assert client.expect("connect ") == f"connect {mode} false"
+    expected = [payload(i) for i in range(COUNT)]
+    publish_paced(pub, [(b"t", p) for p in expected])
+    result = client.result()
+    check_stream(result["events"], expected)
+    assert result["transport"] == mode
+    assert result["upgrades"] == []
+    assert len(result["connects"]) == 1
+
+
+def test_node_client_upgrades_from_polling_to_websocket_mid_stream(zmq_context, make_gateway, node_sio):
+    """The default transports: the stream runs before the client connects and while it
+    upgrades; from its first message on, nothing is lost and nothing comes twice."""
+    total = 300
+    items = [(b"t", payload(i)) for i in range(total)]
+    publisher = Publisher(zmq_context, items)
+    publisher.start()
+    try:
+        gw = make_gateway(publisher.endpoint, linger=10)
+        wait_subscribed(publisher, gw)
+        publisher.go.set()
+        client = node_sio(f"http://127.0.0.1:{gw.port}", until=payload(total - 1).decode())
+        result = client.result()
+    finally:
+        publisher.finish()
+    assert publisher.error is None
+    assert result["upgrades"] == ["websocket"], result["upgrades"]  # it opened on polling
+    assert result["transport"] == "websocket"
+    got = [decoded(e["data"]) for e in result["events"]]
+    first = [p for _, p in items].index(got[0])
+    assert first < total - 100, "the client joined too late to watch the upgrade under load"
+    check_stream(result["events"], [p for _, p in items[first:]])
+    assert len(result["connects"]) == 1
+
+
+def test_node_client_event_forwarded_upstream_and_acked(pub, make_gateway, node_sio, pull):
+    sock, endpoint = pull
+    gw = make_gateway(pub.endpoint, push_endpoint=endpoint)
+    emits = [
+        {"event": "order", "args": [{"qty": 3, "side": "buy"}], "ack": True},
+        {"event": "chat", "args": ["hello, zmq"], "ack": True},
+        {"event": "blob", "args": [{"bin": base64.b64encode(b"\x00\x01\xff").decode()}], "ack": True},
+    ]
+    client = node_sio(f"http://127.0.0.1:{gw.port}", transports=["websocket"], emits=emits)
+    client.expect("connect websocket")
+    acks = [client.expect(f"ack {i} ") for i in range(3)]
+    assert [json.loads(a.split(" ", 2)[2]) for a in acks] == [[{"ok": True}]] * 3
+    received = []
+    for _ in range(3):
+        assert sock.poll(5000), "nothing arrived on the PULL socket"
+        received.append(sock.recv_multipart())
+    assert [r[0] for r in received] == [b"order", b"chat", b"blob"]
+    assert json.loads(received[0][2]) == {"qty": 3, "side": "buy"}
+    assert received[1][2] == b"hello, zmq"
+    assert received[2][2] == b"\x00\x01\xff"
+    ids = {r[1] for r in received}
+    assert len(ids) == 1 and re.fullmatch(rb"\d+\.sio\d+", ids.pop())
+    assert gw.stats.upstream_messages == 3
+
+
+def test_node_client_subscribe_and_unsubscribe_with_acks(pub, make_gateway, node_sio):
+    # subscribe_all: the SUB gets every topic at once, so a new client topic is not subject
+    # to ZeroMQ's slow-joiner delay (the filtering under test is the gateway's)
+    gw = make_gateway(pub.endpoint, subscribe_all=True)
+    wait_subscribed(pub, gw)
+    client = node_sio(f"http://127.0.0.1:{gw.port}", transports=["websocket"],
+                      auth={"topics": ["a."]}, stdin=True, echo=True)
+    client.expect("connect websocket")
+    pub.send_multipart([b"b.x", b"b1"])
+    pub.send_multipart([b"a.x", b"a1"])
+    assert client.event()[1] == "a1"
+    client.send({"emit": "subscribe", "args": ["b."], "ack": True})
+    assert json.loads(client.expect("ack 0 ").split(" ", 2)[2]) == [{"topics": ["a.", "b."]}]
+    pub.send_multipart([b"b.x", b"b2"])
+    assert client.event()[1] == "b2"
+    client.send({"emit": "unsubscribe", "args": ["a."], "ack": True})
+    assert json.loads(client.expect("ack 1 ").split(" ", 2)[2]) == [{"topics": ["b."]}]
+    pub.send_multipart([b"a.x", b"a3"])
+    pub.send_multipart([b"b.x", b"b3"])
+    assert client.event()[1] == "b3"
+    client.send({"emit": "subscribe", "args": [["c.", "d."]], "ack": True})
+    assert json.loads(client.expect("ack 2 ").split(" ", 2)[2]) == [{"topics": ["b.", "c.", "d."]}]
+    client.send({"emit": "subscribe", "args": [42], "ack": True})
+    assert "error" in json.loads(client.expect("ack 3 ").split(" ", 2)[2])[0]
+    client.send({"finish": True})
+    events = [e["data"] for e in client.result()["events"]]
+    assert events == ["a1", "b2", "b3"]
+
+
+def test_node_client_auth_topics_filter(pub, make_gateway, node_sio):
+    gw = make_gateway(pub.endpoint, subscribe_all=True)
+    wait_subscribed(pub, gw)
+    client = node_sio(f"http://127.0.0.1:{gw.port}", transports=["polling"],
+                      auth={"topics": ["prices.", "alerts"]}, count=30)
+    client.expect("connect polling")
+    wanted = []
+    for i in range(60):
+        topic = [b"prices.eur", b"news.x", b"alerts", b"pricesX"][i % 4]
+        data = f"{topic.decode()} {i}".encode()
+        pub.send_multipart([topic, data])
+        if topic in (b"prices.eur", b"alerts"):
+            wanted.append(data.decode())
+    events = client.result()["events"]
+    assert len(wanted) == 30
+    assert [e["data"] for e in events] == wanted
+
+
+def test_sio_event_topic_uses_the_topic_as_event_name(pub, make_gateway, node_sio):
+    gw = make_gateway(pub.endpoint, sio_event="topic", subscribe_all=True)
+    wait_subscribed(pub, gw)
+    client = node_sio(f"http://127.0.0.1:{gw.port}", transports=["websocket"], count=3)
+    client.expect("connect websocket")
+    pub.send_multipart([b"prices.eur", b"1.08"])
+    pub.send_multipart([b"alerts", b"\xff\x00"])
+    pub.send(b"single-part")
+    events = client.result()["events"]
+    assert [(e["event"], e["data"]) for e in events] == [
+        ("prices.eur", "1.08"), ("alerts", {"bin": base64.b64encode(b"\xff\x00").decode()}),
+        ("message", "single-part")]
+
+
+@pytest.mark.parametrize("mode", ["websocket", "polling"])
+def test_node_client_recovers_its_connection_state(mode, pub, make_gateway, node_sio):
+    """The transport is closed by force mid-stream (``socket.io.engine.close()``): the client
+    reconnects with its pid and last offset, ``socket.recovered`` is true and the stream goes
+    on with nothing missed and nothing twice."""
+    gw = make_gateway(pub.endpoint, linger=10)
+    wait_subscribed(pub, gw)
+    client = node_sio(f"http://127.0.0.1:{gw.port}", transports=[mode], count=COUNT, closeAfter=60)
+    assert client.expect("connect ") == f"connect {mode} false"
+    expected = [payload(i) for i in range(COUNT)]
+    publish_paced(pub, [(b"t", p) for p in expected])
+    result = client.result()
+    assert [c["recovered"] for c in result["connects"]] == [False, True], result["connects"]
+    assert result["connects"][0]["id"] == result["connects"][1]["id"]
+    assert result["disconnects"][0] == "forced close"
+    check_stream(result["events"], expected)
+    offsets = [e["offset"] for e in result["events"]]
+    assert len(set(offsets)) == len(offsets)
+    # the reconnection happened while messages were still coming
+    assert "connect %s true" % mode in client.seen
+
+
+def test_recovery_refused_for_an_unknown_pid_gives_a_fresh_session(make_gateway, raw_ws):
+    gw = make_gateway(None)
+    ws = raw_ws(gw.port, path="/socket.io/?EIO=4&transport=websocket")
+    assert ws.recv_frame()[2].startswith(b"0{")
+    ws.send_frame(OP_TEXT, b'40{"pid":"nope","offset":"3"}')
+    packet = json.loads(ws.recv_frame()[2][2:])
+    assert set(packet) == {"sid", "pid"} and packet["pid"] != "nope"
+
+
+# =================================================================================================
+# 2. the browser bundle in headless Chromium
+# =================================================================================================
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>socket.io test</title>
+<script src="/socket.io.min.js"></script></head>
+<body><div id="state">connecting</div><div id="log"></div>
+<script>
+  const params = new URLSearchParams(location.search);
+  window.received = [];
+  window.sioState = {connected: false, transport: null};
+  const socket = io(params.get("gateway"), {auth: {topics: ["page."]}});
+  socket.on("connect", () => {
+    window.sioState.connected = true;
+    window.sioState.transport = socket.io.engine.transport.name;
+    document.getElementById("state").textContent = "connected";
+  });
+  socket.io.on("open", () => socket.io.engine.on("upgrade", (t) => { window.sioState.transport = t.name; }));
+  socket.on("message", (data, offset) => {
+    window.received.push([data, offset]);
+    const row = document.createElement("div");
+    row.className = "msg";
+    row.textContent = data;
+    document.getElementById("log").appendChild(row);
+  });
+</script></body></html>
+"""
+
+
+@pytest.fixture
+def static_server(tmp_path):
+    """A tiny http.server on its own port serving the page and the socket.io-client bundle."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "index.html").write_text(PAGE)
+    shutil.copy(SIO_BUNDLE, root / "socket.io.min.js")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+@pytest.fixture
+def chromium_page():
+    """A page in headless Chromium (Playwright on the system's /usr/bin/chromium)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the playwright package is missing: pip install playwright")
+    playwright = sync_playwright().start()
+    browser = None
+    try:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
+        page = browser.new_page()
+        page.errors = []
+        page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+        yield page
+    finally:
+        if browser is not None:
+            browser.close()
+        playwright.stop()
+
+
+def test_browser_bundle_receives_every_message_in_order(node_ready, pub, make_gateway, static_server,
+                                                        chromium_page):
+    page = chromium_page
+    gw = make_gateway(pub.endpoint, cors_origins=[static_server], subscribe_all=True)
+    wait_subscribed(pub, gw)
+    page.goto(f"{static_server}/index.html?gateway=http://127.0.0.1:{gw.port}")
+    page.wait_for_function("window.sioState && window.sioState.connected", timeout=10_000)
+    # wait for the upgrade too, so the 50 messages go over the WebSocket
+    page.wait_for_function("window.sioState.transport === 'websocket'", timeout=10_000)
+    expected = [f"page message {i}" for i in range(50)]
+    pub.send_multipart([b"other", b"not for the page"])
+    for text in expected:
+        pub.send_multipart([b"page.x", text.encode()])
+    page.wait_for_function("window.received.length >= 50", timeout=10_000)
+    received = page.evaluate("window.received")
+    assert [r[0] for r in received] == expected
+    offsets = [int(r[1]) for r in received]
+    assert offsets == sorted(set(offsets))
+    assert page.locator("#log .msg").count() == 50
+    assert page.errors == []
+
+
+# =================================================================================================
+# 3. python-socketio's client
+# =================================================================================================
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_python_socketio_client(transport, make_gateway, py_sio, pull):
+    sock, endpoint = pull
+    gw = make_gateway(None, push_endpoint=endpoint)
+    client = py_sio(f"http://127.0.0.1:{gw.port}", transport)
+    assert client.transport() == transport
+    expected = [f"py {i}" for i in range(100)] + [b"\x00\xffbinary"]
+    for item in expected:
+        gw.publish(item)
+    wait_until(lambda: len(client.got) >= len(expected), message="101 events")
+    assert [g[1] for g in client.got] == expected
+    offsets = [int(g[2]) for g in client.got]
+    assert offsets == sorted(set(offsets))
+    assert client.call("note", {"x": [1, 2]}, timeout=5) == {"ok": True}
+    parts = sock.recv_multipart() if sock.poll(5000) else None
+    assert parts is not None and parts[0] == b"note" and json.loads(parts[2]) == {"x": [1, 2]}
+    acked = []
+    client.emit("note", "with a callback", callback=lambda *args: acked.append(args))
+    wait_until(lambda: acked, message="the ack callback")
+    assert acked == [({"ok": True},)]
+    assert client.call("subscribe", "only.", timeout=5) == {"topics": ["only."]}
+
+
+# =================================================================================================
+# 4. the Engine.IO protocol by hand: errors, the open packet, heartbeats
+# =================================================================================================
+
+
+def http_request(port: int, method: str, query: str, body: Optional[bytes] = None,
+                 headers: Optional[Dict[str, str]] = None, timeout: float = 5.0,
+                 path: str = "/socket.io/") -> Tuple[int, Dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, f"{path}?{query}", body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def packets(body: bytes) -> List[str]:
+    return body.decode().split("\x1e")
+
+
+class RawPolling:
+    """An Engine.IO long-polling client by hand."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        status, headers, body = http_request(port, "GET", "EIO=4&transport=polling")
+        assert status == 200, body
+        assert headers["content-type"].startswith("text/plain")
+        assert body[:1] == b"0"
+        self.open = json.loads(body[1:])
+        self.sid = self.open["sid"]
+
+    def get(self, timeout: float = 5.0) -> Tuple[int, bytes]:
+        status, _, body = http_request(self.port, "GET", f"EIO=4&transport=polling&sid={self.sid}",
+                                       timeout=timeout)
+        return status, body
+
+    def post(self, body: bytes, headers: Optional[Dict[str, str]] = None) -> Tuple[int, bytes]:
+        status, _, reply = http_request(self.port, "POST", f"EIO=4&transport=polling&sid={self.sid}",
+                                        body=body, headers=headers or {"Content-Type": "text/plain;charset=UTF-8"})
+        return status, reply
+
+
+def assert_engineio_error(response, code: int, message: Optional[str] = None) -> None:
+    status, headers, body = response
+    assert status == 400, (status, body)
+    assert headers["content-type"] == "application/json"
+    doc = json.loads(body)
+    assert doc["code"] == code
+    assert doc["message"] == (message or eio.ERROR_MESSAGES[code]) or (
+        code == eio.BAD_REQUEST and doc["message"].startswith("Bad request")), doc
+
+
+@pytest.fixture
+def bystander(make_gateway, py_sio):
+    """A gateway with a well-behaved Socket.IO client on it; ``check()`` publishes and asserts
+    that the client got every message so far, in order."""
+
+    class Bystander:
+        def __init__(self) -> None:
+            self.gw = make_gateway(None)
+            self.client = py_sio(f"http://127.0.0.1:{self.gw.port}", "websocket")
+            self.sent: List[str] = []
+
+        def check(self) -> None:
+            for _ in range(5):
+                text = f"bystander {len(self.sent)}"
+                self.sent.append(text)
+                self.gw.publish(text)
+            wait_until(lambda: len(self.client.got) >= len(self.sent), message="the bystander's events")
+            assert [g[1] for g in self.client.got] == self.sent
+            assert self.client.connected and self.client.connects == 1
+
+    by = Bystander()
+    by.check()
+    return by
+
+
+def test_unsupported_protocol_versions(bystander):
+    port = bystander.gw.port
+    for query in ("transport=polling", "EIO=3&transport=polling", "EIO=5&transport=polling",
+                  "EIO=&transport=polling"):
+        assert_engineio_error(http_request(port, "GET", query), 5, "Unsupported protocol version")
+    bystander.check()
+
+
+def test_unknown_transport_sid_and_bad_handshake_method(bystander):
+    port = bystander.gw.port
+    assert_engineio_error(http_request(port, "GET", "EIO=4&transport=foo"), 0, "Transport unknown")
+    assert_engineio_error(http_request(port, "GET", "EIO=4"), 0, "Transport unknown")
+    assert_engineio_error(http_request(port, "GET", "EIO=4&transport=polling&sid=nope"), 1,
+                          "Session ID unknown")
+    assert_engineio_error(http_request(port, "POST", "EIO=4&transport=polling", body=b"40"), 2,
+                          "Bad handshake method")
+    bystander.check()
+
+
+def test_websocket_transport_as_a_plain_get_is_a_bad_request(bystander):
+    assert_engineio_error(http_request(bystander.gw.port, "GET", "EIO=4&transport=websocket"), 3)
+    bystander.check()
+
+
+def test_polling_request_for_a_websocket_session_is_a_bad_request(bystander, raw_ws):
+    port = bystander.gw.port
+    ws = raw_ws(port, path="/socket.io/?EIO=4&transport=websocket")
+    sid = json.loads(ws.recv_frame()[2][1:])["sid"]
+    assert_engineio_error(http_request(port, "GET", f"EIO=4&transport=polling&sid={sid}"), 3)
+    # the WebSocket session is unharmed
+    ws.send_frame(OP_TEXT, b"40")
+    assert ws.recv_frame()[2].startswith(b"40{")
+    bystander.check()
+
+
+def test_overlapping_polls_close_the_session(bystander):
+    port = bystander.gw.port
+    client = RawPolling(port)
+    session = bystander.gw.sio.sessions[client.sid]
+    first: List[Any] = []
+    holder = threading.Thread(target=lambda: first.append(client.get()), daemon=True)
+    holder.start()
+    try:
+        wait_until(lambda: session.poll_client is not None, message="the first poll to be held")
+        assert_engineio_error(http_request(port, "GET", f"EIO=4&transport=polling&sid={client.sid}"), 3)
+    finally:
+        holder.join(5)
+    assert first and first[0][0] == 200 and packets(first[0][1])[-1] == "1"  # the held poll: close
+    assert_engineio_error(http_request(port, "GET", f"EIO=4&transport=polling&sid={client.sid}"), 1)
+    assert client.sid not in bystander.gw.sio.sessions
+    bystander.check()
+
+
+@pytest.mark.parametrize("body", [b"4" + bytes(range(0x80, 0x90)), b"9hello", b"b!!!", b"",
+                                  b"2\x1e\x1e3", b"40\x1e42[", b"4{", b"45-[\"x\"]"])
+def test_malformed_post_bodies_close_the_session(body, bystander):
+    client = RawPolling(bystander.gw.port)
+    status, reply = client.post(body)
+    assert status == 400, reply
+    assert json.loads(reply)["code"] == 3
+    status, reply = client.get()
+    assert status == 400 and json.loads(reply)["code"] == 1, reply
+    bystander.check()
+
+
+def test_binary_post_is_refused(bystander):
+    client = RawPolling(bystander.gw.port)
+    status, reply = client.post(b"4hello", {"Content-Type": "application/octet-stream"})
+    assert status == 400 and json.loads(reply)["code"] == 3
+    assert client.sid not in bystander.gw.sio.sessions
+    bystander.check()
+
+
+def test_other_namespaces_get_connect_error_and_the_main_one_still_works(bystander):
+    client = RawPolling(bystander.gw.port)
+    assert client.post(b"40/admin,") == (200, b"ok")
+    status, body = client.get()
+    assert status == 200 and packets(body) == ['44/admin,{"message":"Invalid namespace"}']
+    # an event on the refused namespace is ignored
+    assert client.post(b'42/admin,["hello"]') == (200, b"ok")
+    assert client.post(b"40") == (200, b"ok")
+    status, body = client.get()
+    (connect,) = packets(body)
+    assert connect.startswith("40{") and set(json.loads(connect[2:])) == {"sid", "pid"}
+    bystander.gw.publish("for everyone")
+    wait_until(lambda: len(bystander.client.got) == len(bystander.sent) + 1)
+    status, body = client.get()
+    (event,) = packets(body)
+    assert json.loads(event[2:])[:2] == ["message", "for everyone"]
+    bystander.sent.append("for everyone")
+    bystander.check()
+
+
+def test_deeply_nested_json_is_a_protocol_error(bystander, raw_ws):
+    """JSON nested deeper than Python's recursion limit: the session is closed as for any bad
+    packet (an Engine.IO close, a 400 on polling), counted as a protocol error, nothing else."""
+    port = bystander.gw.port
+    deep = "[" * 5000 + "]" * 5000
+    ws = raw_ws(port, path="/socket.io/?EIO=4&transport=websocket")
+    ws.recv_frame()
+    ws.send_frame(OP_TEXT, b"40")
+    ws.recv_frame()
+    ws.send_frame(OP_TEXT, f'42["x",{deep}]'.encode())
+    assert ws.recv_frame()[2] == b"1"
+    ws2 = raw_ws(port, path="/socket.io/?EIO=4&transport=websocket")
+    ws2.recv_frame()
+    ws2.send_frame(OP_TEXT, b"40")
+    ws2.recv_frame()
+    ws2.send_frame(OP_TEXT, b'451-["x",' + b"[" * 950 + b'{"_placeholder":true,"num":0}' + b"]" * 950 + b"]")
+    ws2.send_frame(2, b"attachment")
+    assert ws2.recv_frame()[2] == b"1"
+    client = RawPolling(port)
+    status, reply = client.post(f"40\x1e42[\"x\",{deep}]".encode())
+    assert status == 400 and json.loads(reply)["code"] == 3
+    assert bystander.gw.stats.protocol_errors == 3
+    bystander.check()
+
+
+def test_raw_upgrade_mid_stream_loses_nothing(make_gateway, raw_ws):
+    """Polling → WebSocket by hand (2probe/3probe, a poll, then 5) while messages flow: the
+    messages before the upgrade come by polling, those after by WebSocket, none lost or doubled."""
+    gw = make_gateway(None)
+    client = RawPolling(gw.port)
+    assert client.post(b"40") == (200, b"ok")
+    status, body = client.get()
+    assert packets(body)[0].startswith("40{")
+    total = 400
+    stop = threading.Event()
+
+    def produce():
+        for i in range(total):
+            if stop.is_set():
+                return
+            gw.publish(f"u {i}")
+            time.sleep(0.002)
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    got: List[Tuple[str, int]] = []  # (payload, offset)
+
+    def take(packet: str) -> None:
+        if packet.startswith("42"):
+            name, data, offset = json.loads(packet[2:])
+            assert name == "message"
+            got.append((data, int(offset)))
+        else:
+            assert packet in ("6", "2"), packet
+
+    try:
+        wait_until(lambda: gw.stats.zmq_messages >= 20)
+        for _ in range(2):
+            status, body = client.get()
+            assert status == 200
+            for packet in packets(body):
+                take(packet)
+        by_polling = len(got)
+        ws = raw_ws(gw.port, path=f"/socket.io/?EIO=4&transport=websocket&sid={client.sid}")
+        ws.send_frame(OP_TEXT, b"2probe")
+        assert ws.recv_frame()[2] == b"3probe"
+        status, body = client.get()  # the last poll (the server may answer it with a noop)
+        for packet in packets(body):
+            take(packet)
+        ws.send_frame(OP_TEXT, b"5")
+        status, body = client.get()
+        assert status == 400 and json.loads(body)["code"] == 3  # the session is on WebSocket now
+        deadline = time.monotonic() + 10
+        while not got or got[-1][0] != f"u {total - 1}":
+            assert time.monotonic() < deadline, got[-3:]
+            take(ws.recv_frame()[2].decode())
+    finally:
+        stop.set()
+        producer.join(5)
+    assert by_polling > 0 and len(got) > by_polling
+    first = int(got[0][0].split()[1])
+    assert [g[0] for g in got] == [f"u {i}" for i in range(first, total)]
+    offsets = [g[1] for g in got]
+    assert offsets == sorted(set(offsets))
+
+
+def test_a_poll_that_comes_during_the_upgrade_is_released_with_a_noop(make_gateway, raw_ws):
+    """The client waits for its last poll to end before it sends "5": a poll that reaches the
+    server after "2probe" is answered at once with a noop, not held until the poll timeout."""
+    gw = make_gateway(None)
+    client = RawPolling(gw.port)
+    assert client.post(b"40") == (200, b"ok")
+    assert client.get()[1].startswith(b"40{")
+    ws = raw_ws(gw.port, path=f"/socket.io/?EIO=4&transport=websocket&sid={client.sid}")
+    ws.send_frame(OP_TEXT, b"2probe")
+    assert ws.recv_frame()[2] == b"3probe"
+    started = time.monotonic()
+    assert client.get(timeout=3) == (200, b"6")
+    assert time.monotonic() - started < 1
+    ws.send_frame(OP_TEXT, b"5")
+    wait_until(lambda: gw.sio.sessions[client.sid].transport == "websocket")
+    gw.publish("over the websocket")
+    assert json.loads(ws.recv_frame()[2][2:])[:2] == ["message", "over the websocket"]
+
+
+def test_polling_requests_share_one_keep_alive_connection(make_gateway):
+    """Clients (python-socketio's requests session, browsers) send the next request on the same
+    connection at once: the responses say keep-alive, and the connection really stays open."""
+    gw = make_gateway(None)
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
+    try:
+        conn.request("GET", "/socket.io/?EIO=4&transport=polling")
+        response = conn.getresponse()
+        assert response.getheader("Connection") == "keep-alive"
+        sid = json.loads(response.read()[1:])["sid"]
+        query = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
+        for method, body, expected in [("POST", b"40", b"ok"), ("GET", None, b"40{"),
+                                       ("POST", b"42[\"x\"]\x1e3", b"ok"), ("GET", "nope", None)]:
+            if body == "nope":
+                conn.request("GET", "/socket.io/?EIO=4&transport=polling&sid=nope")
+                response = conn.getresponse()
+                assert response.status == 400 and response.getheader("Connection") == "keep-alive"
+                response.read()
+                continue
+            conn.request(method, query, body=body)
+            response = conn.getresponse()
+            assert response.status == 200 and response.getheader("Connection") == "keep-alive"
+            assert response.read().startswith(expected)
+    finally:
+        conn.close()
+    assert gw.stats.connections == 1
+
+
+def test_open_packet_fields(make_gateway, raw_ws):
+    gw = make_gateway(None, sio_ping_interval=12.5, sio_ping_timeout=7, max_message_size=500_000)
+    polling = RawPolling(gw.port).open
+    assert set(polling) == {"sid", "upgrades", "pingInterval", "pingTimeout", "maxPayload"}
+    assert polling["upgrades"] == ["websocket"]
+    assert (polling["pingInterval"], polling["pingTimeout"], polling["maxPayload"]) == (12500, 7000, 500_000)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{16,}", polling["sid"])
+    ws = raw_ws(gw.port, path="/socket.io/?EIO=4&transport=websocket")
+    _fin, opcode, data = ws.recv_frame()
+    assert opcode == OP_TEXT and data[:1] == b"0"
+    opened = json.loads(data[1:])
+    assert opened["upgrades"] == [] and opened["sid"] != polling["sid"]
+    assert (opened["pingInterval"], opened["pingTimeout"], opened["maxPayload"]) == (12500, 7000, 500_000)
+
+
+def test_heartbeat_closes_a_silent_client_and_keeps_a_real_one(make_gateway, py_sio):
+    gw = make_gateway(None, sio_ping_interval=0.3, sio_ping_timeout=0.3)
+    url = f"http://127.0.0.1:{gw.port}"
+    real_ws = py_sio(url, "websocket")
+    real_polling = py_sio(url, "polling")
+    silent = RawPolling(gw.port)
+    assert silent.post(b"40") == (200, b"ok")
+    seen: List[str] = []
+    deadline = time.monotonic() + 5
+    while "1" not in seen:  # polls (so pings reach it) but never answers them
+        assert time.monotonic() < deadline, f"the silent client was not closed: {seen}"
+        status, body = silent.get()
+        if status == 400:
+            assert json.loads(body)["code"] == 1
+            break
+        seen.extend(packets(body))
+    assert "2" in seen, seen
+    assert silent.sid not in gw.sio.sessions
+    assert gw.stats.ping_timeouts >= 1
+    time.sleep(1.0)  # several more ping rounds for the real clients
+    gw.publish("still here")
+    wait_until(lambda: real_ws.got and real_polling.got, message="both real clients' events")
+    for client in (real_ws, real_polling):
+        assert client.connected and client.connects == 1 and client.disconnects == []
+        assert [g[1] for g in client.got] == ["still here"]
+
+
+def test_the_main_page_and_plain_websocket_still_work_beside_socketio(make_gateway, raw_ws, py_sio):
+    gw = make_gateway(None)
+    sio_client = py_sio(f"http://127.0.0.1:{gw.port}", "websocket")
+    plain = raw_ws(gw.port, path="/")
+    wait_until(lambda: gw.clients >= 2)
+    gw.publish("both")
+    assert plain.recv_frame()[2] == b"both"
+    wait_until(lambda: sio_client.got)
+    assert sio_client.got[0][1] == "both"
+
+
+def test_token_protects_socketio_handshakes(make_gateway, raw_ws, upgrade_request, http_exchange):
+    from zmqws.auth import token_authenticator
+
+    gw = make_gateway(None, authenticate=token_authenticator("s3cret"))
+    status, headers, body = http_request(gw.port, "GET", "EIO=4&transport=polling")
+    assert status == 403 and json.loads(body)["code"] == 4
+    assert http_request(gw.port, "GET", "EIO=4&transport=polling&token=s3cret")[0] == 200
+    assert http_request(gw.port, "GET", "EIO=4&transport=polling",
+                        headers={"Authorization": "Bearer s3cret"})[0] == 200
+    status, _, _ = http_exchange(gw.port, upgrade_request("/socket.io/?EIO=4&transport=websocket"))
+    assert status == 401
+    ws = raw_ws(gw.port, path="/socket.io/?EIO=4&transport=websocket&token=s3cret")
+    assert ws.recv_frame()[2][:1] == b"0"
+
+
+def test_socketio_disabled(make_gateway):
+    gw = make_gateway(None, socketio=False)
+    status, _, _ = http_request(gw.port, "GET", "EIO=4&transport=polling")
+    assert status == 404
+
+
+# =================================================================================================
+# 5. metrics
+# =================================================================================================
+
+
+def test_metrics_count_socketio_clients(make_gateway, py_sio):
+    gw = make_gateway(None)
+    url = f"http://127.0.0.1:{gw.port}"
+    py_sio(url, "websocket")
+    py_sio(url, "polling")
+    polling_raw = RawPolling(gw.port)
+    assert polling_raw.post(b"40") == (200, b"ok")
+    assert polling_raw.get()[1].startswith(b"40{")
+    holder = threading.Thread(target=polling_raw.get, daemon=True)
+    holder.start()  # a held poll of a session counts once, as that session
+    try:
+        wait_until(lambda: gw.sio.sessions[polling_raw.sid].poll_client is not None)
+        status, headers, body = http_request(gw.port, "GET", "", path="/metrics")
+    finally:
+        gw.publish("release the poll")
+        holder.join(5)
+    assert status == 200
+    text = body.decode()
+    assert re.search(r'^zmqws_clients\{transport="socketio"\} 1$', text, re.M), text
+    assert re.search(r'^zmqws_clients\{transport="socketio-polling"\} 2$', text, re.M), text
+    assert re.search(r"^zmqws_socketio_sessions_total 3$", text, re.M), text
+
+
+# =================================================================================================
+# 6. Hypothesis over the codecs
+# =================================================================================================
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=200) | st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_decode_payload_fails_only_with_socketio_error(body):
+    try:
+        result = eio.decode_payload(body)
+    except eio.SocketIOError:
+        return
+    assert all(kind in "0123456" and isinstance(data, (str, bytes)) for kind, data in result)
+
+
+SIO_TEXT = st.one_of(
+    st.text(max_size=120),
+    st.builds(lambda head, rest: head + rest,
+              st.sampled_from(["0", "1", "2", "3", "4", "5", "6", "51-", "61-", "52-", "510-", "2/a,",
+                               "5-", "50-", "3/x,12", "21", "2", "0/", "²"]),
+              st.text(alphabet=st.characters(codec="utf-8"), max_size=80)),
+    st.builds(lambda head, rest: head + rest,
+              st.sampled_from(["2", "3", "21", "5", "51-", "0", "4"]),
+              st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                           lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                           max_leaves=10).map(json.dumps)),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(SIO_TEXT)
+def test_decode_sio_fails_only_with_socketio_error(text):
+    try:
+        packet = eio.decode_sio(text)
+    except eio.SocketIOError:
+        return
+    assert 0 <= packet.type <= 6
+
+
+@settings(max_examples=300, deadline=None)
+@given(SIO_TEXT, st.lists(st.binary(max_size=20), max_size=12))
+def test_reassembler_fails_only_with_socketio_error(text, buffers):
+    try:
+        packet = eio.decode_sio(text)
+        if packet.type not in (eio.BINARY_EVENT, eio.BINARY_ACK):
+            return
+        reassembler = eio.Reassembler(packet)
+        for data in buffers:
+            done = reassembler.add(data)
+            if done is not None:
+                assert done.type in (eio.EVENT, eio.ACK)
+                break
+    except eio.SocketIOError:
+        return
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2 ** 60, 2 ** 60)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12)
+NSP = st.just("/") | st.from_regex(r"/[a-zA-Z0-9_\-/]{0,12}", fullmatch=True)
+ACK_ID = st.none() | st.integers(0, 2 ** 53)
+EVENT_NAME = st.text(max_size=10) | st.integers(-1000, 1000)
+
+
+@st.composite
+def sio_packets(draw):
+    kind = draw(st.sampled_from([eio.CONNECT, eio.DISCONNECT, eio.EVENT, eio.ACK, eio.CONNECT_ERROR]))
+    if kind == eio.CONNECT:
+        data = draw(st.none() | st.dictionaries(st.text(max_size=6), JSON, max_size=4))
+    elif kind == eio.DISCONNECT:
+        data = None
+    elif kind == eio.CONNECT_ERROR:
+        data = draw(st.text(max_size=20) | st.dictionaries(st.text(max_size=6), JSON, max_size=3))
+    elif kind == eio.EVENT:
+        data = [draw(EVENT_NAME)] + draw(st.lists(JSON, max_size=4))
+    else:
+        data = draw(st.lists(JSON, max_size=4))
+    ack_id = draw(ACK_ID) if kind in (eio.EVENT, eio.ACK) else None
+    return kind, draw(NSP), ack_id, data
+
+
+@settings(max_examples=500, deadline=None)
+@given(sio_packets())
+def test_encode_decode_sio_round_trip(packet):
+    kind, nsp, ack_id, data = packet
+    text = eio.encode_sio(kind, data, nsp=nsp, ack_id=ack_id)
+    decoded_packet = eio.decode_sio(text)
+    assert (decoded_packet.type, decoded_packet.nsp, decoded_packet.id, decoded_packet.data) == \
+           (kind, nsp, ack_id, data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([eio.EVENT, eio.ACK]), NSP, ACK_ID,
+       st.lists(JSON | st.binary(max_size=16), min_size=1, max_size=4), st.binary(min_size=0, max_size=16),
+       EVENT_NAME)
+def test_binary_packets_round_trip(kind, nsp, ack_id, args, blob, name):
+    data = ([name] if kind == eio.EVENT else []) + args + [{"nested": [blob]}]
+    plain, buffers = eio.deconstruct(data)
+    binary_kind = eio.BINARY_EVENT if kind == eio.EVENT else eio.BINARY_ACK
+    text = eio.encode_sio(binary_kind, plain, nsp=nsp, ack_id=ack_id, attachments=len(buffers))
+    packet = eio.decode_sio(text)
+    assert (packet.type, packet.nsp, packet.id, packet.attachments) == (binary_kind, nsp, ack_id, len(buffers))
+    reassembler = eio.Reassembler(packet)
+    done = None
+    for n, buffer in enumerate(buffers):
+        done = reassembler.add(buffer)
+        assert (done is None) == (n < len(buffers) - 1)
+    assert done.type == kind and done.data == data
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("0123456"), st.text(alphabet=st.characters(
+    blacklist_characters="\x1e", codec="utf-8"), max_size=20)) | st.tuples(st.just("4"), st.binary(max_size=20)),
+    min_size=1, max_size=8))
+def test_payload_round_trip(items):
+    items = [(kind, data) if isinstance(data, str) else (eio.MESSAGE, data) for kind, data in items]
+    assert eio.decode_payload(eio.encode_payload(items)) == items
+
+
+# =================================================================================================
+# 7. the command line's Socket.IO options
+# =================================================================================================
+
+
+def test_cli_socketio_options():
+    from zmqws.__main__ import build_gateway, build_parser
+
+    args = build_parser().parse_args(["--sub", "tcp://127.0.0.1:1", "--sio-path", "/rt", "--sio-event", "topic",
+                                      "--sio-ping-interval", "5", "--sio-ping-timeout", "2.5"])
+    gw = build_gateway(args, args.sub, port=0, close_timeout=1.0)
+    assert (gw.sio.path, gw.sio.event, gw.sio.ping_interval, gw.sio.ping_timeout) == ("/rt/", "topic", 5.0, 2.5)
+    gw.start()
+    try:
+        status, _, body = http_request(gw.port, "GET", "EIO=4&transport=polling", path="/rt/")
+        assert status == 200 and json.loads(body[1:])["pingInterval"] == 5000
+        assert http_request(gw.port, "GET", "EIO=4&transport=polling")[0] == 404
+    finally:
+        gw.stop(timeout=1.0)
+    args = build_parser().parse_args(["--sub", "tcp://127.0.0.1:1", "--no-socketio"])
+    assert build_gateway(args, args.sub, port=0).sio is None
+    defaults = build_parser().parse_args(["--sub", "tcp://127.0.0.1:1"])
+    gw = build_gateway(defaults, defaults.sub, port=0)
+    assert (gw.sio.path, gw.sio.event, gw.sio.ping_interval, gw.sio.ping_timeout) == ("/socket.io/", "message", 25.0, 20.0)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sio-path", "rt"], "--sio-path must start with /"),
+    (["--sio-ping-interval", "0"], "must be more than 0"),
+])
+def test_cli_refuses_bad_socketio_options(argv, message, capsys):
+    from zmqws.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--sub", "tcp://127.0.0.1:1"] + argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
