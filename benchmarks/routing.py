@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Routing cost: time to route and queue one message, as the number of topics grows.
+
+The gateway's own code path (Gateway._take → Router.match → _send_batch →
+fanout) runs in-process on fake clients (an output queue each, no sockets),
+so what is measured is the routing and queueing work of the loop, without
+system calls.  Every client subscribes to its own topic; each message is
+published on one topic, so it has exactly one recipient.  If routing cost
+grew with the number of topics or clients, the time per message would grow
+down the table.
+
+    python benchmarks/routing.py [--messages 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from zmqws.connection import OutputQueue
+from zmqws.gateway import Gateway
+
+
+class FakeClient:
+    """What the fan-out touches on a client: its output queue."""
+
+    __slots__ = ("session", "__weakref__")
+
+    def __init__(self) -> None:
+        self.session = OutputQueue()
+
+
+def measure(topics: int, per_topic: int, messages: int, batch: int) -> float:
+    """Microseconds per message routed to the ``per_topic`` clients of one topic."""
+    gateway = Gateway(None, 0, history=1000)
+    clients = []
+    for t in range(topics):
+        for _ in range(per_topic):
+            client = FakeClient()
+            gateway.router.add(client, [b"topic.%d." % t], "payload", None)
+            clients.append(client)
+    names = [b"topic.%d.x" % t for t in range(topics)]
+    payload = b"x" * 64
+    take, send = gateway._take, gateway._send_batch
+    started = time.perf_counter()
+    for i in range(messages):
+        take(names[(i * 7919) % topics], payload)
+        if i % batch == batch - 1:
+            send()
+            for c in gateway._dirty:  # what the writer would write: the clients given output
+                c.session.out.clear()
+                c.session.out_bytes = 0
+            gateway._dirty.clear()
+    send()
+    took = time.perf_counter() - started
+    assert gateway.stats.messages_out == messages * per_topic
+    return took / messages * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=100, help="messages per loop turn")
+    args = parser.parse_args()
+    print(f"| topics | clients per topic | clients | µs per message |")
+    print(f"|---|---|---|---|")
+    for topics, per_topic in ((10, 1), (1_000, 1), (10_000, 1), (10, 100), (10_000, 10)):
+        us = measure(topics, per_topic, args.messages, args.batch)
+        print(f"| {topics:,} | {per_topic} | {topics * per_topic:,} | {us:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
