@@ -29,11 +29,14 @@ import socket
 import tempfile
 import threading
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 __all__ = ["Supervisor"]
 
 log = logging.getLogger("zmqws")
+
+RESTART_DELAY = 1.0       # seconds before a dead worker is replaced
+MAX_RESTART_DELAY = 30.0  # ... doubling while it keeps dying within 10 s of its start
 
 
 def _worker_main(args: argparse.Namespace, endpoint: str, port: int, stats_dir: str) -> None:
@@ -99,17 +102,32 @@ class Supervisor:
             log.info("zmqws listening on port %d with %d workers (pids %s), SUB %s",
                      self.port, args.workers, ", ".join(str(p.pid) for p in self._procs),
                      ", ".join(self.endpoints))
-            while not self.stopping.wait(0.2):
+            started = {i: time.monotonic() for i in range(len(self._procs))}
+            delay = {i: RESTART_DELAY for i in range(len(self._procs))}
+            due: Dict[int, float] = {}
+            while not self.stopping.wait(0.1):
+                now = time.monotonic()
                 for i, proc in enumerate(self._procs):
-                    if proc is not None and not proc.is_alive() and not self.stopping.is_set():
-                        log.warning("worker %d (pid %s) exited with status %s; restarting",
-                                    i, proc.pid, proc.exitcode)
+                    if i in due:
+                        if now >= due[i]:
+                            del due[i]
+                            self._procs[i] = self._spawn(endpoint, folder)
+                            started[i] = now
+                        continue
+                    if proc is not None and not proc.is_alive():
+                        # Restart after a pause: the dead worker's clients reconnect to the
+                        # others (which hold the history they resume from) rather than to a
+                        # new worker that has none; a worker that keeps dying waits longer.
+                        delay[i] = (min(delay[i] * 2, MAX_RESTART_DELAY)
+                                    if now - started[i] < 10 else RESTART_DELAY)
+                        log.warning("worker %d (pid %s) exited with status %s; restarting in %.0f s",
+                                    i, proc.pid, proc.exitcode, delay[i])
                         self.restarts += 1
                         try:
                             os.unlink(os.path.join(folder, f"worker-{proc.pid}.json"))
                         except OSError:
                             pass
-                        self._procs[i] = self._spawn(endpoint, folder)
+                        due[i] = now + delay[i]
         finally:
             self._stop_workers()
             sequencer.stop()
