@@ -54,13 +54,15 @@ from typing import Any, Dict, List, Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOADCLIENT_SRC = os.path.join(HERE, "loadclient.c")
 LOADCLIENT = os.path.join(HERE, "loadclient")
+C_FANOUT_SRC = os.path.join(HERE, "c_fanout.c")
+C_FANOUT = os.path.join(HERE, "c_fanout")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-STACKS = ("zmqws", "websockets", "tornado")
+STACKS = ("zmqws", "websockets", "tornado", "c")
 
 
 def gateway_command(stack: str, endpoint: str, port: int, rcvhwm: int,
-                    profile_out: Optional[str] = None) -> List[str]:
+                    profile_out: Optional[str] = None, deflate: bool = False) -> List[str]:
     py = sys.executable
     if stack == "zmqws":
         if profile_out:
@@ -70,10 +72,12 @@ def gateway_command(stack: str, endpoint: str, port: int, rcvhwm: int,
                 "--rcvhwm", str(rcvhwm), "--payload", "binary"]
     if stack == "websockets":
         return [py, os.path.join(HERE, "ref_websockets.py"), "--sub", endpoint,
-                "--port", str(port), "--rcvhwm", str(rcvhwm)]
+                "--port", str(port), "--rcvhwm", str(rcvhwm)] + (["--deflate"] if deflate else [])
     if stack == "tornado":
         return [py, os.path.join(HERE, "ref_tornado.py"), "--sub", endpoint,
                 "--port", str(port), "--rcvhwm", str(rcvhwm)]
+    if stack == "c":
+        return [build_c_fanout(), "--sub", endpoint, "--port", str(port), "--rcvhwm", str(rcvhwm)]
     raise ValueError(f"unknown stack {stack!r} (known: {', '.join(STACKS)})")
 
 
@@ -88,8 +92,21 @@ def build_loadclient() -> str:
     gcc = shutil.which("gcc") or shutil.which("cc")
     if gcc is None:
         sys.exit("fanout.py: gcc is needed to build benchmarks/loadclient.c")
-    subprocess.run([gcc, "-O2", "-Wall", "-o", LOADCLIENT, LOADCLIENT_SRC], check=True)
+    subprocess.run([gcc, "-O2", "-Wall", "-o", LOADCLIENT, LOADCLIENT_SRC, "-lz"], check=True)
     return LOADCLIENT
+
+
+def build_c_fanout() -> str:
+    """Compile c_fanout.c (the trivial C reference, stack "c"; needs zmq.h and libcrypto)."""
+    if (os.path.exists(C_FANOUT)
+            and os.path.getmtime(C_FANOUT) >= os.path.getmtime(C_FANOUT_SRC)):
+        return C_FANOUT
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        sys.exit("fanout.py: gcc is needed to build benchmarks/c_fanout.c")
+    subprocess.run([gcc, "-O2", "-Wall", "-Wno-deprecated-declarations", "-o", C_FANOUT,
+                    C_FANOUT_SRC, "-lzmq", "-lcrypto"], check=True)
+    return C_FANOUT
 
 
 def free_port() -> int:
@@ -280,18 +297,20 @@ def messages_for(clients: int, args: argparse.Namespace) -> int:
 
 
 def run_scenario(stack: str, clients: int, args: argparse.Namespace, loadclient: str,
-                 logdir: str, sampler: CpuSampler) -> Dict[str, Any]:
+                 logdir: str, sampler: CpuSampler, deflate: bool = False) -> Dict[str, Any]:
     messages = messages_for(clients, args)
     res: Dict[str, Any] = {"stack": stack, "clients": clients, "size": args.size,
-                           "messages": messages, "rate": args.rate}
+                           "messages": messages, "rate": args.rate, "deflate": deflate,
+                           "payload": args.payload}
     pub = gw = client = spy = None
     log_offset = None
-    gw_log_path = os.path.join(logdir, f"{stack}-{clients}.log")
+    gw_log_path = os.path.join(logdir, f"{stack}{'-deflate' if deflate else ''}-{clients}.log")
     gw_log = open(gw_log_path, "wb")
     try:
         pub = subprocess.Popen(
             [sys.executable, os.path.join(HERE, "publisher.py"), "--messages", str(messages),
-             "--size", str(args.size), "--rate", str(args.rate), "--sndhwm", str(args.sndhwm)],
+             "--size", str(args.size), "--rate", str(args.rate), "--sndhwm", str(args.sndhwm),
+             "--payload", args.payload],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=pinned(args.client_cpu))
         endpoint = readline(pub, 10, "publisher endpoint").split()[1]
 
@@ -301,7 +320,7 @@ def run_scenario(stack: str, clients: int, args: argparse.Namespace, loadclient:
             os.makedirs(args.profile, exist_ok=True)
             profile_out = os.path.join(os.path.abspath(args.profile), f"zmqws-{clients}.prof")
             res["profile"] = profile_out
-        gw = subprocess.Popen(gateway_command(stack, endpoint, port, args.rcvhwm, profile_out),
+        gw = subprocess.Popen(gateway_command(stack, endpoint, port, args.rcvhwm, profile_out, deflate),
                               stdin=subprocess.DEVNULL, stdout=gw_log, stderr=subprocess.STDOUT,
                               preexec_fn=pinned(args.gateway_cpu))
         wait_port(port, gw, 15)
@@ -310,7 +329,8 @@ def run_scenario(stack: str, clients: int, args: argparse.Namespace, loadclient:
             [loadclient, "--port", str(port), "--conns", str(clients),
              "--messages", str(messages), "--sample-every", str(args.sample_every),
              "--timeout", str(args.timeout), "--idle", str(args.idle),
-             "--connect-timeout", str(args.connect_timeout), "--pause-us", str(args.client_pause_us)],
+             "--connect-timeout", str(args.connect_timeout), "--pause-us", str(args.client_pause_us),
+             "--deflate", str(2 if deflate and args.deflate_count_only else int(deflate))],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, preexec_fn=pinned(args.client_cpu))
         ready = readline(client, args.connect_timeout + 10, "the clients' upgrades").split()
         if ready[0] != "READY":
@@ -362,6 +382,10 @@ def run_scenario(stack: str, clients: int, args: argparse.Namespace, loadclient:
         res["loss_pct"] = 100.0 * (1 - report["received"] / expected)
         res["gap_loss_pct"] = 100.0 * report["gaps"] / expected
         res["client_cpu_pct"] = 100.0 * report["cpu_window_s"] / window if window > 0 else 0.0
+        res["gateway_cpu_us_per_delivery"] = (1e6 * res["gateway_cpu_s"] / report["received"]
+                                              if report["received"] else 0.0)
+        res["wire_bytes_per_msg"] = (report["wire_bytes"] / report["received"]
+                                     if report["received"] else 0.0)
         res["gateway_alive"] = gw.poll() is None
     except Exception as exc:  # report the failure as a row, go on with the next scenario
         res["error"] = str(exc)
@@ -401,20 +425,24 @@ def fmt_rate(x: float) -> str:
     return f"{x:.0f}"
 
 
+def label(r: Dict[str, Any]) -> str:
+    return r["stack"] + (" + deflate" if r.get("deflate") else "")
+
+
 def table(results: List[Dict[str, Any]], args: argparse.Namespace) -> str:
     base: Dict[Any, float] = {}
     for r in results:
         if r["stack"] == "websockets" and "error" not in r:
-            base[(r["clients"], r["size"], r["rate"])] = r["deliveries_per_s"]
+            base[(r["clients"], r["size"], r["rate"], r.get("deflate"))] = r["deliveries_per_s"]
     head = ("| stack | clients | msg B | msgs | offered msg/s | deliveries/s | loss % | "
-            "latency p50 / p99 / max ms | gateway CPU s | gateway RSS MB | client CPU % (CPU busy %) | "
+            "latency p50 / p99 / max ms | gateway CPU s | CPU µs/delivery | wire B/msg | gateway RSS MB | client CPU % (CPU busy %) | "
             "vs websockets | notes |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         offered = ("full" if r["rate"] <= 0 else fmt_rate(r["rate"]))
         if "error" in r:
-            lines.append(f"| {r['stack']} | {r['clients']} | {r['size']} | {r['messages']} | {offered} "
-                         f"| - | - | - | - | - | - "
+            lines.append(f"| {label(r)} | {r['clients']} | {r['size']} | {r['messages']} | {offered} "
+                         f"| - | - | - | - | - | - | - | - "
                          f"| - | error: {r['error']} |")
             continue
         c = r["client"]
@@ -425,11 +453,19 @@ def table(results: List[Dict[str, Any]], args: argparse.Namespace) -> str:
         client_cpu = f"{r['client_cpu_pct']:.0f}"
         if r.get("client_cpu_busy"):
             client_cpu += f" ({r['client_cpu_busy']['busy_pct']:.0f})"
-        ref = base.get((r["clients"], r["size"], r["rate"]))
+        ref = base.get((r["clients"], r["size"], r["rate"], r.get("deflate")))
         ratio = f"{r['deliveries_per_s'] / ref:.2f}x" if ref else "-"
         notes = []
+        if r.get("deflate") and args.deflate_count_only:
+            notes.append("client counts only (no inflate, no sequence/latency checks)")
         if c["timed_out"]:
             notes.append(f"cut at {args.timeout:.0f} s")
+        if r.get("deflate") and c.get("deflate_conns", 0) < c["conns"]:
+            notes.append(f"deflate negotiated on {c.get('deflate_conns', 0)} of {c['conns']}")
+        if c.get("inflate_errors"):
+            notes.append(f"{c['inflate_errors']} inflate errors")
+        if c["gaps"]:
+            notes.append(f"{c['gaps']} sequence gaps")
         if c["out_of_order"]:
             notes.append(f"{c['out_of_order']} out of order")
         if c["closed_by_server"]:
@@ -444,10 +480,11 @@ def table(results: List[Dict[str, Any]], args: argparse.Namespace) -> str:
         if not r.get("gateway_alive", True):
             notes.append("gateway died")
         lines.append(
-            f"| {r['stack']} | {r['clients']} | {r['size']} | {r['messages']} | {offered} | "
+            f"| {label(r)} | {r['clients']} | {r['size']} | {r['messages']} | {offered} | "
             f"{fmt_rate(r['deliveries_per_s'])} | {r['loss_pct']:.2f} | "
             f"{c['lat_p50_ms']:.1f} / {c['lat_p99_ms']:.1f} / {c['lat_max_ms']:.1f} | "
-            f"{r['gateway_cpu_s']:.2f} | {r['gateway_rss_mb']:.0f} | {client_cpu} | "
+            f"{r['gateway_cpu_s']:.2f} | {r['gateway_cpu_us_per_delivery']:.2f} | "
+            f"{r['wire_bytes_per_msg']:.0f} | {r['gateway_rss_mb']:.0f} | {client_cpu} | "
             f"{ratio} | {'; '.join(notes)} |")
     return "\n".join(lines)
 
@@ -467,6 +504,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="messages published per scenario, or 'auto': --deliveries / clients")
     p.add_argument("--deliveries", type=float, default=100e6,
                    help="with --messages auto: messages x clients per scenario")
+    p.add_argument("--payload", choices=("zeros", "json"), default="zeros",
+                   help="what follows the 16-byte header in each message: zeros, or JSON text "
+                        "that compresses like real data (publisher.py)")
+    p.add_argument("--deflate", choices=("off", "on", "both"), default="off",
+                   help="the load client offers permessage-deflate (zmqws negotiates it by "
+                        "default, websockets runs with compression=\"deflate\"); 'both' runs "
+                        "each stack without, then with, back to back")
+    p.add_argument("--deflate-count-only", action="store_true",
+                   help="with deflate, the load client does not inflate: it counts the compressed "
+                        "messages (no sequence, order or latency checks); for full-rate runs, where "
+                        "inflating makes the client the bottleneck")
     p.add_argument("--rate", type=float, default=0.0, help="publish rate in msg/s; 0 = full rate")
     p.add_argument("--timeout", type=float, default=15.0,
                    help="seconds after the start after which a scenario is cut (what arrived is reported)")
@@ -490,6 +538,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "than 5 %% of a CPU during it")
     p.add_argument("--profile", metavar="DIR", help="run zmqws under cProfile, stats to DIR")
     p.add_argument("--py-spy", metavar="DIR", help="attach py-spy to zmqws, raw stacks to DIR")
+    p.add_argument("--loadclient", metavar="PATH",
+                   help="use this load client binary instead of building benchmarks/loadclient.c")
     p.add_argument("--json", metavar="FILE", help="write the raw results here")
     p.add_argument("--logs", metavar="DIR", help="keep the gateways' logs here (else in a new temp dir)")
     args = p.parse_args(argv)
@@ -512,20 +562,23 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"fanout.py: no CPU {cpu} here; not pinning", file=sys.stderr)
             setattr(args, name, None)
 
-    loadclient = build_loadclient()
+    loadclient = args.loadclient or build_loadclient()
+    if "c" in stacks:
+        build_c_fanout()
     logdir = args.logs or tempfile.mkdtemp(prefix="zmqws-fanout-")
     os.makedirs(logdir, exist_ok=True)
     results = []
     started = time.monotonic()
     for clients in parse_list(args.clients, int):
-        for stack in stacks:
+        for stack, deflate in [(s, d) for s in stacks
+                               for d in {"off": [False], "on": [True], "both": [False, True]}[args.deflate]]:
             t = time.monotonic()
             for attempt in range(args.retries + 1):
                 if args.quiet_wait and not wait_quiet(args.quiet_wait):
                     print(f"fanout.py: the machine is still busy after {args.quiet_wait:.0f} s; "
                           "running anyway", file=sys.stderr)
                 with CpuSampler() as sampler:
-                    r = run_scenario(stack, clients, args, loadclient, logdir, sampler)
+                    r = run_scenario(stack, clients, args, loadclient, logdir, sampler, deflate)
                 noisy = r.get("wall_s") and r["other_cpu_s"] > 0.05 * r["wall_s"]
                 if not noisy or attempt == args.retries:
                     break
@@ -539,7 +592,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             else:
                 msg = (f"{fmt_rate(r['deliveries_per_s'])} deliveries/s, loss {r['loss_pct']:.2f} %, "
                        f"client CPU {r['client_cpu_pct']:.0f} %")
-            print(f"[{time.monotonic() - started:6.1f} s] {stack:10} {clients:5} clients: {msg} "
+            print(f"[{time.monotonic() - started:6.1f} s] {label(r):20} {clients:5} clients: {msg} "
                   f"({time.monotonic() - t:.1f} s)", file=sys.stderr, flush=True)
             for line in r.get("log_problems", [])[:5]:
                 print(f"    {stack} log: {line}", file=sys.stderr)
@@ -548,7 +601,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"\n{when}; {platform.node()}; {ncpu} CPUs; Python {platform.python_version()}; "
           f"gateway on CPU {args.gateway_cpu}, load client + publisher on CPU {args.client_cpu}; "
           f"messages per scenario: {args.messages if args.messages != 'auto' else f'{args.deliveries:.3g} / clients'}"
-          f" of {args.size} B, "
+          f" of {args.size} B ({args.payload}), "
           f"{'full rate' if args.rate <= 0 else f'{args.rate:g} msg/s'}; SUB RCVHWM {args.rcvhwm}\n")
     print(table(results, args))
     for r in results:

@@ -26,7 +26,19 @@
  * window between the first and the last message, so a reader can tell
  * whether the client was saturated.
  *
- * Build: gcc -O2 -o loadclient loadclient.c   (benchmarks/fanout.py does it)
+ * --deflate 1 offers permessage-deflate (RFC 7692) in the upgrade
+ * ("permessage-deflate; client_max_window_bits") and accepts compressed
+ * (RSV1) messages: each connection has its own raw zlib inflater, fed the
+ * compressed payload as it arrives, reset before each message when the server
+ * answered server_no_context_takeover and kept otherwise (context takeover,
+ * which websockets uses by default); the first 16 inflated bytes are checked
+ * as above.  --deflate 2 negotiates the same but inflates nothing: it counts
+ * the compressed messages (on their last frame) and takes each for the next
+ * in sequence, so there are no gap, order or latency checks; for full-rate
+ * runs, where inflating would make the client the bottleneck.  Every byte read after READY is counted (wire_bytes), as are the
+ * payload bytes of data frames (frame_payload_bytes) and the inflated bytes.
+ *
+ * Build: gcc -O2 -o loadclient loadclient.c -lz   (benchmarks/fanout.py does it)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -44,6 +56,7 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 enum { S_CONNECTING = 0, S_UPGRADING, S_OPEN, S_CLOSED };
 
@@ -70,12 +83,26 @@ typedef struct {
     char *resp;                 /* HTTP response, while upgrading */
     uint32_t resp_len;
     int close_code;             /* -1: none received */
+    /* permessage-deflate */
+    int z_ok;                   /* negotiated: the inflater is set up */
+    int z_reset;                /* server_no_context_takeover: fresh inflate per message */
+    int z_msg;                  /* inside a compressed message */
+    int z_pending;              /* the current frame's payload goes to the inflater */
+    int z_fin;                  /* the current compressed frame is the message's last */
+    int z_opcode;
+    uint32_t z_out;             /* inflated bytes of this message so far */
+    uint8_t z_prefix[DATA_PREFIX];
+    z_stream zs;
 } conn_t;
 
 static conn_t *conns;
 static int nconns;
 static uint64_t expected = 0;
 static int epfd;
+static int deflate_mode;
+static uint64_t wire_bytes, frame_payload_bytes, inflated_bytes, inflate_errors;
+static int deflate_conns, deflate_reset_conns;
+static uint8_t zscratch[65536];
 
 static uint64_t *hist;
 static uint64_t lat_samples, lat_max_ns;
@@ -125,6 +152,8 @@ static size_t hdr_need(const uint8_t *b, size_t have) {
         for (int i = 2; i < 10; i++) len = (len << 8) | b[i];
     }
     size_t prefix = (b[0] & 0x08) ? 125 : DATA_PREFIX;  /* control frames: whole payload */
+    if (deflate_mode && !(b[0] & 0x08) && ((b[0] & 0x40) || (b[0] & 0x0f) == 0))
+        prefix = 0;  /* possibly compressed: the payload goes through the inflater */
     return h + (len < prefix ? len : prefix);
 }
 
@@ -148,6 +177,63 @@ static void send_masked(conn_t *c, int opcode, const uint8_t *payload, size_t le
     (void)r;  /* a tiny control frame; if the buffer is full, so be it */
 }
 
+/* A whole data message; p holds (at least) its first min(len, 16) bytes. */
+static void on_message(conn_t *c, int opcode, const uint8_t *p, uint64_t len, int64_t t) {
+    c->received++;
+    if (opcode != 0 && len >= DATA_PREFIX) {
+        uint64_t ts = le64(p), seq = le64(p + 8);
+        if (seq == c->next_seq) c->next_seq++;
+        else if (seq > c->next_seq) { c->gaps += seq - c->next_seq; c->next_seq = seq + 1; }
+        else c->out_of_order++;
+        if (c->sampled) {
+            int64_t d = t - (int64_t)ts;
+            if (d < 0) d = 0;
+            uint64_t us = (uint64_t)d / 1000;
+            uint64_t idx = us < H_FINE ? us : H_FINE + (us - H_FINE) / 1000;
+            if (idx >= H_FINE + H_COARSE) idx = H_FINE + H_COARSE - 1;
+            hist[idx]++;
+            lat_samples++;
+            if ((uint64_t)d > lat_max_ns) lat_max_ns = d;
+        }
+    }
+    if (!c->done && expected && c->next_seq >= expected) { c->done = 1; done_count++; }
+}
+
+/* Compressed payload bytes of the current frame into the connection's inflater. */
+static void z_feed(conn_t *c, const uint8_t *p, size_t n) {
+    z_stream *z = &c->zs;
+    z->next_in = (uint8_t *)p;
+    z->avail_in = n;
+    do {
+        z->next_out = zscratch;
+        z->avail_out = sizeof zscratch;
+        int rc = inflate(z, Z_SYNC_FLUSH);
+        size_t out = sizeof zscratch - z->avail_out;
+        if (c->z_out < DATA_PREFIX) {
+            size_t k = DATA_PREFIX - c->z_out < out ? DATA_PREFIX - c->z_out : out;
+            memcpy(c->z_prefix + c->z_out, zscratch, k);
+        }
+        c->z_out += out;
+        inflated_bytes += out;
+        if (rc != Z_OK && rc != Z_BUF_ERROR && rc != Z_STREAM_END) {
+            inflate_errors++;
+            inflateReset(z);
+            return;
+        }
+        if (rc == Z_BUF_ERROR || rc == Z_STREAM_END) break;
+    } while (z->avail_in > 0 || z->avail_out == 0);
+}
+
+/* The current compressed frame's payload is all in. */
+static void z_end(conn_t *c, int64_t t) {
+    static const uint8_t tail[4] = {0x00, 0x00, 0xff, 0xff};  /* RFC 7692 §7.2.2 */
+    c->z_pending = 0;
+    if (!c->z_fin) return;
+    z_feed(c, tail, 4);
+    c->z_msg = 0;
+    on_message(c, c->z_opcode, c->z_prefix, c->z_out, t);
+}
+
 /* One whole header plus prefix at b; returns the frame's total length. */
 static uint64_t on_frame(conn_t *c, const uint8_t *b, int64_t t) {
     size_t h = 2;
@@ -159,26 +245,25 @@ static uint64_t on_frame(conn_t *c, const uint8_t *b, int64_t t) {
     const uint8_t *p = b + h;
     int opcode = b[0] & 0x0f;
     int fin = b[0] & 0x80;
+    if (opcode <= 2) frame_payload_bytes += len;
+    if (deflate_mode && c->z_ok && opcode <= 2 && ((b[0] & 0x40) || (opcode == 0 && c->z_msg))) {
+        if (opcode != 0) {
+            c->z_msg = 1;
+            c->z_opcode = opcode;
+            c->z_out = 0;
+            if (c->z_reset) inflateReset(&c->zs);
+        }
+        c->z_fin = fin != 0;
+        if (deflate_mode == 2) {  /* count only */
+            if (fin) { c->z_msg = 0; c->next_seq++; on_message(c, 0, p, 0, t); }
+            return h + len;
+        }
+        c->z_pending = 1;
+        return h + len;  /* feed() hands the payload to z_feed(), then calls z_end() */
+    }
     if (opcode == 1 || opcode == 2 || (opcode == 0 && fin)) {
         if (!fin) return h + len;  /* first fragment: count the message on its last one */
-        c->received++;
-        if (opcode != 0 && len >= DATA_PREFIX) {
-            uint64_t ts = le64(p), seq = le64(p + 8);
-            if (seq == c->next_seq) c->next_seq++;
-            else if (seq > c->next_seq) { c->gaps += seq - c->next_seq; c->next_seq = seq + 1; }
-            else c->out_of_order++;
-            if (c->sampled) {
-                int64_t d = t - (int64_t)ts;
-                if (d < 0) d = 0;
-                uint64_t us = (uint64_t)d / 1000;
-                uint64_t idx = us < H_FINE ? us : H_FINE + (us - H_FINE) / 1000;
-                if (idx >= H_FINE + H_COARSE) idx = H_FINE + H_COARSE - 1;
-                hist[idx]++;
-                lat_samples++;
-                if ((uint64_t)d > lat_max_ns) lat_max_ns = d;
-            }
-        }
-        if (!c->done && expected && c->next_seq >= expected) { c->done = 1; done_count++; }
+        on_message(c, opcode, p, len, t);
     } else if (opcode == 9) {
         send_masked(c, 10, p, len);
     } else if (opcode == 8) {
@@ -196,14 +281,20 @@ static void feed(conn_t *c, const uint8_t *p, size_t n, int64_t t) {
     while (n > 0 && c->state == S_OPEN) {
         if (c->skip) {
             size_t k = c->skip < n ? (size_t)c->skip : n;
+            if (c->z_pending) z_feed(c, p, k);
             c->skip -= k; p += k; n -= k;
+            if (!c->skip && c->z_pending) z_end(c, t);
             continue;
         }
         if (c->hb_len == 0) {
             size_t need = hdr_need(p, n);
             if (n >= need) {
                 uint64_t total = on_frame(c, p, t);
-                if (total <= n) { p += total; n -= total; }
+                if (c->z_pending) {  /* need is the header: the payload follows */
+                    p += need; n -= need;
+                    c->skip = total - need;
+                    if (!c->skip) z_end(c, t);
+                } else if (total <= n) { p += total; n -= total; }
                 else { c->skip = total - n; n = 0; }
                 continue;
             }
@@ -223,6 +314,7 @@ static void feed(conn_t *c, const uint8_t *p, size_t n, int64_t t) {
         uint64_t total = on_frame(c, c->hb, t);
         c->skip = total - c->hb_len;
         c->hb_len = 0;
+        if (c->z_pending && !c->skip) z_end(c, t);
     }
 }
 
@@ -256,7 +348,8 @@ static int on_connecting(conn_t *c) {
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                     "Origin: http://%s:%d\r\n\r\n", path, host, port, host, port);
+                     "Origin: http://%s:%d\r\n%s\r\n", path, host, port, host, port,
+                     deflate_mode ? "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" : "");
     if (write(c->fd, req, n) != n) return -1;
     c->state = S_UPGRADING;
     c->resp = malloc(RESP_MAX);
@@ -279,6 +372,20 @@ static int on_upgrading(conn_t *c, int64_t t) {
         !strcasestr(c->resp, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")) {
         fprintf(stderr, "loadclient: bad upgrade response: %.200s\n", c->resp);
         return -1;
+    }
+    if (deflate_mode) {
+        *end = 0;  /* look at the headers only */
+        const char *ext = strcasestr(c->resp, "\r\nSec-WebSocket-Extensions:");
+        if (ext && strcasestr(ext, "permessage-deflate")) {
+            const char *eol = strstr(ext + 2, "\r\n");
+            const char *nct = strcasestr(ext, "server_no_context_takeover");
+            c->z_reset = nct && (!eol || nct < eol);
+            if (inflateInit2(&c->zs, -15) != Z_OK) die("inflateInit2");
+            c->z_ok = 1;
+            deflate_conns++;
+            deflate_reset_conns += c->z_reset;
+        }
+        *end = '\r';
     }
     c->state = S_OPEN;
     size_t head = end + 4 - c->resp;
@@ -303,7 +410,7 @@ static double hist_pct(double q) {
 static void usage(void) {
     fprintf(stderr, "usage: loadclient --port P --conns C --messages N [--host H] [--path /] "
                     "[--sample-every K] [--timeout S] [--idle S] [--connect-timeout S] [--parallel K] "
-                    "[--pause-us US]\n");
+                    "[--pause-us US] [--deflate 0|1]\n");
     exit(2);
 }
 
@@ -325,6 +432,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--connect-timeout")) connect_timeout = atof(v);
         else if (!strcmp(a, "--parallel")) parallel = atoi(v);
         else if (!strcmp(a, "--pause-us")) pause_us = atoi(v);
+        else if (!strcmp(a, "--deflate")) deflate_mode = atoi(v);
         else usage();
     }
     if (!port || nconns <= 0) usage();
@@ -387,6 +495,7 @@ int main(int argc, char **argv) {
             if (c->state != S_OPEN) continue;
             ssize_t r = read(c->fd, buf, sizeof buf);
             if (r > 0) {
+                wire_bytes += r;
                 uint64_t before = c->received;
                 feed(c, buf, r, t);
                 if (c->received != before) got = 1;
@@ -448,12 +557,16 @@ int main(int argc, char **argv) {
            "\"first_s\": %.6f, \"last_s\": %.6f, \"window_s\": %.6f, "
            "\"first_abs_s\": %.6f, \"last_abs_s\": %.6f, "
            "\"lat_samples\": %llu, \"lat_p50_ms\": %.3f, \"lat_p99_ms\": %.3f, \"lat_max_ms\": %.3f, "
-           "\"cpu_window_s\": %.3f, \"cpu_total_s\": %.3f}\n",
+           "\"cpu_window_s\": %.3f, \"cpu_total_s\": %.3f, \"deflate\": %d, \"deflate_conns\": %d, "
+           "\"deflate_no_context_takeover_conns\": %d, \"wire_bytes\": %llu, \"frame_payload_bytes\": %llu, "
+           "\"inflated_bytes\": %llu, \"inflate_errors\": %llu}\n",
            eof_count, error_count, open_at_end, timed_out ? "true" : "false",
            first_ns >= 0 ? (first_ns - ready_ns) / 1e9 : -1.0, last_ns >= 0 ? (last_ns - ready_ns) / 1e9 : -1.0,
            window, first_ns >= 0 ? first_ns / 1e9 : -1.0, last_ns >= 0 ? last_ns / 1e9 : -1.0,
            (unsigned long long)lat_samples, hist_pct(0.50), hist_pct(0.99), lat_max_ns / 1e6,
-           cpu_window, cpu_total);
+           cpu_window, cpu_total, deflate_mode, deflate_conns, deflate_reset_conns,
+           (unsigned long long)wire_bytes, (unsigned long long)frame_payload_bytes,
+           (unsigned long long)inflated_bytes, (unsigned long long)inflate_errors);
     fflush(stdout);
     return 0;
 }

@@ -14,12 +14,23 @@ Each payload starts with the send time (``time.monotonic_ns()``, that is
 CLOCK_MONOTONIC, which every process on a Linux machine shares) and the
 sequence number, both little-endian unsigned 64-bit, padded with zeros to
 ``--size`` bytes.
+
+``--payload json`` (for the permessage-deflate runs) fills the bytes after
+those 16 with a JSON object that compresses like real data instead of zeros:
+an order-book update with repeated keys, decimal prices and sizes, and the
+sequence number and an ISO timestamp as fields, padded with spaces to
+``--size`` (a message is then the 16-byte binary header followed by the JSON
+text; the load client checks the header).  The bodies come from a pool of 256
+made at start-up with a seeded random generator; only the ``seq`` and
+``time`` fields are formatted per message.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import random
 import resource
 import struct
 import sys
@@ -28,12 +39,34 @@ import time
 import zmq
 
 
+def json_bodies(size: int) -> list:
+    """256 JSON texts (without their opening ``{"seq":..,"time":..,``) of at most size - 60 bytes."""
+    rnd = random.Random(7)
+    out = []
+    for _ in range(256):
+        mid = 43000 + rnd.uniform(-500, 500)
+        doc = {"type": "l2update", "product_id": "BTC-USD", "changes": []}
+        while True:
+            side = rnd.choice(("buy", "sell"))
+            price = mid + rnd.uniform(-50, 50) * (1 if side == "sell" else -1)
+            doc["changes"].append({"side": side, "price": f"{price:.2f}",
+                                   "size": f"{rnd.uniform(0, 5):.8f}"})
+            text = json.dumps(doc, separators=(",", ":"))[1:].encode()
+            if len(text) > size - 60:
+                doc["changes"].pop()
+                break
+        out.append(json.dumps(doc, separators=(",", ":"))[1:].encode())
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--messages", type=int, default=20000)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--rate", type=float, default=0.0, help="msg/s; 0 = as fast as possible")
     p.add_argument("--sndhwm", type=int, default=1000)
+    p.add_argument("--payload", choices=("zeros", "json"), default="zeros",
+                   help="after the 16-byte header: zero padding, or JSON text (see above)")
     args = p.parse_args()
     if args.size < 16:
         p.error("--size must be at least 16 (timestamp + sequence)")
@@ -52,6 +85,16 @@ def main() -> None:
     n = args.messages
     pad = bytes(args.size - 16)
     pack = struct.Struct("<QQ").pack
+    if args.payload == "json":
+        bodies = json_bodies(args.size - 16)
+        header = pack
+
+        def pack(t: int, i: int) -> bytes:  # noqa: F811 -- header + JSON, same signature
+            now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
+            body = b'{"seq":%d,"time":"%s",' % (i, now[:26].encode()) + bodies[i & 255]
+            return header(t, i) + body.ljust(args.size - 16)
+
+        pad = b""
     send = pub.send
     mono = time.monotonic_ns
     t0 = time.perf_counter()
