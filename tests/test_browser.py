@@ -308,12 +308,10 @@ def test_forced_disconnect_mid_stream_loses_nothing(live_gateway, pub, open_page
 # -- the page over TLS -------------------------------------------------------------------------------------
 
 
-def test_page_over_wss_with_a_self_signed_certificate(make_gateway, pub, tmp_path):
+def test_page_over_wss_with_a_self_signed_certificate(browser, make_gateway, pub, tmp_path):
     """The page served over https:// and its WebSocket over wss://, in a real Chromium that is
     told to accept the test's self-signed certificate (--ignore-certificate-errors)."""
     import subprocess
-
-    from playwright.sync_api import sync_playwright
 
     import zmqws.tls
 
@@ -323,33 +321,30 @@ def test_page_over_wss_with_a_self_signed_certificate(make_gateway, pub, tmp_pat
                     "-keyout", keyfile, "-out", certfile], check=True, capture_output=True, timeout=60)
     gw = make_gateway(pub.endpoint, ssl_context=zmqws.tls.server_context(certfile, keyfile),
                       **GATEWAY_OPTIONS)
-    playwright = sync_playwright().start()
+    # A second Chromium from the module's Playwright (one Playwright per thread), with the flag.
+    chromium = browser.browser_type.launch(
+        executable_path=CHROMIUM, args=CHROMIUM_ARGS + ["--ignore-certificate-errors"], timeout=30_000)
     try:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS + ["--ignore-certificate-errors"], timeout=30_000)
-        try:
-            page = chromium.new_page()
-            log = PageLog()
-            page.on("pageerror", lambda exc: log.errors.append(str(exc)))
-            page.goto(f"https://127.0.0.1:{gw.port}/", wait_until="load")
-            wait_open(page, "websocket", log)
-            assert page.evaluate("() => window.zmqwsPage.client.url").startswith("https://")
-            n = 20
-            # The SUB socket subscribed when the page connected; publish until the first arrives.
-            deadline = time.monotonic() + 10
-            while not page.evaluate("() => window.zmqwsPage.received.length") and time.monotonic() < deadline:
-                pub.send_multipart([b"demo.x", json.dumps({"seq": -1, "text": "probe"}).encode()])
-                time.sleep(0.1)
-            for seq in range(n):
-                pub.send_multipart([b"demo.x", json.dumps({"seq": seq, "text": f"message {seq}"}).encode()])
-            page.wait_for_function(
-                "(n) => window.zmqwsPage.received.filter(m => JSON.parse(m.data).seq >= 0).length >= n",
-                arg=n, timeout=20_000, polling=50)
-            received = page.evaluate("() => window.zmqwsPage.received")
-            assert [s for s in seqs_of(received) if s >= 0] == list(range(n))  # probes (-1) aside
-            check_in_order(received)
-            assert gw.stats.ws_connections >= 1 and gw.stats.tls_errors == 0
-        finally:
-            chromium.close()
+        page = chromium.new_page()
+        log = PageLog()
+        page.on("pageerror", lambda exc: log.errors.append(str(exc)))
+        page.goto(f"https://127.0.0.1:{gw.port}/", wait_until="load")
+        wait_open(page, "websocket", log)
+        assert page.evaluate("() => window.zmqwsPage.client.url").startswith("https://")
+        n = 20
+        # The SUB socket subscribed when the page connected; publish until the first arrives.
+        deadline = time.monotonic() + 10
+        while not page.evaluate("() => window.zmqwsPage.received.length") and time.monotonic() < deadline:
+            pub.send_multipart([b"demo.x", json.dumps({"seq": -1, "text": "probe"}).encode()])
+            time.sleep(0.1)
+        for seq in range(n):
+            pub.send_multipart([b"demo.x", json.dumps({"seq": seq, "text": f"message {seq}"}).encode()])
+        page.wait_for_function(
+            "(n) => window.zmqwsPage.received.filter(m => JSON.parse(m.data).seq >= 0).length >= n",
+            arg=n, timeout=20_000, polling=50)
+        received = page.evaluate("() => window.zmqwsPage.received")
+        assert [s for s in seqs_of(received) if s >= 0] == list(range(n))  # probes (-1) aside
+        check_in_order(received)
+        assert gw.stats.ws_connections >= 1 and gw.stats.tls_errors == 0
     finally:
-        playwright.stop()
+        chromium.close()
