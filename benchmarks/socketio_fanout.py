@@ -45,7 +45,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fanout import fmt_rate, free_port, pinned, stop  # noqa: E402  (shared with the fan-out benchmark)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -100,20 +103,6 @@ def publisher(args: argparse.Namespace) -> None:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pinned(cpu: Optional[int]):
-    def preexec() -> None:
-        os.setsid()
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-    return preexec
 
 
 def readline(proc: subprocess.Popen, timeout: float, what: str) -> str:
@@ -174,19 +163,6 @@ def machine_busy(window: float = 1.0) -> float:
     time.sleep(window)
     b = read()
     return (os.cpu_count() or 1) * (b[0] - a[0]) / max(1, b[1] - a[1])
-
-
-def stop(proc: Optional[subprocess.Popen], sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        proc.send_signal(sig)
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-    except ProcessLookupError:  # pragma: no cover
-        pass
 
 
 def server_command(stack: str, endpoint: str, port: int, rcvhwm: int) -> List[str]:
@@ -272,14 +248,6 @@ def run_scenario(stack: str, clients: int, args: argparse.Namespace, node: str, 
 
 
 # -- report -----------------------------------------------------------------------------------
-
-
-def fmt_rate(x: float) -> str:
-    if x >= 1e6:
-        return f"{x / 1e6:.2f} M"
-    if x >= 1e3:
-        return f"{x / 1e3:.1f} k"
-    return f"{x:.0f}"
 
 
 def table(results: List[Dict[str, Any]]) -> str:
