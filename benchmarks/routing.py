@@ -73,8 +73,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=100, help="messages per loop turn")
     args = parser.parse_args()
-    print(f"| topics | clients per topic | clients | CPU µs per message |")
-    print(f"|---|---|---|---|")
+    print("| topics | clients per topic | clients | CPU µs per message |")
+    print("|---|---|---|---|")
     for topics, per_topic in ((10, 1), (1_000, 1), (10_000, 1), (10, 100), (10_000, 10)):
         us = measure(topics, per_topic, args.messages, args.batch)
         print(f"| {topics:,} | {per_topic} | {topics * per_topic:,} | {us:.2f} |")

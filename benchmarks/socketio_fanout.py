@@ -37,10 +37,8 @@ import datetime
 import json
 import os
 import platform
-import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,7 +46,8 @@ import time
 from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fanout import fmt_rate, free_port, pinned, stop  # noqa: E402  (shared with the fan-out benchmark)
+from fanout import (fmt_rate, free_port, pinned, proc_cpu, readline, stop,  # noqa: E402
+                    wait_port)  # shared with the fan-out benchmark
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -103,46 +102,6 @@ def publisher(args: argparse.Namespace) -> None:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def readline(proc: subprocess.Popen, timeout: float, what: str) -> str:
-    deadline = time.monotonic() + timeout
-    fd = proc.stdout.fileno()
-    buf = getattr(proc, "_linebuf", b"")
-    while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise RuntimeError(f"timed out waiting for {what}")
-        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
-        if ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise RuntimeError(f"{what}: process exited (rc={proc.poll()})")
-            buf += chunk
-        elif proc.poll() is not None:
-            raise RuntimeError(f"{what}: process exited (rc={proc.returncode})")
-    line, _, rest = buf.partition(b"\n")
-    proc._linebuf = rest  # type: ignore[attr-defined]
-    return line.decode()
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited during start-up (rc={proc.returncode})")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server not listening on {port} after {timeout} s")
-
-
-def proc_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def proc_rss_mb(pid: int) -> float:

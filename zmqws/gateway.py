@@ -44,6 +44,7 @@ __all__ = ["Gateway", "ENVELOPES"]
 log = logging.getLogger("zmqws")
 
 _STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+_PACKAGE_STATIC = os.path.realpath(_STATIC)
 
 PAYLOAD_MODES = ("auto", "text", "binary")
 ENVELOPES = ("payload", "topic", "json")
@@ -162,6 +163,7 @@ class Gateway(WebSocketServer):
         self.page = page
         # Files are served from the user's folder first, then the package's (page, zmqws.js).
         self._static_roots = [os.path.realpath(d) for d in (static_dir, _STATIC) if d]
+        self._package_files: Dict[str, Tuple[bytes, str]] = {}
         self.max_static_size = max_static_size
         self.cors_origins = list(cors_origins)
         self.sse_heartbeat = sse_heartbeat
@@ -810,6 +812,9 @@ class Gateway(WebSocketServer):
             full = os.path.realpath(os.path.join(root, relative))
             if not full.startswith(root + os.sep) or not os.path.isfile(full):
                 continue
+            cached = self._package_files.get(full)
+            if cached is not None:
+                return cached
             try:
                 with open(full, "rb") as f:
                     body = f.read(self.max_static_size + 1)
@@ -821,6 +826,10 @@ class Gateway(WebSocketServer):
             if content_type.startswith("text/") or content_type in ("application/javascript",
                                                                      "application/json"):
                 content_type += "; charset=utf-8"
+            if root == _PACKAGE_STATIC:
+                # The package's own files (the page, zmqws.js) do not change: read them once,
+                # not on every request in the loop.
+                self._package_files[full] = (body, content_type)
             return body, content_type
         return None
 

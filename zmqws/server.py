@@ -781,7 +781,8 @@ class WebSocketServer:
             if ws is not None:
                 code = ws.close_code if ws.close_code is not None else 1006
                 self.stats.count_close(code)
-                log.info("disconnect client=%s addr=%s code=%s", client.id, _address(client.address), code)
+                log.info("disconnect client=%s addr=%s code=%s reason=%r", client.id,
+                         _address(client.address), code, ws.close_reason)
             self._on_close(client)
 
     def _on_close(self, client: Client) -> None:

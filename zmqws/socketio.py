@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 from . import engineio as eio
 from .frames import CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, frame_header
 from .handshake import HTTPError, Request, http_response
-from .routing import Stored
+from .routing import Stored, topic_matches
 
 if TYPE_CHECKING:  # pragma: no cover
     from .gateway import Gateway
@@ -469,7 +469,6 @@ class SocketIOEndpoint:
         prefixes = sorted({t.encode("utf-8") for t in wanted})
         allowed = session.allowed
         if allowed is not None:
-            from .routing import topic_matches
             prefixes = [p for p in prefixes if topic_matches(p, allowed)] if prefixes else list(allowed)
         return prefixes or [b""]
 
@@ -568,7 +567,6 @@ class SocketIOEndpoint:
         if action == "subscribe":
             allowed = session.allowed
             if allowed is not None:
-                from .routing import topic_matches
                 refused = [t for t in wanted if not topic_matches(t, allowed)]
                 if refused:
                     return {"error": "topic not allowed", "topics": [p.decode() for p in prefixes]}
