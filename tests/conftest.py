@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import subprocess
 import struct
 import time
 from typing import Callable, List, Optional, Tuple
@@ -412,3 +413,26 @@ def ws_connect(port: int, path: str = "/", **options):
     options.setdefault("ping_interval", None)
     options.setdefault("max_size", None)
     return connect(f"ws://127.0.0.1:{port}{path}", **options)
+
+
+class NodeProcess:
+    """A Node.js test client as a subprocess: stdout read by the subclass, stderr kept in a file."""
+
+    def __init__(self, args: List[str], stderr_path, stdin: bool = False) -> None:
+        self._stderr = open(stderr_path, "w+b")
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=self._stderr)
+        self._buf = b""
+
+    def stderr(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read().decode("utf-8", "replace")[-3000:]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None and not stream.closed:
+                stream.close()
+        self._stderr.close()

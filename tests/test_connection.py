@@ -15,7 +15,7 @@ from zmqws.connection import (
     WebSocketConnection,
 )
 from zmqws.frames import (
-    OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RSV1, encode_frame,
+    OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, encode_frame,
 )
 
 MASK = b"\xa1\xb2\xc3\xd4"

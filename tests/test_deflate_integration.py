@@ -28,7 +28,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import pytest
 
-from conftest import ws_connect as plain_ws_connect
+from conftest import NodeProcess, ws_connect as plain_ws_connect
 from zmqws.frames import OP_BINARY, OP_TEXT
 
 pytestmark = pytest.mark.timeout(60)
@@ -256,7 +256,7 @@ def node_client_ready():
     return node
 
 
-class NodeClient:
+class NodeClient(NodeProcess):
     """``node tests/node/ws_client.mjs URL COUNT [--send]`` as a subprocess, read without blocking."""
 
     def __init__(self, node: str, url: str, count: int, stderr_path: Path,
@@ -264,10 +264,7 @@ class NodeClient:
         args = [node, str(NODE_CLIENT), url, str(count), "--timeout", str(timeout)]
         if send is not None:
             args.append("--send")
-        self._stderr = open(stderr_path, "w+b")
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE if send is not None else subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=self._stderr)
-        self._buf = b""
+        super().__init__(args, stderr_path, stdin=send is not None)
         self._to_send = send
 
     def _read_until(self, done, timeout: float) -> None:
@@ -306,18 +303,6 @@ class NodeClient:
                               for m in result["messages"]]
         return result
 
-    def stderr(self) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read().decode("utf-8", "replace")[-2000:]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None and not stream.closed:
-                stream.close()
-        self._stderr.close()
 
 
 @pytest.fixture

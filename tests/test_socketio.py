@@ -40,7 +40,7 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import wait_subscribed, wait_until
+from conftest import NodeProcess, wait_subscribed, wait_until
 from zmqws import engineio as eio
 from zmqws.frames import OP_TEXT
 
@@ -139,16 +139,12 @@ class Publisher(threading.Thread):
         self.join(10)
 
 
-class NodeSio:
+class NodeSio(NodeProcess):
     """``node tests/node/sio_client.mjs URL OPTIONS`` as a subprocess, read line by line."""
 
     def __init__(self, node: str, url: str, options: Dict[str, Any], stderr_path: Path) -> None:
-        self._stderr = open(stderr_path, "w+b")
         self.stdin = bool(options.get("stdin"))
-        self.proc = subprocess.Popen([node, str(SIO_CLIENT), url, json.dumps(options)],
-                                     stdin=subprocess.PIPE if self.stdin else subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=self._stderr)
-        self._buf = b""
+        super().__init__([node, str(SIO_CLIENT), url, json.dumps(options)], stderr_path, stdin=self.stdin)
         self.seen: List[str] = []
 
     def next_line(self, timeout: float) -> str:
@@ -194,18 +190,6 @@ class NodeSio:
         assert self.proc.wait(5) == 0, self.stderr()
         return json.loads(line)
 
-    def stderr(self) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read().decode("utf-8", "replace")[-3000:]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None and not stream.closed:
-                stream.close()
-        self._stderr.close()
 
 
 @pytest.fixture(scope="session")

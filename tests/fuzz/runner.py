@@ -17,7 +17,7 @@ import sys
 import time
 import traceback
 import zlib
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Sequence
 
 
 def cuts_for(data: bytes) -> List[int]:
