@@ -281,6 +281,16 @@ def stop(proc: Optional[subprocess.Popen], sig: int = signal.SIGTERM, timeout: f
         pass
 
 
+def stop_publisher(pub: Optional[subprocess.Popen]) -> None:
+    """End the publisher: close its stdin (it stops by itself), then SIGTERM if it lingers."""
+    if pub is not None and pub.poll() is None:
+        try:
+            pub.stdin.close()
+        except OSError:
+            pass
+        stop(pub, signal.SIGTERM, 5)
+
+
 def log_problems(text: str) -> List[str]:
     """Lines of a gateway log that look like trouble."""
     return [line for line in text.splitlines()
@@ -392,12 +402,7 @@ def run_scenario(stack: str, clients: int, args: argparse.Namespace, loadclient:
     finally:
         stop(client, signal.SIGKILL)
         stop(spy, signal.SIGINT, 20)
-        if pub is not None and pub.poll() is None:
-            try:
-                pub.stdin.close()
-            except OSError:
-                pass
-            stop(pub, signal.SIGTERM, 5)
+        stop_publisher(pub)
         stop(gw, signal.SIGTERM, 15)
         gw_log.close()
     with open(gw_log_path, "rb") as f:

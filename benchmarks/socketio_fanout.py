@@ -47,7 +47,7 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fanout import (fmt_rate, free_port, pinned, proc_cpu, readline, stop,  # noqa: E402
-                    wait_port)  # shared with the fan-out benchmark
+                    stop_publisher, wait_port)  # shared with the fan-out benchmark
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -192,12 +192,7 @@ def run_scenario(stack: str, clients: int, args: argparse.Namespace, node: str, 
         res["error"] = str(exc)
     finally:
         stop(client, signal.SIGKILL)
-        if pub is not None and pub.poll() is None:
-            try:
-                pub.stdin.close()
-            except OSError:
-                pass
-            stop(pub, signal.SIGTERM, 5)
+        stop_publisher(pub)
         stop(server, signal.SIGTERM, 15)
         log.close()
     with open(log_path, "rb") as f:

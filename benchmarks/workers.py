@@ -43,7 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from fanout import (all_cpu, build_loadclient, fmt_rate, free_port, other_cpu,  # noqa: E402
-                    proc_cpu, readline, stop, wait_port)
+                    proc_cpu, readline, stop, stop_publisher, wait_port)
 
 
 def children(pid: int) -> List[int]:
@@ -135,12 +135,7 @@ def run_scenario(workers: int, args: argparse.Namespace, loadclient: str, logdir
         res["error"] = str(exc)
     finally:
         stop(client, signal.SIGKILL)
-        if pub is not None and pub.poll() is None:
-            try:
-                pub.stdin.close()
-            except OSError:
-                pass
-            stop(pub, signal.SIGTERM, 5)
+        stop_publisher(pub)
         stop(gw, signal.SIGTERM, 20)
         if gw is not None:
             try:
