@@ -142,7 +142,7 @@ class WebSocketConnection(OutputQueue):
         self.close_code: Optional[int] = None  # the code of the close that ended the connection
         self.close_reason = ""
         self._msg_opcode = 0  # opcode of the message being reassembled; 0 = none
-        self._msg_parts: List[bytes] = []
+        self._msg_parts: "List[bytes] | tuple" = ()  # a list while a fragmented message arrives
         self._msg_size = 0
         self._msg_frames = 0
         self._msg_compressed = False
@@ -226,7 +226,7 @@ class WebSocketConnection(OutputQueue):
             self.close_code = code
             self.close_reason = reason
         self.state = CLOSED
-        self._msg_parts = []
+        self._msg_parts = ()
         events.append(ConnectionFailed(code, reason))
 
     def _control_frame(self, frame, events: List[Event]) -> None:
@@ -247,7 +247,7 @@ class WebSocketConnection(OutputQueue):
                 self.close_code = code
                 self.close_reason = reason
             self.state = CLOSED
-            self._msg_parts = []
+            self._msg_parts = ()
             events.append(CloseReceived(code, reason))
 
     def _data_frame(self, frame, events: List[Event]) -> None:
@@ -298,5 +298,5 @@ class WebSocketConnection(OutputQueue):
             data = parts[0] if len(parts) == 1 else b"".join(parts)
             events.append(Message(data, self._msg_opcode == OP_BINARY))
             self._msg_opcode = 0
-            self._msg_parts = []
+            self._msg_parts = ()
             self._utf8 = None

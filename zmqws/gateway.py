@@ -55,16 +55,17 @@ POLL = "poll"  # route wire format of parked long-polling requests
 class _ClientState:
     """What the gateway keeps per WebSocket client."""
 
-    __slots__ = ("prefixes", "envelope", "wire", "tokens", "tokens_at", "client_id")
+    __slots__ = ("prefixes", "envelope", "wire", "tokens", "tokens_at", "client_id", "chose_topics")
 
     def __init__(self, prefixes: List[bytes], envelope: str, wire: Any, rate: float, now: float,
-                 client_id: bytes) -> None:
+                 client_id: Optional[bytes], chose_topics: bool = False) -> None:
         self.prefixes = prefixes
         self.envelope = envelope
         self.wire = wire
         self.tokens = rate
         self.tokens_at = now
-        self.client_id = client_id
+        self.client_id = client_id  # None: "PID.CLIENT_ID", made when first needed
+        self.chose_topics = chose_topics  # the request named topics (else: everything allowed)
 
 
 class Gateway(WebSocketServer):
@@ -514,13 +515,19 @@ class Gateway(WebSocketServer):
         topics = request.query.get("topic", [])
         if topics:
             return sorted({t.encode("utf-8") for t in topics})
+        return Gateway._everything(client)
+
+    @staticmethod
+    def _everything(client: Client) -> List[bytes]:
+        """The topics of a client that named none: everything it is allowed."""
         allowed = client.data.get("allowed")
         return list(allowed) if allowed is not None else [b""]
 
-    def _new_state(self, member: Any, prefixes: List[bytes], envelope: str, client_id: bytes,
-                   wire: Any = None) -> "_ClientState":
+    def _new_state(self, member: Any, prefixes: List[bytes], envelope: str, client_id: Optional[bytes],
+                   wire: Any = None, chose_topics: bool = False) -> "_ClientState":
         """What the gateway keeps for a routed member (a client, or a Socket.IO polling session)."""
-        state = _ClientState(prefixes, envelope, wire, self.client_rate, time.monotonic(), client_id)
+        state = _ClientState(prefixes, envelope, wire, self.client_rate, time.monotonic(), client_id,
+                             chose_topics)
         self._states[member] = state
         return state
 
@@ -551,7 +558,7 @@ class Gateway(WebSocketServer):
         """
         request = client.request
         prefixes = self._prefixes(client, request)
-        state = self._new_state(client, prefixes, envelope, f"{os.getpid()}.{client.id}".encode(), wire)
+        state = self._new_state(client, prefixes, envelope, None, wire, bool(request.query.get("topic")))
         self._send_batch()  # this turn's messages go to those already there, not to the newcomer
         self._subscribe(prefixes)
         if wire != POLL:
@@ -669,6 +676,8 @@ class Gateway(WebSocketServer):
                 topic = doc["topic"].encode("utf-8")
                 value = doc["data"]
                 data = value.encode("utf-8") if isinstance(value, str) else json.dumps(value).encode()
+        if state.client_id is None:
+            state.client_id = f"{os.getpid()}.{client.id}".encode()
         self._forward(topic, state.client_id, data)
         super()._on_message(client, message)
 
@@ -722,8 +731,7 @@ class Gateway(WebSocketServer):
                                    separators=(",", ":")))
             return True
         prefixes = list(state.prefixes)
-        everything = not client.request.query.get("topic") and prefixes == self._prefixes(
-            client, client.request)
+        everything = not state.chose_topics and prefixes == self._everything(client)
         if action == "subscribe":
             if everything:
                 prefixes = []  # the first explicit topic replaces "everything"

@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
+
+try:  # the built-in SHA-1: hashlib would load OpenSSL's libcrypto (megabytes of RSS) for it
+    from _sha1 import sha1 as _sha1
+except ImportError:  # pragma: no cover - a Python built without it
+    from hashlib import sha1 as _sha1
 
 __all__ = ["HTTPError", "Request", "RequestParser", "websocket_accept", "accept_key",
            "http_response", "parse_extensions", "is_websocket_upgrade", "SERVER_NAME"]
@@ -202,7 +206,7 @@ class RequestParser:
 
 def accept_key(key: str) -> str:
     """§4.2.2 step 5.4: base64(SHA-1(key + GUID))."""
-    return base64.b64encode(hashlib.sha1(key.encode("ascii") + GUID).digest()).decode("ascii")
+    return base64.b64encode(_sha1(key.encode("ascii") + GUID).digest()).decode("ascii")
 
 
 def is_websocket_upgrade(request: Request) -> bool:

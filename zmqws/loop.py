@@ -80,7 +80,6 @@ class Loop:
         if self._epoll is not None:
             self.poller.register(self._epoll.fileno(), POLLIN)
         self._handlers: Dict[Any, Callable[[int], None]] = {}
-        self._events: Dict[Any, int] = {}
         self._timers: List[Tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._calls: Deque[Callable[[], Any]] = deque()
@@ -102,24 +101,21 @@ class Loop:
     def register(self, obj: Any, events: int, handler: Callable[[int], None]) -> None:
         """Poll ``obj`` (a file descriptor or a ZeroMQ socket) for ``events``; call ``handler(revents)``."""
         self._handlers[obj] = handler
-        self._events[obj] = events
         if self._epoll is not None and isinstance(obj, int):
             self._epoll.register(obj, _to_epoll(events))
         else:
             self.poller.register(obj, events)
 
     def modify(self, obj: Any, events: int) -> None:
-        if self._events.get(obj) != events:
-            self._events[obj] = events
-            if self._epoll is not None and isinstance(obj, int):
-                self._epoll.modify(obj, _to_epoll(events))
-            else:
-                self.poller.modify(obj, events)
+        """Poll a registered ``obj`` for ``events`` instead (callers skip calls that change nothing)."""
+        if self._epoll is not None and isinstance(obj, int):
+            self._epoll.modify(obj, _to_epoll(events))
+        else:
+            self.poller.modify(obj, events)
 
     def unregister(self, obj: Any) -> None:
         """Stop polling ``obj``; call it before closing a file descriptor."""
         if self._handlers.pop(obj, None) is not None:
-            del self._events[obj]
             if self._epoll is not None and isinstance(obj, int):
                 try:
                     self._epoll.unregister(obj)

@@ -21,10 +21,10 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import ssl
+import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 from . import handshake
 from .deflate import DeflateConfig
@@ -37,6 +37,9 @@ from .frames import (
 from .handshake import HTTPError, Request, RequestParser
 from .loop import POLLIN, POLLOUT, Loop
 from .stats import Stats
+
+if TYPE_CHECKING:  # ssl (and the OpenSSL libraries, megabytes of RSS) loads only with TLS
+    import ssl
 
 __all__ = ["WebSocketServer", "Client"]
 
@@ -62,7 +65,7 @@ class Client:
     thread-safe methods.
     """
 
-    __slots__ = ("server", "sock", "fd", "address", "id", "phase", "parser", "request", "ws",
+    __slots__ = ("server", "sock", "fd", "address", "id", "phase", "parser", "request", "path", "ws",
                  "session", "close_after_flush", "want_write", "connected_at",
                  "last_seen", "ping_sent_at", "deadline", "subprotocol", "data", "transport",
                  "parked", "tls", "__weakref__")
@@ -76,7 +79,8 @@ class Client:
         self.id = client_id
         self.phase = HTTP
         self.parser: Optional[RequestParser] = None
-        self.request: Optional[Request] = None
+        self.request: Optional[Request] = None  # the HTTP request being answered (see below)
+        self.path = ""  # the path of the last request (kept after the upgrade)
         self.ws: Optional[WebSocketConnection] = None
         # The output queue: a plain one in the HTTP phase, then the transport session
         # (the WebSocket connection, or an HTTP streaming session).
@@ -91,11 +95,11 @@ class Client:
         self.data: Dict[str, Any] = {}  # for applications
         self.transport: Optional[str] = None  # "websocket", "sse", "poll" once it gets messages
         self.parked = False  # an HTTP request held open (long-polling) until messages come
-        self.tls = isinstance(sock, ssl.SSLSocket)
+        self.tls = server.ssl_context is not None
 
-    @property
-    def path(self) -> str:
-        return self.request.path if self.request is not None else ""
+    def __call__(self, revents: int) -> None:
+        """The loop's handler of this client's socket (one object less per connection than a closure)."""
+        self.server._on_client_event(self, revents)
 
     @property
     def open(self) -> bool:
@@ -201,6 +205,11 @@ class WebSocketServer:
                         if deflate else None)
         self.reuse_port = reuse_port
         self.ssl_context = ssl_context
+        # What a non-blocking read or write raises when it would block (TLS adds its own).
+        self._would_block: tuple = (BlockingIOError, InterruptedError)
+        if ssl_context is not None:
+            import ssl
+            self._would_block += (ssl.SSLWantReadError, ssl.SSLWantWriteError)
         self.max_connections = max_connections
         self.max_connections_per_address = max_connections_per_address
         self.idle_timeout = idle_timeout
@@ -400,7 +409,13 @@ class WebSocketServer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:  # pragma: no cover
                 pass
-            host = address[0] if isinstance(address, tuple) else address
+            if isinstance(address, tuple):
+                # One string per peer address, shared by its connections (10 000 clients from
+                # one proxy would otherwise hold 10 000 copies of it).
+                host = sys.intern(address[0])
+                address = (host, address[1])
+            else:
+                host = address
             if self._stopping or len(self._clients) >= self.max_connections or (
                     self.max_connections_per_address
                     and self._per_address.get(host, 0) >= self.max_connections_per_address):
@@ -422,7 +437,7 @@ class WebSocketServer:
             self._per_address[host] = self._per_address.get(host, 0) + 1
             self._clients[client.fd] = client
             self.stats.connections += 1
-            self.loop.register(client.fd, POLLIN, lambda ev, c=client: self._on_client_event(c, ev))
+            self.loop.register(client.fd, POLLIN, client)  # the client is its own handler
 
     def _refuse(self, sock: socket.socket, host: Any) -> None:
         """Over a connection limit (or stopping): 503, best effort, and close (no TLS is spoken)."""
@@ -451,6 +466,7 @@ class WebSocketServer:
 
     def _tls_handshake(self, client: Client) -> None:
         """One non-blocking step of the TLS handshake; a stalled peer only waits for its deadline."""
+        import ssl  # loaded already: the server has an SSL context
         try:
             client.sock.do_handshake()
         except ssl.SSLWantReadError:
@@ -485,7 +501,7 @@ class WebSocketServer:
                     if not more:
                         break
                     data += more
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        except self._would_block:
             return
         except OSError:
             self._abort(client)
@@ -516,6 +532,7 @@ class WebSocketServer:
             while request is not None:
                 request.peer = client.address
                 client.request = request
+                client.path = request.path
                 if handshake.is_websocket_upgrade(request):
                     self._upgrade(client, request)
                     return
@@ -576,6 +593,7 @@ class WebSocketServer:
                  _address(client.address), request.path)
         self._queued(client)
         self._on_open(client)
+        client.request = None  # answered: its headers are a kilobyte and more per connection
         if rest and client.phase == WEBSOCKET:
             self._ws_data(client, rest)
 
@@ -632,12 +650,40 @@ class WebSocketServer:
         self._dirty[client] = None
 
     def _flush_dirty(self) -> None:
-        if self._dirty:
-            dirty = self._dirty
-            self._dirty = {}
-            for client in dirty:
-                if not client.want_write and client.phase != GONE:
-                    self._flush(client)
+        """After each turn: one write per client with new output (not those waiting for POLLOUT).
+
+        The common case, a plain socket whose whole queue goes out at once, is
+        inlined: it is the per-client cost of every fan-out, and the shorter the
+        sweep over the clients, the sooner the last of them has the message.
+        """
+        dirty = self._dirty
+        if not dirty:
+            return
+        self._dirty = {}
+        flush = self._flush
+        for client in dirty:
+            if client.want_write or client.phase == GONE:
+                continue
+            if client.tls or client.close_after_flush:
+                flush(client)
+                continue
+            session = client.session
+            out = session.out
+            if not out or len(out) > _IOV_MAX:
+                flush(client)
+                continue
+            try:
+                sent = client.sock.sendmsg(out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._abort(client)
+                continue
+            if sent == session.out_bytes:
+                out.clear()
+                session.out_bytes = 0
+            else:
+                self._sent(client, sent)
 
     def fanout(self, frames: bytes, clients: Iterable[Client], count: int) -> None:
         """Queue the same encoded ``frames`` (``count`` messages) on every client (loop thread).
@@ -687,8 +733,8 @@ class WebSocketServer:
 
     def _flush(self, client: Client) -> None:
         """One ``sendmsg`` of the client's queue; POLLOUT stays registered only while output remains."""
-        session = client.session
-        out = session.out
+        out = client.session.out
+        sent = 0
         if out:
             try:
                 if client.tls:
@@ -696,25 +742,28 @@ class WebSocketServer:
                     sent = client.sock.send(out[0] if len(out) == 1 else b"".join(out[:64]))
                 else:
                     sent = client.sock.sendmsg(out if len(out) <= _IOV_MAX else out[:_IOV_MAX])
-            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                sent = 0
+            except self._would_block:
+                pass
             except OSError:
                 self._abort(client)
                 return
-            if sent:
-                total = 0
-                i = 0
-                n = len(out)
-                while i < n:
-                    size = len(out[i])
-                    if total + size > sent:
-                        out[i] = memoryview(out[i])[sent - total:]
-                        break
-                    total += size
-                    i += 1
-                if i:
-                    del out[:i]
-                session.out_bytes -= sent
+        self._sent(client, sent)
+
+    def _sent(self, client: Client, sent: int) -> None:
+        """Trim ``sent`` bytes off the client's queue; wait for POLLOUT while some remain."""
+        session = client.session
+        out = session.out
+        if sent:
+            session.out_bytes -= sent
+            i = 0
+            while sent >= len(out[i]):
+                sent -= len(out[i])
+                i += 1
+                if i == len(out):
+                    break
+            else:
+                out[i] = memoryview(out[i])[sent:]
+            del out[:i]
         if out:
             self._want_write(client, True)
             return

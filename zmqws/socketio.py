@@ -26,10 +26,10 @@ carries ``{"topics": [...]}``); any other event is forwarded upstream as
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
-import secrets
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
@@ -45,6 +45,12 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["SocketIOEndpoint", "EngineSession"]
 
 log = logging.getLogger("zmqws")
+
+
+def _new_sid() -> str:
+    """A random session id (120 bits, URL-safe): what ``secrets.token_urlsafe(15)`` gives,
+    without the import of hashlib (and OpenSSL's libcrypto) that ``secrets`` makes."""
+    return base64.urlsafe_b64encode(os.urandom(15)).decode("ascii")
 
 POLLING = "polling"
 WEBSOCKET = "websocket"
@@ -169,7 +175,7 @@ class SocketIOEndpoint:
         gateway.check_access(client, request)
         now = time.monotonic()
         self._next_client += 1
-        session = EngineSession(secrets.token_urlsafe(15), transport, request,
+        session = EngineSession(_new_sid(), transport, request,
                                 client.data.get("allowed"), now,
                                 f"{os.getpid()}.sio{self._next_client}".encode())
         session.next_ping = now + self.ping_interval
@@ -495,7 +501,7 @@ class SocketIOEndpoint:
             session.sio_sid, session.pid = recovered
             prefixes = state.prefixes
         else:
-            session.sio_sid, session.pid = secrets.token_urlsafe(15), secrets.token_urlsafe(15)
+            session.sio_sid, session.pid = _new_sid(), _new_sid()
             prefixes = self._topics(session, auth)
             state = gateway._new_state(session.member, prefixes, "sio", session.client_id)
             gateway._subscribe(prefixes)
