@@ -58,7 +58,8 @@ C_FANOUT_SRC = os.path.join(HERE, "c_fanout.c")
 C_FANOUT = os.path.join(HERE, "c_fanout")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-STACKS = ("zmqws", "websockets", "tornado", "c")
+STACKS = ("zmqws", "websockets", "tornado", "picows", "node", "c")
+NODE_DIR = os.path.join(HERE, "node")
 
 
 def gateway_command(stack: str, endpoint: str, port: int, rcvhwm: int,
@@ -75,6 +76,12 @@ def gateway_command(stack: str, endpoint: str, port: int, rcvhwm: int,
                 "--port", str(port), "--rcvhwm", str(rcvhwm)] + (["--deflate"] if deflate else [])
     if stack == "tornado":
         return [py, os.path.join(HERE, "ref_tornado.py"), "--sub", endpoint,
+                "--port", str(port), "--rcvhwm", str(rcvhwm)]
+    if stack == "picows":
+        return [py, os.path.join(HERE, "ref_picows.py"), "--sub", endpoint,
+                "--port", str(port), "--rcvhwm", str(rcvhwm)]
+    if stack == "node":
+        return [prepare_node(), os.path.join(NODE_DIR, "ref_ws.mjs"), "--sub", endpoint,
                 "--port", str(port), "--rcvhwm", str(rcvhwm)]
     if stack == "c":
         return [build_c_fanout(), "--sub", endpoint, "--port", str(port), "--rcvhwm", str(rcvhwm)]
@@ -107,6 +114,17 @@ def build_c_fanout() -> str:
     subprocess.run([gcc, "-O2", "-Wall", "-Wno-deprecated-declarations", "-o", C_FANOUT,
                     C_FANOUT_SRC, "-lzmq", "-lcrypto"], check=True)
     return C_FANOUT
+
+
+def prepare_node() -> str:
+    """The node binary, once benchmarks/node has its packages (``npm ci`` the first time)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        sys.exit("fanout.py: the node stack needs Node.js (node and npm)")
+    if not os.path.isdir(os.path.join(NODE_DIR, "node_modules", "zeromq")):
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True,
+                       stdout=subprocess.DEVNULL)
+    return node
 
 
 def free_port() -> int:
@@ -501,7 +519,7 @@ def parse_list(text: str, conv=str) -> list:
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description="ZeroMQ -> WebSocket fan-out benchmark",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--stacks", default="zmqws,websockets,tornado",
+    p.add_argument("--stacks", default="zmqws,websockets,tornado,picows,node",
                    help=f"comma-separated, from: {', '.join(STACKS)}")
     p.add_argument("--clients", default="100,1000", help="comma-separated connection counts")
     p.add_argument("--size", type=int, default=64, help="message size in bytes (>= 16)")
@@ -570,6 +588,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     loadclient = args.loadclient or build_loadclient()
     if "c" in stacks:
         build_c_fanout()
+    if "node" in stacks:
+        prepare_node()
     logdir = args.logs or tempfile.mkdtemp(prefix="zmqws-fanout-")
     os.makedirs(logdir, exist_ok=True)
     results = []
