@@ -205,11 +205,8 @@ class WebSocketServer:
                         if deflate else None)
         self.reuse_port = reuse_port
         self.ssl_context = ssl_context
-        # What a non-blocking read or write raises when it would block (TLS adds its own).
+        # What a non-blocking read or write raises when it would block (start() adds TLS's own).
         self._would_block: tuple = (BlockingIOError, InterruptedError)
-        if ssl_context is not None:
-            import ssl
-            self._would_block += (ssl.SSLWantReadError, ssl.SSLWantWriteError)
         self.max_connections = max_connections
         self.max_connections_per_address = max_connections_per_address
         self.idle_timeout = idle_timeout
@@ -244,6 +241,10 @@ class WebSocketServer:
         if self._started:
             raise RuntimeError("already started")
         self._started = True
+        if self.ssl_context is not None:
+            import ssl
+            self._would_block = (BlockingIOError, InterruptedError,
+                                 ssl.SSLWantReadError, ssl.SSLWantWriteError)
         self.loop = Loop()
         try:
             self._listen()
