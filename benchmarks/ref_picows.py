@@ -15,13 +15,14 @@ not starve the transports.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 
 import zmq
 import zmq.asyncio
 from picows import WSListener, WSMsgType, WSTransport, ws_create_server
+
+from refcommon import reference_options, subscriber
 
 TRANSPORTS: set = set()
 
@@ -44,19 +45,10 @@ async def forward(sub: zmq.asyncio.Socket) -> None:
 
 
 async def main() -> None:
-    p = argparse.ArgumentParser(description="picows + zmq.asyncio fan-out gateway")
-    p.add_argument("--sub", required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--rcvhwm", type=int, default=100_000)
+    p = reference_options("picows + zmq.asyncio fan-out gateway")
     args = p.parse_args()
 
-    ctx = zmq.asyncio.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.RCVHWM, args.rcvhwm)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(args.sub)
+    ctx, sub = subscriber(args)
 
     loop = asyncio.get_running_loop()
     stop = loop.create_future()

@@ -14,7 +14,6 @@ python-socketio's defaults (ping every 25 s; the load client answers).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 
@@ -22,6 +21,8 @@ import socketio
 import zmq
 import zmq.asyncio
 from aiohttp import web
+
+from refcommon import reference_options, subscriber
 
 
 async def forward(sio: socketio.AsyncServer, sub: zmq.asyncio.Socket) -> None:
@@ -36,11 +37,7 @@ async def forward(sio: socketio.AsyncServer, sub: zmq.asyncio.Socket) -> None:
 
 
 async def main() -> None:
-    p = argparse.ArgumentParser(description="python-socketio (aiohttp) + zmq.asyncio fan-out gateway")
-    p.add_argument("--sub", required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--rcvhwm", type=int, default=100_000)
+    p = reference_options("python-socketio (aiohttp) + zmq.asyncio fan-out gateway")
     args = p.parse_args()
 
     sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins="*", logger=False,
@@ -48,12 +45,7 @@ async def main() -> None:
     app = web.Application()
     sio.attach(app)
 
-    ctx = zmq.asyncio.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.RCVHWM, args.rcvhwm)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(args.sub)
+    ctx, sub = subscriber(args)
 
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

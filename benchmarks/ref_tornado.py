@@ -12,7 +12,6 @@ no keepalive pings (Tornado's default).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 
@@ -20,6 +19,8 @@ import tornado.web
 import tornado.websocket
 import zmq
 import zmq.asyncio
+
+from refcommon import reference_options, subscriber
 
 CLIENTS: set["Handler"] = set()
 
@@ -58,19 +59,10 @@ async def forward(sub: zmq.asyncio.Socket) -> None:
 
 
 async def main() -> None:
-    p = argparse.ArgumentParser(description="Tornado + zmq.asyncio fan-out gateway")
-    p.add_argument("--sub", required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--rcvhwm", type=int, default=100_000)
+    p = reference_options("Tornado + zmq.asyncio fan-out gateway")
     args = p.parse_args()
 
-    ctx = zmq.asyncio.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.RCVHWM, args.rcvhwm)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(args.sub)
+    ctx, sub = subscriber(args)
 
     app = tornado.web.Application([(r"/", Handler)])
     server = app.listen(args.port, address=args.host, backlog=1024)

@@ -16,13 +16,14 @@ load client answers them).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 
 import zmq
 import zmq.asyncio
 from websockets.asyncio.server import ServerConnection, broadcast, serve
+
+from refcommon import reference_options, subscriber
 
 CONNECTIONS: set[ServerConnection] = set()
 
@@ -47,20 +48,11 @@ async def forward(sub: zmq.asyncio.Socket) -> None:
 
 
 async def main() -> None:
-    p = argparse.ArgumentParser(description="websockets + zmq.asyncio fan-out gateway")
-    p.add_argument("--sub", required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--rcvhwm", type=int, default=100_000)
+    p = reference_options("websockets + zmq.asyncio fan-out gateway")
     p.add_argument("--deflate", action="store_true", help='compression="deflate"')
     args = p.parse_args()
 
-    ctx = zmq.asyncio.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.RCVHWM, args.rcvhwm)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(args.sub)
+    ctx, sub = subscriber(args)
 
     stop = asyncio.get_running_loop().create_future()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set_result, None)
