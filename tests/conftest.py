@@ -16,12 +16,18 @@ stopped or closed by a fixture finalizer, and every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import queue
 import re
+import signal
 import socket
 import subprocess
 import struct
+import threading
 import time
-from typing import Callable, List, Optional, Tuple
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import pytest
 from websockets.asyncio.client import connect
@@ -436,3 +442,106 @@ class NodeProcess:
             if stream is not None and not stream.closed:
                 stream.close()
         self._stderr.close()
+
+
+# -- child processes ----------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+CHILD_ENV = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+
+
+@contextlib.contextmanager
+def sigint_not_ignored():
+    """Spawn children with SIGINT at its default even if this process inherited SIG_IGN.
+
+    A shell starts background jobs with SIGINT ignored, children inherit that
+    across exec, and Python then installs no KeyboardInterrupt handler: the
+    SIGINT tests would test the runner's environment, not zmqws.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # reset to SIG_DFL on exec
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    else:
+        yield
+
+
+class ChildProcess:
+    """A running child (``python -m zmqws``, an example...) with its stdout and stderr read
+    line by line on threads, so that a test can wait for a line without blocking."""
+
+    def __init__(self, argv: List[str], env: Optional[dict] = None) -> None:
+        with sigint_not_ignored():
+            self.popen = subprocess.Popen(argv, cwd=ROOT, env=env or CHILD_ENV, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True)
+        self.lines = {"stdout": queue.Queue(), "stderr": queue.Queue()}
+        self.seen: Dict[str, List[str]] = {"stdout": [], "stderr": []}
+        self._readers = [threading.Thread(target=self._read, args=(name,), daemon=True)
+                         for name in self.lines]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, name: str) -> None:
+        for line in getattr(self.popen, name):
+            self.lines[name].put(line)
+        self.lines[name].put(None)
+
+    def wait_for_line(self, name: str, pattern: "Union[str, re.Pattern[str]]",
+                      timeout: float = 10.0) -> "re.Match[str]":
+        """The first line on ``name`` (stdout or stderr) not yet consumed that matches ``pattern``."""
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                line = self.lines[name].get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen[name].append(line)
+            match = regex.search(line)
+            if match:
+                return match
+        raise AssertionError(f"no line matching {regex.pattern!r} on {name} within {timeout} s; "
+                             f"seen: {''.join(self.seen[name])!r}")
+
+    def rest(self, name: str) -> str:
+        """Everything the child wrote on ``name`` (call it once the child has exited)."""
+        for reader in self._readers:
+            reader.join(5)
+        while True:
+            try:
+                line = self.lines[name].get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.seen[name].append(line)
+        return "".join(self.seen[name])
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(10)
+        for stream in (self.popen.stdout, self.popen.stderr):
+            stream.close()
+
+
+@pytest.fixture
+def spawn():
+    """``spawn(*argv, env=None)``: start a :class:`ChildProcess`; every one is killed at the end."""
+    processes: List[ChildProcess] = []
+
+    def start(*argv: str, env: Optional[dict] = None) -> ChildProcess:
+        process = ChildProcess(list(argv), env=env)
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.stop()

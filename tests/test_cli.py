@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import queue
 import re
 import select
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,6 +18,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from zmqws.__main__ import build_parser
+
+from conftest import sigint_not_ignored
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -38,104 +37,9 @@ def ws_connect(port: int, **options):
     return connect(f"ws://127.0.0.1:{port}/", **options)
 
 
-@contextlib.contextmanager
-def sigint_not_ignored():
-    """Spawn children with SIGINT at its default even if this process inherited SIG_IGN.
-
-    A shell starts background jobs with SIGINT ignored, children inherit that
-    across exec, and Python then installs no KeyboardInterrupt handler: the
-    SIGINT tests would test the runner's environment, not zmqws.
-    """
-    previous = signal.getsignal(signal.SIGINT)
-    if previous == signal.SIG_IGN and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # reset to SIG_DFL on exec
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-    else:
-        yield
-
-
 def run_cli(*args: str, timeout: float = 15.0) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "zmqws", *args], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=timeout)
-
-
-class Process:
-    """A running child with its stdout and stderr read line by line on threads."""
-
-    def __init__(self, argv) -> None:
-        with sigint_not_ignored():
-            self.popen = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True)
-        self.lines = {"stdout": queue.Queue(), "stderr": queue.Queue()}
-        self.seen = {"stdout": [], "stderr": []}
-        self._readers = [threading.Thread(target=self._read, args=(name,), daemon=True)
-                         for name in self.lines]
-        for reader in self._readers:
-            reader.start()
-
-    def _read(self, name: str) -> None:
-        stream = getattr(self.popen, name)
-        for line in stream:
-            self.lines[name].put(line)
-        self.lines[name].put(None)
-
-    def wait_for_line(self, name: str, pattern: "re.Pattern[str]", timeout: float = 10.0) -> "re.Match[str]":
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                line = self.lines[name].get(timeout=remaining)
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            self.seen[name].append(line)
-            match = pattern.search(line)
-            if match:
-                return match
-        raise AssertionError(f"no line matching {pattern.pattern!r} on {name} within {timeout} s; "
-                             f"seen: {''.join(self.seen[name])!r}")
-
-    def rest(self, name: str) -> str:
-        """Everything on ``name`` after the lines already consumed (once the child has exited)."""
-        for reader in self._readers:
-            reader.join(5)
-        out = []
-        while True:
-            try:
-                line = self.lines[name].get_nowait()
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            out.append(line)
-        return "".join(self.seen[name] + out)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-        self.popen.wait(10)
-        for stream in (self.popen.stdout, self.popen.stderr):
-            stream.close()
-
-
-@pytest.fixture
-def spawn():
-    processes = []
-
-    def start(*argv: str) -> Process:
-        process = Process(list(argv))
-        processes.append(process)
-        return process
-
-    yield start
-    for process in processes:
-        process.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import http.client
 import json
 import logging
 import os
-import queue
 import re
 import select
 import signal
@@ -22,7 +21,6 @@ import ssl
 import struct
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -404,73 +402,11 @@ def test_tls_several_records_in_one_tcp_write_are_all_read(make_server, server_s
 # -- TLS from the command line -------------------------------------------------------------------
 
 
-class Process:
-    """A child process whose stdout and stderr are read line by line on threads."""
-
-    def __init__(self, argv: List[str], env: Optional[dict] = None) -> None:
-        self.popen = subprocess.Popen(argv, cwd=ROOT, env=env or ENV, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True)
-        self.lines = {"stdout": queue.Queue(), "stderr": queue.Queue()}
-        self.seen = {"stdout": [], "stderr": []}
-        self.readers = [threading.Thread(target=self._read, args=(name,), daemon=True) for name in self.lines]
-        for reader in self.readers:
-            reader.start()
-
-    def _read(self, name: str) -> None:
-        for line in getattr(self.popen, name):
-            self.lines[name].put(line)
-        self.lines[name].put(None)
-
-    def wait_for_line(self, name: str, pattern: str, timeout: float = 10.0) -> "re.Match[str]":
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines[name].get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                line = None
-            if line is None:
-                raise AssertionError(f"no line matching {pattern!r} on {name}: {''.join(self.seen[name])!r}")
-            self.seen[name].append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match
-
-    def all_output(self, name: str) -> str:
-        for reader in self.readers:
-            reader.join(5)
-        while True:
-            try:
-                line = self.lines[name].get_nowait()
-            except queue.Empty:
-                break
-            if line is not None:
-                self.seen[name].append(line)
-        return "".join(self.seen[name])
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-        self.popen.wait(10)
-        for stream in (self.popen.stdout, self.popen.stderr):
-            stream.close()
-
-
-@pytest.fixture
-def spawn():
-    processes: List[Process] = []
-
-    def start(*args: str, env: Optional[dict] = None) -> Process:
-        process = Process([sys.executable, "-m", "zmqws", *args], env=env)
-        processes.append(process)
-        return process
-
-    yield start
-    for process in processes:
-        process.stop()
+ZMQWS = (sys.executable, "-m", "zmqws")
 
 
 def test_cli_demo_over_tls(spawn, cert, client_ssl):
-    process = spawn("--demo", "--port", "0", "--certfile", cert[0], "--keyfile", cert[1])
+    process = spawn(*ZMQWS, "--demo", "--port", "0", "--certfile", cert[0], "--keyfile", cert[1])
     port = int(process.wait_for_line("stderr", r"listening on wss://127\.0\.0\.1:(\d+)/").group(1))
 
     async def main():
@@ -482,7 +418,7 @@ def test_cli_demo_over_tls(spawn, cert, client_ssl):
     assert seqs == sorted(seqs)
     process.popen.send_signal(signal.SIGTERM)
     assert process.popen.wait(timeout=10) == 0
-    assert "Traceback" not in process.all_output("stderr")
+    assert "Traceback" not in process.rest("stderr")
 
 
 def test_cli_bad_certificate_is_one_line_error(tmp_path):
@@ -568,9 +504,9 @@ def test_token_authenticator(make_gateway):
 @pytest.mark.parametrize("how", ["--token", "ZMQWS_TOKEN"])
 def test_cli_token(spawn, how):
     if how == "--token":
-        process = spawn("--sub", "tcp://127.0.0.1:9", "--port", "0", "--token", "s3cret")
+        process = spawn(*ZMQWS, "--sub", "tcp://127.0.0.1:9", "--port", "0", "--token", "s3cret")
     else:
-        process = spawn("--sub", "tcp://127.0.0.1:9", "--port", "0", env=dict(ENV, ZMQWS_TOKEN="s3cret"))
+        process = spawn(*ZMQWS, "--sub", "tcp://127.0.0.1:9", "--port", "0", env=dict(ENV, ZMQWS_TOKEN="s3cret"))
     port = int(process.wait_for_line("stderr", r"listening on ws://127\.0\.0\.1:(\d+)/").group(1))
     status, headers, _ = http_exchange(port, upgrade_request("/"))
     assert status == 401 and headers["www-authenticate"].startswith("Bearer")
@@ -904,7 +840,7 @@ def test_log_lines_name_the_client_and_the_close_code(make_server, caplog):
 
 def test_sigterm_closes_every_client_with_1001_and_refuses_newcomers(spawn, pub):
     close_timeout = 2.0
-    process = spawn("--sub", pub.endpoint, "--port", "0", "--close-timeout", str(close_timeout))
+    process = spawn(*ZMQWS, "--sub", pub.endpoint, "--port", "0", "--close-timeout", str(close_timeout))
     port = int(process.wait_for_line("stderr", r"listening on ws://127\.0\.0\.1:(\d+)/").group(1))
     # A peer that never answers the close: it keeps the gateway in its stopping phase
     # for close_timeout, long enough to try a new connection meanwhile.
@@ -950,7 +886,7 @@ def test_sigterm_closes_every_client_with_1001_and_refuses_newcomers(spawn, pub)
         assert deaf.recv_close(timeout=2)[0] == 1001
     finally:
         deaf.close()
-    assert "Traceback" not in process.all_output("stderr")
+    assert "Traceback" not in process.rest("stderr")
 
 
 def test_restart_then_resume_gets_a_gap_notice_and_growing_ids(spawn, pub):
@@ -975,7 +911,7 @@ def test_restart_then_resume_gets_a_gap_notice_and_growing_ids(spawn, pub):
                 docs.append(json.loads(await asyncio.wait_for(ws.recv(), 5)))
             return docs
 
-    first = spawn("--sub", pub.endpoint, "--port", "0", "--close-timeout", "1")
+    first = spawn(*ZMQWS, "--sub", pub.endpoint, "--port", "0", "--close-timeout", "1")
     port = int(first.wait_for_line("stderr", r"listening on ws://127\.0\.0\.1:(\d+)/").group(1))
     before = run_async(receive_after_probes(f"ws://127.0.0.1:{port}/?format=json", 5, b"old"))
     last = max(d["id"] for d in before if "id" in d)
@@ -984,7 +920,7 @@ def test_restart_then_resume_gets_a_gap_notice_and_growing_ids(spawn, pub):
     for i in range(3):
         pub.send_multipart([b"t", b"lost %d" % i])  # nobody subscribed: gone
 
-    second = spawn("--sub", pub.endpoint, "--port", "0", "--close-timeout", "1")
+    second = spawn(*ZMQWS, "--sub", pub.endpoint, "--port", "0", "--close-timeout", "1")
     port = int(second.wait_for_line("stderr", r"listening on ws://127\.0\.0\.1:(\d+)/").group(1))
     after = run_async(receive_after_probes(f"ws://127.0.0.1:{port}/?format=json&since={last}", 5, b"new"))
     gap = after[0].get("gap")
