@@ -651,40 +651,13 @@ class WebSocketServer:
         self._dirty[client] = None
 
     def _flush_dirty(self) -> None:
-        """After each turn: one write per client with new output (not those waiting for POLLOUT).
-
-        The common case, a plain socket whose whole queue goes out at once, is
-        inlined: it is the per-client cost of every fan-out, and the shorter the
-        sweep over the clients, the sooner the last of them has the message.
-        """
-        dirty = self._dirty
-        if not dirty:
-            return
-        self._dirty = {}
-        flush = self._flush
-        for client in dirty:
-            if client.want_write or client.phase == GONE:
-                continue
-            if client.tls or client.close_after_flush:
-                flush(client)
-                continue
-            session = client.session
-            out = session.out
-            if not out or len(out) > _IOV_MAX:
-                flush(client)
-                continue
-            try:
-                sent = client.sock.sendmsg(out)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                self._abort(client)
-                continue
-            if sent == session.out_bytes:
-                out.clear()
-                session.out_bytes = 0
-            else:
-                self._sent(client, sent)
+        """After each turn: one write per client with new output (not those waiting for POLLOUT)."""
+        if self._dirty:
+            dirty = self._dirty
+            self._dirty = {}
+            for client in dirty:
+                if not client.want_write and client.phase != GONE:
+                    self._flush(client)
 
     def fanout(self, frames: bytes, clients: Iterable[Client], count: int) -> None:
         """Queue the same encoded ``frames`` (``count`` messages) on every client (loop thread).
