@@ -91,29 +91,37 @@ def gateway_command(stack: str, endpoint: str, port: int, rcvhwm: int,
 # -- helpers ------------------------------------------------------------------------------
 
 
-def build_loadclient() -> str:
-    """Compile loadclient.c with gcc -O2 unless the binary is newer than the source."""
-    if (os.path.exists(LOADCLIENT)
-            and os.path.getmtime(LOADCLIENT) >= os.path.getmtime(LOADCLIENT_SRC)):
-        return LOADCLIENT
+def build(binary: str, source: str, *flags: str) -> str:
+    """Compile ``source`` with gcc -O2 into ``binary`` unless the binary is newer than the source."""
+    if os.path.exists(binary) and os.path.getmtime(binary) >= os.path.getmtime(source):
+        return binary
     gcc = shutil.which("gcc") or shutil.which("cc")
     if gcc is None:
-        sys.exit("fanout.py: gcc is needed to build benchmarks/loadclient.c")
-    subprocess.run([gcc, "-O2", "-Wall", "-o", LOADCLIENT, LOADCLIENT_SRC, "-lz"], check=True)
-    return LOADCLIENT
+        sys.exit(f"fanout.py: gcc is needed to build {os.path.relpath(source)}")
+    subprocess.run([gcc, "-O2", "-Wall", "-o", binary, source, *flags], check=True)  # libraries last
+    return binary
+
+
+def build_loadclient() -> str:
+    """The C load client (needs zlib)."""
+    return build(LOADCLIENT, LOADCLIENT_SRC, "-lz")
 
 
 def build_c_fanout() -> str:
-    """Compile c_fanout.c (the trivial C reference, stack "c"; needs zmq.h and libcrypto)."""
-    if (os.path.exists(C_FANOUT)
-            and os.path.getmtime(C_FANOUT) >= os.path.getmtime(C_FANOUT_SRC)):
-        return C_FANOUT
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        sys.exit("fanout.py: gcc is needed to build benchmarks/c_fanout.c")
-    subprocess.run([gcc, "-O2", "-Wall", "-Wno-deprecated-declarations", "-o", C_FANOUT,
-                    C_FANOUT_SRC, "-lzmq", "-lcrypto"], check=True)
-    return C_FANOUT
+    """The trivial C reference server, stack "c" (needs zmq.h and libcrypto)."""
+    return build(C_FANOUT, C_FANOUT_SRC, "-Wno-deprecated-declarations", "-lzmq", "-lcrypto")
+
+
+def wait_ready(client: subprocess.Popen, pub: subprocess.Popen, connect_timeout: float) -> float:
+    """Wait for the load client's ``READY n seconds`` (every connection open) and then for the
+    publisher's ``SUBSCRIBED`` (the gateway's subscription arrived); the connect time in s."""
+    ready = readline(client, connect_timeout + 10, "the clients' connections").split()
+    if ready[0] != "READY":
+        raise RuntimeError(f"load client: {' '.join(ready)}")
+    line = readline(pub, 15, "the gateway's subscription")
+    if line != "SUBSCRIBED":
+        raise RuntimeError(f"publisher: {line}")
+    return float(ready[2])
 
 
 def prepare_node() -> str:
@@ -360,14 +368,8 @@ def run_scenario(stack: str, clients: int, args: argparse.Namespace, loadclient:
              "--connect-timeout", str(args.connect_timeout), "--pause-us", str(args.client_pause_us),
              "--deflate", str(2 if deflate and args.deflate_count_only else int(deflate))],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, preexec_fn=pinned(args.client_cpu))
-        ready = readline(client, args.connect_timeout + 10, "the clients' upgrades").split()
-        if ready[0] != "READY":
-            raise RuntimeError(f"load client: {' '.join(ready)}")
-        res["connect_s"] = float(ready[2])
         # zmqws subscribes upstream when a client wants a topic; the references at start-up.
-        line = readline(pub, 15, "the gateway's subscription")
-        if line != "SUBSCRIBED":
-            raise RuntimeError(f"publisher: {line}")
+        res["connect_s"] = wait_ready(client, pub, args.connect_timeout)
         time.sleep(0.3)  # let the last upgrades settle in the gateway
 
         cpu0 = proc_cpu(gw.pid)

@@ -59,6 +59,19 @@ def json_bodies(size: int) -> list:
     return out
 
 
+def xpub_when_subscribed(sndhwm: int) -> "zmq.Socket":
+    """An XPUB socket on a free loopback port: prints ``ENDPOINT tcp://...``, then waits for the
+    first subscription (the gateway's) and prints ``SUBSCRIBED`` (the driver's protocol)."""
+    pub = zmq.Context.instance().socket(zmq.XPUB)
+    pub.setsockopt(zmq.SNDHWM, sndhwm)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    print(f"ENDPOINT tcp://127.0.0.1:{port}", flush=True)
+    pub.recv()  # the first subscription (b"\x01" + prefix)
+    print("SUBSCRIBED", flush=True)
+    return pub
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--messages", type=int, default=20000)
@@ -71,14 +84,7 @@ def main() -> None:
     if args.size < 16:
         p.error("--size must be at least 16 (timestamp + sequence)")
 
-    ctx = zmq.Context()
-    pub = ctx.socket(zmq.XPUB)
-    pub.setsockopt(zmq.SNDHWM, args.sndhwm)
-    pub.setsockopt(zmq.LINGER, 0)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
-    print(f"ENDPOINT tcp://127.0.0.1:{port}", flush=True)
-    pub.recv()  # the first subscription (b"\x01" + prefix)
-    print("SUBSCRIBED", flush=True)
+    pub = xpub_when_subscribed(args.sndhwm)
     if not sys.stdin.readline():
         return
 
@@ -120,7 +126,7 @@ def main() -> None:
                       "cpu_s": ru.ru_utime + ru.ru_stime}), flush=True)
     sys.stdin.read()  # until fanout.py closes stdin
     pub.close(linger=0)
-    ctx.term()
+    pub.context.term()
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fanout import (fmt_rate, free_port, pinned, proc_cpu, readline, stop,  # noqa: E402
-                    stop_publisher, wait_port)  # shared with the fan-out benchmark
+                    stop_publisher, wait_port, wait_ready)  # shared with the fan-out benchmark
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -63,16 +63,9 @@ STACKS = ("zmqws", "python-socketio")
 def publisher(args: argparse.Namespace) -> None:
     """XPUB: print ENDPOINT, wait for a subscription (SUBSCRIBED), wait for GO on stdin, send
     N text messages '%010d ' + padding, print one JSON line, wait for stdin to close."""
-    import zmq
+    from publisher import xpub_when_subscribed
 
-    ctx = zmq.Context()
-    pub = ctx.socket(zmq.XPUB)
-    pub.setsockopt(zmq.SNDHWM, args.sndhwm)
-    pub.setsockopt(zmq.LINGER, 0)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
-    print(f"ENDPOINT tcp://127.0.0.1:{port}", flush=True)
-    pub.recv()
-    print("SUBSCRIBED", flush=True)
+    pub = xpub_when_subscribed(args.sndhwm)
     if not sys.stdin.readline():
         return
     n, size = args.messages, args.size
@@ -98,7 +91,7 @@ def publisher(args: argparse.Namespace) -> None:
     print(json.dumps({"sent": n, "send_s": send_s, "rate": n / send_s if send_s else 0.0}), flush=True)
     sys.stdin.read()
     pub.close(linger=0)
-    ctx.term()
+    pub.context.term()
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -159,13 +152,7 @@ def run_scenario(stack: str, clients: int, args: argparse.Namespace, node: str, 
              "--mode", args.client_mode, "--timeout", str(args.timeout), "--idle", str(args.idle),
              "--connect-timeout", str(args.connect_timeout)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, preexec_fn=pinned(args.client_cpu))
-        ready = readline(client, args.connect_timeout + 10, "the clients' connections").split()
-        if ready[0] != "READY":
-            raise RuntimeError(f"load client: {' '.join(ready)}")
-        res["connect_s"] = float(ready[2])
-        line = readline(pub, 15, "the server's subscription")
-        if line != "SUBSCRIBED":
-            raise RuntimeError(f"publisher: {line}")
+        res["connect_s"] = wait_ready(client, pub, args.connect_timeout)
         time.sleep(0.5)
         cpu0 = proc_cpu(server.pid)
         t_go = time.monotonic()

@@ -20,6 +20,7 @@ import contextlib
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -410,15 +411,39 @@ def gateway(pub):
     assert gw._thread is None, "the loop thread was not joined"
 
 
-def ws_connect(port: int, path: str = "/", **options):
-    """A ``websockets`` client: no compression (unless asked), no proxy, no client-side pings."""
+def ws_client(url: str, **options):
+    """A ``websockets`` client of ``url``: no compression (unless asked), no proxy, no
+    client-side pings, no message size limit; short opening and closing timeouts."""
     options.setdefault("compression", None)
     options.setdefault("proxy", None)
     options.setdefault("open_timeout", 5)
     options.setdefault("close_timeout", 2)
     options.setdefault("ping_interval", None)
     options.setdefault("max_size", None)
-    return connect(f"ws://127.0.0.1:{port}{path}", **options)
+    return connect(url, **options)
+
+
+def ws_connect(port: int, path: str = "/", **options):
+    """:func:`ws_client` of ``ws://127.0.0.1:PORT/PATH``."""
+    return ws_client(f"ws://127.0.0.1:{port}{path}", **options)
+
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+
+
+@pytest.fixture(scope="session")
+def node_ready() -> str:
+    """The node binary, with tests/node's packages (ws, socket.io-client) installed: CI runs
+    ``npm ci`` there; else they are installed now."""
+    node = shutil.which("node")
+    assert node, "node is not installed"
+    if not all((NODE_DIR / "node_modules" / package / "package.json").is_file()
+               for package in ("ws", "socket.io-client")):
+        npm = shutil.which("npm")
+        assert npm, "npm is not installed"
+        subprocess.run([npm, "install", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True,
+                       timeout=180, stdout=subprocess.DEVNULL)
+    return node
 
 
 class NodeProcess:

@@ -14,27 +14,17 @@ import time
 from pathlib import Path
 
 import pytest
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from zmqws.__main__ import build_parser
 
-from conftest import sigint_not_ignored
+from conftest import sigint_not_ignored, ws_connect
 
 pytestmark = pytest.mark.timeout(40)
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
 LISTENING = re.compile(r"listening on ws://127\.0\.0\.1:(\d+)/")
-
-
-def ws_connect(port: int, **options):
-    options.setdefault("compression", None)
-    options.setdefault("proxy", None)
-    options.setdefault("open_timeout", 5)
-    options.setdefault("close_timeout", 2)
-    options.setdefault("ping_interval", None)
-    return connect(f"ws://127.0.0.1:{port}/", **options)
 
 
 def run_cli(*args: str, timeout: float = 15.0) -> subprocess.CompletedProcess:

@@ -18,9 +18,7 @@ import json
 import os
 import random
 import select
-import shutil
 import struct
-import subprocess
 import time
 import zlib
 from pathlib import Path
@@ -28,14 +26,13 @@ from typing import List, Optional, Sequence, Tuple
 
 import pytest
 
-from conftest import NodeProcess, ws_connect as plain_ws_connect
+from conftest import NODE_DIR, NodeProcess, ws_connect as plain_ws_connect
 from zmqws.frames import OP_BINARY, OP_TEXT
 
 pytestmark = pytest.mark.timeout(60)
 
 KiB = 1 << 10
 TAIL = b"\x00\x00\xff\xff"
-NODE_DIR = Path(__file__).resolve().parent / "node"
 NODE_CLIENT = NODE_DIR / "ws_client.mjs"
 
 CHROMIUM = "permessage-deflate; client_max_window_bits"
@@ -243,19 +240,6 @@ def test_echo_server_inflates_compressed_client_messages(echo_server, run_async)
 # =================================================================================================
 
 
-@pytest.fixture(scope="session")
-def node_client_ready():
-    """Make sure tests/node has its node_modules (CI runs ``npm ci`` there; else install now)."""
-    node = shutil.which("node")
-    assert node, "node is not installed"
-    if not (NODE_DIR / "node_modules" / "ws" / "package.json").is_file():
-        npm = shutil.which("npm")
-        assert npm, "npm is not installed"
-        subprocess.run([npm, "install", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True,
-                       timeout=180, stdout=subprocess.DEVNULL)
-    return node
-
-
 class NodeClient(NodeProcess):
     """``node tests/node/ws_client.mjs URL COUNT [--send]`` as a subprocess, read without blocking."""
 
@@ -306,12 +290,12 @@ class NodeClient(NodeProcess):
 
 
 @pytest.fixture
-def node_client(node_client_ready, tmp_path):
+def node_client(node_ready, tmp_path):
     """``node_client(url, count, send=None)`` → a started NodeClient, killed at teardown."""
     made: List[NodeClient] = []
 
     def make(url: str, count: int, send: Optional[Sequence[object]] = None) -> NodeClient:
-        client = NodeClient(node_client_ready, url, count, tmp_path / f"node-{len(made)}.err", send)
+        client = NodeClient(node_ready, url, count, tmp_path / f"node-{len(made)}.err", send)
         made.append(client)
         return client
 

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 import pytest
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 import zmqws.tls
@@ -35,7 +34,7 @@ from zmqws.auth import token_authenticator
 from zmqws.frames import OP_BINARY, OP_CONT, OP_PING, OP_PONG, OP_TEXT, encode_frame
 from zmqws.handshake import HTTPError
 
-from conftest import RawWebSocket, http_exchange, run_async, upgrade_request, wait_until
+from conftest import RawWebSocket, http_exchange, run_async, upgrade_request, wait_until, ws_client
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -70,16 +69,6 @@ def server_ssl(cert) -> ssl.SSLContext:
 def client_ssl(cert) -> ssl.SSLContext:
     """A client context that trusts the test certificate (and checks the host name)."""
     return ssl.create_default_context(cafile=cert[0])
-
-
-def ws_connect(url: str, **options):
-    options.setdefault("compression", None)
-    options.setdefault("proxy", None)
-    options.setdefault("open_timeout", 5)
-    options.setdefault("close_timeout", 2)
-    options.setdefault("ping_interval", None)
-    options.setdefault("max_size", None)
-    return connect(url, **options)
 
 
 def _echo(client, data):
@@ -239,7 +228,7 @@ def test_wss_client_gets_messages_byte_for_byte(make_gateway, server_ssl, client
     sent = [b"hello", bytes(range(256)) * 4, text_big, binary_big, b"bye"]
 
     async def main():
-        async with ws_connect(f"wss://127.0.0.1:{gw.port}/", ssl=client_ssl,
+        async with ws_client(f"wss://127.0.0.1:{gw.port}/", ssl=client_ssl,
                               compression=compression) as ws:
             for payload in sent:
                 gw.publish(payload)
@@ -287,7 +276,7 @@ def test_tls_staller_blocks_nobody_and_is_dropped(make_gateway, server_ssl, clie
         started = time.monotonic()
 
         async def main():
-            async with ws_connect(f"wss://127.0.0.1:{gw.port}/", ssl=client_ssl) as ws:
+            async with ws_client(f"wss://127.0.0.1:{gw.port}/", ssl=client_ssl) as ws:
                 for i in range(20):
                     gw.publish(f"m{i}")
                 got = [await asyncio.wait_for(ws.recv(), 5) for _ in range(20)]
@@ -410,7 +399,7 @@ def test_cli_demo_over_tls(spawn, cert, client_ssl):
     port = int(process.wait_for_line("stderr", r"listening on wss://127\.0\.0\.1:(\d+)/").group(1))
 
     async def main():
-        async with ws_connect(f"wss://127.0.0.1:{port}/", ssl=client_ssl) as ws:
+        async with ws_client(f"wss://127.0.0.1:{port}/", ssl=client_ssl) as ws:
             return [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(3)]
 
     docs = run_async(main(), timeout=15)
@@ -471,7 +460,7 @@ def test_authenticate_hook_limits_topics(make_gateway):
 
     async def main():
         base = f"ws://127.0.0.1:{gw.port}/"
-        async with ws_connect(base + "?user=admin") as admin, ws_connect(base + "?user=reader") as reader:
+        async with ws_client(base + "?user=admin") as admin, ws_client(base + "?user=reader") as reader:
             for topic, payload in (("news.a", "1"), ("prices.x", "2"), ("news.b", "3"), ("end", "4")):
                 gw.publish(payload, topic=topic)
             got_admin = [await asyncio.wait_for(admin.recv(), 5) for _ in range(4)]
@@ -624,7 +613,7 @@ def test_slow_consumer_is_closed_with_1008(make_gateway, raw_ws):
     message = b"%08d" + b"x" * 1016
 
     async def main():
-        async with ws_connect(f"ws://127.0.0.1:{gw.port}/") as fast:
+        async with ws_client(f"ws://127.0.0.1:{gw.port}/") as fast:
             sent = 0
             received = 0
             while gw.stats.slow_closed == 0:
@@ -652,7 +641,7 @@ def test_client_rate_limit(make_gateway, raw_ws):
     gw = make_gateway(None, client_rate=5)
 
     async def main():
-        async with ws_connect(f"ws://127.0.0.1:{gw.port}/") as ws:
+        async with ws_client(f"ws://127.0.0.1:{gw.port}/") as ws:
             for i in range(20):
                 await ws.send(f"flood {i}")
             with pytest.raises(ConnectionClosed) as info:
@@ -774,7 +763,7 @@ def test_metrics_and_healthz(make_gateway):
 
         async def main():
             url = f"ws://127.0.0.1:{gw.port}/"
-            async with ws_connect(url) as ws, ws_connect(url) as flooder:
+            async with ws_client(url) as ws, ws_client(url) as flooder:
                 wait_until(lambda: scrape(gw.port)[("zmqws_clients", 'transport="poll"')] == 1,
                            message="the poll to be held")
                 during = scrape(gw.port)
@@ -813,7 +802,7 @@ def test_log_lines_name_the_client_and_the_close_code(make_server, caplog):
     server = make_server(on_message=_echo)
 
     async def main():
-        async with ws_connect(f"ws://127.0.0.1:{server.port}/some/path") as ws:
+        async with ws_client(f"ws://127.0.0.1:{server.port}/some/path") as ws:
             for i in range(5):
                 await ws.send(f"message {i}")
                 await ws.recv()
@@ -848,7 +837,7 @@ def test_sigterm_closes_every_client_with_1001_and_refuses_newcomers(spawn, pub)
     deaf.handshake()
 
     async def main():
-        clients = [await ws_connect(f"ws://127.0.0.1:{port}/") for _ in range(20)]
+        clients = [await ws_client(f"ws://127.0.0.1:{port}/") for _ in range(20)]
         # Everyone receives before the signal (the SUB is connected).
         deadline = time.monotonic() + 5
         while True:
@@ -895,7 +884,7 @@ def test_restart_then_resume_gets_a_gap_notice_and_growing_ids(spawn, pub):
     the gap (what was published meanwhile is not recoverable) before the new messages."""
 
     async def receive_after_probes(url: str, count: int, tag: bytes):
-        async with ws_connect(url) as ws:
+        async with ws_client(url) as ws:
             docs = []
             deadline = time.monotonic() + 10
             while not any(d.get("topic") == "probe" for d in docs):

@@ -26,10 +26,11 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 import zmq
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from zmqws.gateway import Gateway
+
+from conftest import ws_client
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -62,13 +63,11 @@ def wait_port(port: int, timeout: float = 10.0, proc: Optional[subprocess.Popen]
 
 
 def ws_connect(url: str, **options):
-    options.setdefault("compression", None)
-    options.setdefault("proxy", None)
+    """:func:`conftest.ws_client`, with more time to open (workers restart under the tests) and
+    no receive queue limit (clients here read in bursts)."""
     options.setdefault("open_timeout", 10)
-    options.setdefault("close_timeout", 2)
-    options.setdefault("ping_interval", None)
     options.setdefault("max_queue", None)
-    return connect(url, **options)
+    return ws_client(url, **options)
 
 
 def proc_stat(pid: int) -> Optional[Tuple[str, int, int]]:

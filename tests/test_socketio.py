@@ -28,7 +28,6 @@ import os
 import re
 import select
 import shutil
-import subprocess
 import threading
 import time
 from functools import partial
@@ -40,13 +39,12 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import NodeProcess, wait_subscribed, wait_until
+from conftest import NODE_DIR, NodeProcess, wait_subscribed, wait_until
 from zmqws import engineio as eio
 from zmqws.frames import OP_TEXT
 
 pytestmark = pytest.mark.timeout(60)
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
 SIO_CLIENT = NODE_DIR / "sio_client.mjs"
 SIO_BUNDLE = NODE_DIR / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
 CHROMIUM = "/usr/bin/chromium"
@@ -190,19 +188,6 @@ class NodeSio(NodeProcess):
         assert self.proc.wait(5) == 0, self.stderr()
         return json.loads(line)
 
-
-
-@pytest.fixture(scope="session")
-def node_ready():
-    """node, with tests/node's node_modules (CI runs ``npm ci`` there; else install now)."""
-    node = shutil.which("node")
-    assert node, "node is not installed"
-    if not (NODE_DIR / "node_modules" / "socket.io-client" / "package.json").is_file():
-        npm = shutil.which("npm")
-        assert npm, "npm is not installed"
-        subprocess.run([npm, "install", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True,
-                       timeout=180, stdout=subprocess.DEVNULL)
-    return node
 
 
 @pytest.fixture

@@ -14,16 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import runner  # noqa: E402
 
-try:
-    import atheris
-except ImportError:  # pragma: no cover
-    atheris = None
-
-if atheris is not None:
-    with atheris.instrument_imports(include=["zmqws", "targets"]):
-        import targets
-else:  # pragma: no cover
-    import targets
+targets, atheris = runner.instrumented_targets()
 
 
 def TestOneInput(data: bytes) -> None:

@@ -20,6 +20,19 @@ import zlib
 from typing import Callable, List, Sequence
 
 
+def instrumented_targets():
+    """``(targets, atheris)``: the fuzz targets (and zmqws, which they import) loaded under
+    atheris's coverage instrumentation; ``atheris`` is None when it is not installed."""
+    try:
+        import atheris
+    except ImportError:  # pragma: no cover
+        import targets
+        return targets, None
+    with atheris.instrument_imports(include=["zmqws", "targets"]):
+        import targets
+    return targets, atheris
+
+
 def cuts_for(data: bytes) -> List[int]:
     """Split points derived from the input itself (so a crash replays exactly): a step of
     1..64 bytes chosen by the input's CRC, with a jitter."""
