@@ -7,6 +7,7 @@ stopped or closed by a fixture finalizer, and every wait is bounded.
 * ``zmq_context``, ``pub``: a ZeroMQ PUB socket bound to ``tcp://127.0.0.1:*``.
 * ``make_gateway(endpoints, **options)`` / ``gateway``: a running :class:`Gateway`.
 * ``wait_subscribed(pub, gateway)``: the slow-joiner fence (see its docstring).
+* ``pull``: a PULL socket bound to ``tcp://127.0.0.1:*``, for client → ZeroMQ messages.
 * ``raw_ws(port, ...)``: a blocking raw-socket WebSocket client (masked frames by hand).
 * ``run_async(coro, timeout)``: run asyncio client code under a deadline.
 * ``wait_until(predicate, timeout)``: poll a condition under a deadline.
@@ -360,6 +361,16 @@ def make_gateway():
 
 PROBE = b"__zmqws_test_probe__"
 FENCE = b"__zmqws_test_fence__"
+
+
+@pytest.fixture
+def pull(zmq_context):
+    """A PULL socket bound to tcp://127.0.0.1:* → (socket, endpoint), for client → ZeroMQ tests."""
+    sock = zmq_context.socket(zmq.PULL)
+    sock.setsockopt(zmq.LINGER, 0)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    yield sock, f"tcp://127.0.0.1:{port}"
+    sock.close(linger=0)
 
 
 def wait_subscribed(pub: Pub, gateway: Gateway, timeout: float = 5.0) -> None:

@@ -207,16 +207,6 @@ def node_sio(node_ready, tmp_path):
 
 
 @pytest.fixture
-def pull(zmq_context):
-    """A PULL socket bound to tcp://127.0.0.1:* → (socket, endpoint)."""
-    sock = zmq_context.socket(zmq.PULL)
-    sock.setsockopt(zmq.LINGER, 0)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    yield sock, f"tcp://127.0.0.1:{port}"
-    sock.close(linger=0)
-
-
-@pytest.fixture
 def py_sio():
     """``py_sio(url, transport, events=("message",))`` → a connected socketio.Client that records
     ``(event, data, offset)`` in ``client.got``; disconnected at teardown."""

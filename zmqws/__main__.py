@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="require this shared token as ?token=TOKEN or 'Authorization: Bearer TOKEN' "
                           "(compared in constant time); else 401. Prefer the ZMQWS_TOKEN environment "
                           "variable, which process listings do not show")
+    sec.add_argument("--token-file", metavar="FILE",
+                     help="per-client rights: one 'TOKEN READ-PREFIXES [WRITE-PREFIXES]' per line "
+                          "(prefixes comma-separated, * every topic, - none; no write column: none); "
+                          "reloaded on SIGHUP; see docs/usage.md. With --token too, that token has every right")
     sec.add_argument("--no-metrics", action="store_true", help="do not serve GET /metrics")
     lim = p.add_argument_group("limits and timeouts")
     lim.add_argument("--max-connections", type=int, default=10000, metavar="N",
@@ -146,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument("--max-connections-per-address", type=int, default=0, metavar="N",
                      help="connections at most from one client IP address; 0 = no limit (default; "
                           "behind a reverse proxy every client has the proxy's address)")
+    lim.add_argument("--max-topics", type=int, default=256, metavar="N",
+                     help="topic prefixes one client may have at most; more → 400 or an error "
+                          "answer (default: %(default)s)")
+    lim.add_argument("--max-topic-length", type=_size, default=256, metavar="BYTES",
+                     help="longest topic prefix a client may ask for (default: %(default)s)")
+    lim.add_argument("--max-upstream-prefixes", type=int, default=10_000, metavar="N",
+                     help="distinct prefixes the SUB socket subscribes to at most; a client that "
+                          "would add one more is refused (503); 0 = no limit (default: %(default)s)")
     lim.add_argument("--max-fragments", type=int, default=4096, metavar="N",
                      help="frames in one client message at most; more → close 1009 (default: %(default)s)")
     lim.add_argument("--idle-timeout", type=_seconds, default=0.0, metavar="S",
@@ -205,14 +217,20 @@ def build_gateway(args: argparse.Namespace, endpoints: List[str], **overrides: A
             raise ValueError(f"cannot load the certificate: {exc}") from None
     token = args.token or os.environ.get("ZMQWS_TOKEN")
     authenticate = None
-    if token:
+    if args.token_file:
+        from .auth import TokenFileAuthenticator
+        from .rights import TokenFile
+        authenticate = TokenFileAuthenticator(TokenFile(args.token_file), token)
+    elif token:
         from .auth import token_authenticator
         authenticate = token_authenticator(token)
     options: Dict[str, Any] = dict(
         host=args.host, bind=args.bind and not args.demo,
         payload_mode=args.payload, rcvhwm=args.rcvhwm, subprotocols=args.subprotocol,
         envelope=args.format, separator=args.separator.encode("utf-8"),
-        require_topic=args.require_topic, subscribe_all=args.subscribe_all, linger=args.linger,
+        require_topic=args.require_topic, max_topics=args.max_topics,
+        max_topic_length=args.max_topic_length, max_upstream_prefixes=args.max_upstream_prefixes,
+        subscribe_all=args.subscribe_all, linger=args.linger,
         history=args.history, history_bytes=args.history_bytes,
         push_endpoint=args.push, pub_endpoint=args.pub,
         upstream_topic=args.upstream_topic.encode("utf-8"), client_rate=args.client_rate,
@@ -254,6 +272,9 @@ def serve(gateway: "Gateway", args: argparse.Namespace, endpoints: List[str], de
 
     try:  # from here on, a signal (even before run() waits) means a graceful stop
         signal.signal(signal.SIGTERM, on_signal)
+        tokens = getattr(gateway.authenticate, "tokens", None)
+        if tokens is not None and hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda *_: tokens.reload())
         shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
         ws_scheme, http_scheme = ("wss", "https") if gateway.ssl_context else ("ws", "http")
         log.info("zmqws %s listening on %s://%s:%d/ (page: %s://%s:%d/), SUB %s %s",

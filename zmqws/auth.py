@@ -1,19 +1,23 @@
-"""Access control helpers: a shared-token authenticator for the ``authenticate`` hook.
+"""Access control helpers: authenticators for the ``authenticate`` hook.
 
 ``WebSocketServer(authenticate=hook)`` calls ``hook(request)`` for every
 WebSocket upgrade and streaming HTTP request.  The hook returns ``None``
-(allowed, every topic), an iterable of allowed topic prefixes, or raises
+(allowed, every topic), an iterable of topic prefixes (read and write only
+there), a :class:`~zmqws.rights.Rights`, or raises
 :class:`~zmqws.handshake.HTTPError` with 401 or 403.
 """
 
 from __future__ import annotations
 
 import hmac
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Union
 
 from .handshake import HTTPError, Request
+from .rights import Rights, TokenFile
 
-__all__ = ["token_authenticator", "request_token"]
+__all__ = ["token_authenticator", "TokenFileAuthenticator", "request_token"]
+
+Authenticator = Callable[[Request], Union[None, Iterable[str], Rights]]
 
 
 def request_token(request: Request) -> Optional[str]:
@@ -26,20 +30,45 @@ def request_token(request: Request) -> Optional[str]:
     return request.query_value("token")
 
 
-def token_authenticator(token: str, topics: Optional[Iterable[str]] = None
-                        ) -> Callable[[Request], Optional[Iterable[str]]]:
+def _unauthorized() -> HTTPError:
+    """401 with the challenge of RFC 6750 §3."""
+    return HTTPError(401, "missing or wrong token", [("WWW-Authenticate", 'Bearer realm="zmqws"')])
+
+
+def _same(given: Optional[str], expected: bytes) -> bool:
+    return given is not None and hmac.compare_digest(given.encode("utf-8"), expected)
+
+
+def token_authenticator(token: str, topics: Optional[Iterable[str]] = None) -> Authenticator:
     """A hook that admits requests carrying ``token`` (compared in constant time), else 401.
 
-    ``topics``, if given, are the prefixes the admitted clients may receive.
+    ``topics``, if given, are the prefixes the admitted clients may read and write.
     """
     expected = token.encode("utf-8")
     allowed = list(topics) if topics is not None else None
 
     def authenticate(request: Request) -> Optional[Iterable[str]]:
-        given = request_token(request)
-        if given is None or not hmac.compare_digest(given.encode("utf-8"), expected):
-            raise HTTPError(401, "missing or wrong token",
-                            [("WWW-Authenticate", 'Bearer realm="zmqws"')])
+        if not _same(request_token(request), expected):
+            raise _unauthorized()
         return allowed
 
     return authenticate
+
+
+class TokenFileAuthenticator:
+    """A hook that admits the tokens of a :class:`~zmqws.rights.TokenFile` with their rights
+    (and ``token``, if given, with every right), else 401.  ``tokens.reload()`` (the CLI
+    calls it on SIGHUP) takes effect for the next request."""
+
+    def __init__(self, tokens: TokenFile, token: Optional[str] = None) -> None:
+        self.tokens = tokens
+        self._expected = token.encode("utf-8") if token else None
+
+    def __call__(self, request: Request) -> Optional[Rights]:
+        given = request_token(request)
+        if self._expected is not None and _same(given, self._expected):
+            return None
+        rights = self.tokens.lookup(given)
+        if rights is None:
+            raise _unauthorized()
+        return rights

@@ -25,7 +25,7 @@ import mimetypes
 import os
 import time
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Deque, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import zmq
 
@@ -34,7 +34,9 @@ from .frames import CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, frame_header
 from .handshake import HTTPError, Request, http_response
 from . import metrics as prometheus
 from . import sse
-from .routing import History, Route, Router, Stored, Upstream, topic_matches
+from .rights import (DEFAULT_MAX_TOPIC_LENGTH, DEFAULT_MAX_TOPICS, Rights, TopicRefused, check_count,
+                     check_read, resolve_topics, topic_matches)
+from .routing import History, Route, Router, Stored, Upstream
 from .server import STREAM, Client, WebSocketServer
 from .socketio import SIO_POLL_WIRE, SocketIOEndpoint
 from .utf8 import is_utf8
@@ -83,7 +85,12 @@ class Gateway(WebSocketServer):
       ``"topic"`` (topic, ``separator``, payload) or ``"json"``
       (``{"id", "topic", "data"}``); ``?format=`` overrides per connection.
     * ``require_topic``: refuse (400) a client that names no topic; else no
-      topic means everything.
+      topic means everything (it may read).
+    * ``max_topics``, ``max_topic_length``: topic prefixes one client may
+      have at most, and their length in bytes (400 / an error answer beyond);
+      ``max_upstream_prefixes``: distinct prefixes the SUB socket may be
+      subscribed to at once (503 / an error answer for a client that would
+      add one more; 0 = no limit).
     * ``subscribe_all``: keep an upstream subscription to everything even
       with no client; ``linger``: seconds an unwanted upstream subscription
       is kept (so a client back after a blip misses nothing).
@@ -118,6 +125,8 @@ class Gateway(WebSocketServer):
     def __init__(self, sub_endpoint: Union[str, Sequence[str], None] = None, port: int = 8080, *,
                  host: str = "127.0.0.1", bind: bool = False, payload_mode: str = "auto",
                  envelope: str = "payload", separator: bytes = b" ", require_topic: bool = False,
+                 max_topics: int = DEFAULT_MAX_TOPICS, max_topic_length: int = DEFAULT_MAX_TOPIC_LENGTH,
+                 max_upstream_prefixes: int = 10_000,
                  subscribe_all: bool = False, linger: float = 10.0,
                  history: int = 1000, history_bytes: int = 16 << 20,
                  push_endpoint: Optional[str] = None, pub_endpoint: Optional[str] = None,
@@ -152,6 +161,9 @@ class Gateway(WebSocketServer):
         self.envelope = envelope
         self.separator = separator
         self.require_topic = require_topic
+        self.max_topics = max_topics
+        self.max_topic_length = max_topic_length
+        self.max_upstream_prefixes = max_upstream_prefixes
         self.subscribe_all = subscribe_all
         self.linger = linger
         self.push_endpoint = push_endpoint
@@ -466,12 +478,11 @@ class Gateway(WebSocketServer):
 
     def _check_query(self, client: Client, request: Request) -> None:
         """``topic``, ``format`` and ``since`` as every transport takes them; topics must be
-        within what the ``authenticate`` hook allowed (403)."""
-        allowed = client.data.get("allowed")
-        if allowed is not None:
-            for topic in request.query.get("topic", []):
-                if not topic_matches(topic.encode("utf-8"), allowed):
-                    raise HTTPError(403, f"topic not allowed: {topic}")
+        within the client's read rights (403) and the caps (400, 503: :meth:`topics_for`)."""
+        try:
+            self.topics_for(client.rights, request.query.get("topic", []))
+        except TopicRefused as exc:
+            raise HTTPError(exc.status, exc.message) from None
         envelope = request.query_value("format", self.envelope)
         if envelope not in ENVELOPES:
             raise HTTPError(400, f"format must be one of {', '.join(ENVELOPES)}")
@@ -509,19 +520,56 @@ class Gateway(WebSocketServer):
         self._join(client, client.request.query_value("format", self.envelope), wire)
         super()._on_open(client)
 
-    @staticmethod
-    def _prefixes(client: Client, request: Request) -> List[bytes]:
-        """The topics a client asked for; none = everything it is allowed."""
-        topics = request.query.get("topic", [])
-        if topics:
-            return sorted({t.encode("utf-8") for t in topics})
-        return Gateway._everything(client)
+    def _prefixes(self, client: Client, request: Request) -> List[bytes]:
+        """The topics a client asked for (checked by :meth:`_check_query`); none = all it may read."""
+        return resolve_topics(request.query.get("topic", []), client.rights, self.max_topics,
+                              self.max_topic_length)
 
-    @staticmethod
-    def _everything(client: Client) -> List[bytes]:
-        """The topics of a client that named none: everything it is allowed."""
-        allowed = client.data.get("allowed")
-        return list(allowed) if allowed is not None else [b""]
+    # -- topics: rights and caps, the one check for every transport -----------------------
+
+    def topics_for(self, rights: Rights, requested: Iterable[Union[str, bytes]]) -> List[bytes]:
+        """The prefixes a joining client is routed with; :class:`TopicRefused` (counted) when
+        it asks for a topic it may not read, too many or too long, or one more than the
+        gateway subscribes upstream (``max_upstream_prefixes``)."""
+        try:
+            prefixes = resolve_topics(requested, rights, self.max_topics, self.max_topic_length)
+            self._check_upstream_room(prefixes)
+        except TopicRefused:
+            self.stats.topics_refused += 1
+            raise
+        return prefixes
+
+    def changed_topics(self, rights: Rights, current: Sequence[bytes], everything: bool, action: str,
+                       topics: Sequence[Union[str, bytes]]) -> List[bytes]:
+        """A client's prefixes after ``subscribe``/``unsubscribe`` of ``topics`` (any transport).
+
+        ``everything``: the client named no topic when it joined, so the first explicit
+        subscription replaces "all it may read".  Refusals as :meth:`topics_for`.
+        """
+        wanted = [t.encode("utf-8") if isinstance(t, str) else bytes(t) for t in topics]
+        if action != "subscribe":
+            drop = set(wanted)
+            return [p for p in current if p not in drop]
+        try:
+            check_count(wanted, 0, self.max_topic_length)
+            check_read(wanted, rights)
+            prefixes = dict.fromkeys(() if everything else current)
+            prefixes.update(dict.fromkeys(wanted))
+            check_count(prefixes, self.max_topics, self.max_topic_length)
+            self._check_upstream_room(prefixes)
+        except TopicRefused:
+            self.stats.topics_refused += 1
+            raise
+        return sorted(prefixes)
+
+    def _check_upstream_room(self, prefixes: Iterable[bytes]) -> None:
+        """Refuse (503) prefixes that would take the SUB socket past ``max_upstream_prefixes``."""
+        if not self.max_upstream_prefixes:
+            return
+        subscribed = self.upstream.subscribed
+        new = sum(1 for p in prefixes if p not in subscribed)
+        if new and len(subscribed) + new > self.max_upstream_prefixes:
+            raise TopicRefused("too many distinct topics on this gateway", 503)
 
     def _new_state(self, member: Any, prefixes: List[bytes], envelope: str, client_id: Optional[bytes],
                    wire: Any = None, chose_topics: bool = False) -> "_ClientState":
@@ -663,23 +711,40 @@ class Gateway(WebSocketServer):
             log.info("client %s: over %s messages/s, closing with 1008", client.id, self.client_rate)
             self._close_client(client, CLOSE_POLICY_VIOLATION, "message rate limit")
             return
-        data = message.data
-        if not message.binary and data[:1] == b"{" and self._control(client, state, data):
+        try:
+            if not message.binary and message.data[:1] == b"{" and self._control(client, state, message.data):
+                return
+            topic, data = self._upstream_parts(state, message)
+        except (RecursionError, UnicodeError) as exc:
+            # JSON nested past the parser's depth, or a topic with lone surrogates (\ud800)
+            self.stats.protocol_errors += 1
+            reason = "JSON nested too deeply" if isinstance(exc, RecursionError) else "topic is not UTF-8"
+            log.info("client %s: %s, closing with 1008", client.id, reason)
+            self._close_client(client, CLOSE_POLICY_VIOLATION, reason)
             return
-        topic = self.upstream_topic
-        if state.envelope == "json" and not message.binary:
-            try:
-                doc = json.loads(data)
-            except ValueError:
-                doc = None
-            if isinstance(doc, dict) and isinstance(doc.get("topic"), str) and "data" in doc:
-                topic = doc["topic"].encode("utf-8")
-                value = doc["data"]
-                data = value.encode("utf-8") if isinstance(value, str) else json.dumps(value).encode()
+        if not client.rights.may_write(topic):
+            self.stats.writes_refused += 1
+            client.send(json.dumps({"error": "topic not allowed for writing",
+                                    "topic": topic.decode("utf-8", "replace")}, separators=(",", ":")))
+            return
         if state.client_id is None:
             state.client_id = f"{os.getpid()}.{client.id}".encode()
         self._forward(topic, state.client_id, data)
         super()._on_message(client, message)
+
+    def _upstream_parts(self, state: _ClientState, message: Message) -> Tuple[bytes, bytes]:
+        """The topic and payload a client message goes upstream with: ``{"topic", "data"}``
+        from a ``json``-envelope client, else ``upstream_topic`` and the message as it is."""
+        if state.envelope == "json" and not message.binary:
+            try:
+                doc = json.loads(message.data)
+            except ValueError:
+                doc = None
+            if isinstance(doc, dict) and isinstance(doc.get("topic"), str) and "data" in doc:
+                value = doc["data"]
+                data = value.encode("utf-8") if isinstance(value, str) else json.dumps(value).encode()
+                return doc["topic"].encode("utf-8"), data
+        return self.upstream_topic, message.data
 
     def _on_ping(self, client: Client) -> None:
         """A ping counts against ``client_rate`` like a message: a ping flood is a flood."""
@@ -724,22 +789,13 @@ class Gateway(WebSocketServer):
         action, prefix = next(iter(doc.items()))
         if action not in ("subscribe", "unsubscribe") or not isinstance(prefix, str):
             return False
-        raw = prefix.encode("utf-8")
-        allowed = client.data.get("allowed")
-        if action == "subscribe" and allowed is not None and not topic_matches(raw, allowed):
-            client.send(json.dumps({"error": "topic not allowed", "topic": prefix},
-                                   separators=(",", ":")))
+        everything = not state.chose_topics and state.prefixes == client.rights.everything()
+        try:
+            prefixes = self.changed_topics(client.rights, state.prefixes, everything, action, [prefix])
+        except TopicRefused as exc:
+            client.send(json.dumps({"error": exc.reason, "topic": prefix}, separators=(",", ":")))
             return True
-        prefixes = list(state.prefixes)
-        everything = not state.chose_topics and prefixes == self._everything(client)
-        if action == "subscribe":
-            if everything:
-                prefixes = []  # the first explicit topic replaces "everything"
-            if raw not in prefixes:
-                prefixes.append(raw)
-        elif raw in prefixes:
-            prefixes.remove(raw)
-        self._set_prefixes(client, state, sorted(prefixes))
+        self._set_prefixes(client, state, prefixes)
         shown = [p.decode("utf-8", "replace") for p in state.prefixes]
         client.send(json.dumps({"ack": action, "topic": prefix, "topics": shown},
                                separators=(",", ":")))

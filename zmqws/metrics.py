@@ -40,6 +40,8 @@ _COUNTERS = [
     ("gaps", "zmqws_resume_gaps_total", "gap notices sent to resuming clients"),
     ("refused", "zmqws_refused_total", "connections refused over a connection limit (503)"),
     ("forbidden", "zmqws_forbidden_total", "requests refused by origin or authentication"),
+    ("topics_refused", "zmqws_topics_refused_total", "topic requests refused (rights, topic caps)"),
+    ("writes_refused", "zmqws_writes_refused_total", "client messages refused: no write right on the topic"),
     ("handshake_timeouts", "zmqws_handshake_timeouts_total", "requests not complete in time"),
     ("ping_timeouts", "zmqws_ping_timeouts_total", "clients closed for not answering a ping"),
     ("protocol_errors", "zmqws_protocol_errors_total", "WebSocket protocol violations by clients"),

@@ -21,12 +21,9 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Deque, Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
 
+from .rights import topic_matches
+
 __all__ = ["Route", "Router", "Upstream", "History", "Stored", "topic_matches"]
-
-
-def topic_matches(topic: bytes, prefixes: Iterable[bytes]) -> bool:
-    """ZeroMQ's subscription rule: does ``topic`` start with any of ``prefixes``?"""
-    return any(topic.startswith(p) for p in prefixes)
 
 
 class Route:
@@ -195,13 +192,18 @@ class Upstream:
 
     def gap(self, prefix: bytes, seen: int) -> Optional[Tuple[int, int]]:
         """Ids (first, last) in which messages for ``prefix`` may have been missed after ``seen``."""
-        starts = [self.since[q] for q in self.subscribed if prefix.startswith(q)]
+        # The subscriptions covering ``prefix`` are its leading substrings: O(len(prefix)) look-ups,
+        # not a walk over every subscription.
+        covering = [prefix[:i] for i in range(len(prefix) + 1)]
+        since = self.since
+        starts = [since[q] for q in covering if q in since]
         if not starts:
             return None
         start = min(starts)
         if seen >= start:
             return None
-        drops = [d for q, d in self.dropped.items() if prefix.startswith(q) and d < start]
+        dropped = self.dropped
+        drops = [dropped[q] for q in covering if q in dropped and dropped[q] < start]
         low = max(seen, max(drops)) if drops else seen
         return (low + 1, start) if low < start else None
 

@@ -36,6 +36,7 @@ from .frames import (
 )
 from .handshake import HTTPError, Request, RequestParser
 from .loop import POLLIN, POLLOUT, Loop
+from .rights import ALL_RIGHTS, Rights, rights_from_hook
 from .stats import Stats
 
 if TYPE_CHECKING:  # ssl (and the OpenSSL libraries, megabytes of RSS) loads only with TLS
@@ -68,7 +69,7 @@ class Client:
     __slots__ = ("server", "sock", "fd", "address", "id", "phase", "parser", "request", "path", "ws",
                  "session", "close_after_flush", "want_write", "connected_at",
                  "last_seen", "ping_sent_at", "deadline", "subprotocol", "data", "transport",
-                 "parked", "tls", "__weakref__")
+                 "parked", "tls", "rights", "__weakref__")
 
     def __init__(self, server: "WebSocketServer", sock: socket.socket, address: Any, client_id: int,
                  now: float) -> None:
@@ -96,6 +97,7 @@ class Client:
         self.transport: Optional[str] = None  # "websocket", "sse", "poll" once it gets messages
         self.parked = False  # an HTTP request held open (long-polling) until messages come
         self.tls = server.ssl_context is not None
+        self.rights: Rights = ALL_RIGHTS  # what check_access found it may read and write
 
     def __call__(self, revents: int) -> None:
         """The loop's handler of this client's socket (one object less per connection than a closure)."""
@@ -161,8 +163,9 @@ class WebSocketServer:
     * ``allow_origins``: if given, a browser request (it has ``Origin``) from
       any other origin is refused with 403.
     * ``authenticate(request)``: called for every upgrade and streaming request;
-      return None (allowed, every topic) or the topic prefixes the client may
-      receive, or raise ``HTTPError(401 or 403, reason)``.
+      return None (allowed, every topic), the topic prefixes the client may
+      read and write, a :class:`~zmqws.rights.Rights` (read and write prefixes
+      apart), or raise ``HTTPError(401 or 403, reason)``.
     * ``on_connect(client)``, ``on_message(client, data)``,
       ``on_disconnect(client)``: hooks, run on the loop thread.
     """
@@ -330,23 +333,21 @@ class WebSocketServer:
     def check_access(self, client: Client, request: Request) -> None:
         """``allow_origins`` and the ``authenticate`` hook, for upgrades and streaming requests.
 
-        The topic prefixes the hook allows (None = all) are kept in
-        ``client.data["allowed"]``.
+        What the hook returns becomes ``client.rights`` (:func:`zmqws.rights.rights_from_hook`:
+        None = every topic; prefixes = read and write only there; or a :class:`Rights`).
         """
         origin = request.header("origin")
         if self.allow_origins and origin is not None and origin not in self.allow_origins:
             self.stats.forbidden += 1
             raise HTTPError(403, "origin not allowed")
-        allowed = None
+        rights = ALL_RIGHTS
         if self.authenticate is not None:
             try:
-                result = self.authenticate(request)
+                rights = rights_from_hook(self.authenticate(request))
             except HTTPError:
                 self.stats.forbidden += 1
                 raise
-            if result is not None:
-                allowed = sorted({p.encode("utf-8") if isinstance(p, str) else bytes(p) for p in result})
-        client.data["allowed"] = allowed
+        client.rights = rights
 
     def negotiate_extensions(self, offers: list) -> Optional[tuple]:
         """Extension negotiation (§9): permessage-deflate when enabled; None declines every offer."""

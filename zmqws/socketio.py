@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 from . import engineio as eio
 from .frames import CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, frame_header
 from .handshake import HTTPError, Request, http_response
-from .routing import Stored, topic_matches
+from .rights import Rights, TopicRefused
+from .routing import Stored
 
 if TYPE_CHECKING:  # pragma: no cover
     from .gateway import Gateway
@@ -61,10 +62,10 @@ class EngineSession:
     """One Engine.IO session (and its Socket.IO socket on the main namespace)."""
 
     __slots__ = ("sid", "transport", "ws_client", "poll_client", "probe_client", "packets",
-                 "packet_bytes", "last_seen", "ping_sent_at", "next_ping", "request", "allowed",
+                 "packet_bytes", "last_seen", "ping_sent_at", "next_ping", "request", "rights",
                  "sio_sid", "pid", "connected", "reassembler", "closed", "client_id", "__weakref__")
 
-    def __init__(self, sid: str, transport: str, request: Request, allowed: Any, now: float,
+    def __init__(self, sid: str, transport: str, request: Request, rights: Rights, now: float,
                  client_id: bytes) -> None:
         self.sid = sid
         self.transport = transport
@@ -77,7 +78,7 @@ class EngineSession:
         self.ping_sent_at = 0.0
         self.next_ping = 0.0
         self.request = request
-        self.allowed = allowed
+        self.rights = rights  # what the client may read and write (its authentication)
         self.sio_sid: Optional[str] = None
         self.pid: Optional[str] = None
         self.connected = False
@@ -176,7 +177,7 @@ class SocketIOEndpoint:
         now = time.monotonic()
         self._next_client += 1
         session = EngineSession(_new_sid(), transport, request,
-                                client.data.get("allowed"), now,
+                                client.rights, now,
                                 f"{os.getpid()}.sio{self._next_client}".encode())
         session.next_ping = now + self.ping_interval
         self.sessions[session.sid] = session
@@ -463,7 +464,8 @@ class SocketIOEndpoint:
             raise eio.SocketIOError("unexpected Socket.IO packet type")
 
     def _topics(self, session: EngineSession, auth: Dict[str, Any]) -> List[bytes]:
-        """Topics from ``auth.topics`` (a list or a string) or the handshake's ``?topics=a,b``."""
+        """Topics from ``auth.topics`` (a list or a string) or the handshake's ``?topics=a,b``,
+        checked against the client's rights and the caps by the gateway (:class:`TopicRefused`)."""
         wanted = auth.get("topics")
         if wanted is None:
             query = session.request.query.get("topics", [])
@@ -471,12 +473,8 @@ class SocketIOEndpoint:
         if isinstance(wanted, str):
             wanted = [wanted]
         if not isinstance(wanted, list) or not all(isinstance(t, str) for t in wanted):
-            raise eio.SocketIOError("topics must be a list of strings")
-        prefixes = sorted({t.encode("utf-8") for t in wanted})
-        allowed = session.allowed
-        if allowed is not None:
-            prefixes = [p for p in prefixes if topic_matches(p, allowed)] if prefixes else list(allowed)
-        return prefixes or [b""]
+            raise TopicRefused("topics must be a list of strings", 400)
+        return self.gateway.topics_for(session.rights, wanted)
 
     def _connect(self, session: EngineSession, auth: Dict[str, Any]) -> None:
         gateway = self.gateway
@@ -501,8 +499,15 @@ class SocketIOEndpoint:
             session.sio_sid, session.pid = recovered
             prefixes = state.prefixes
         else:
+            try:
+                prefixes = self._topics(session, auth)
+            except (TopicRefused, UnicodeError) as exc:
+                # Refused, never narrowed to what is allowed nor widened to everything.
+                reason = exc.message if isinstance(exc, TopicRefused) else "topics must be UTF-8"
+                log.info("socket.io session %s: CONNECT refused: %s", session.sid, reason)
+                self.send(session, [(eio.MESSAGE, eio.encode_sio(eio.CONNECT_ERROR, {"message": reason}))])
+                return
             session.sio_sid, session.pid = _new_sid(), _new_sid()
-            prefixes = self._topics(session, auth)
             state = gateway._new_state(session.member, prefixes, "sio", session.client_id)
             gateway._subscribe(prefixes)
         session.connected = True
@@ -555,9 +560,13 @@ class SocketIOEndpoint:
                 payload = value.encode("utf-8")
             else:
                 payload = json.dumps(value).encode("utf-8")
-            if gateway._out is None:
+            topic = str(name).encode("utf-8", "replace")
+            if not session.rights.may_write(topic):
+                gateway.stats.writes_refused += 1
+                reply = {"ok": False, "error": "topic not allowed for writing"}
+            elif gateway._out is None:
                 reply = {"ok": False, "error": "no upstream socket"}
-            elif gateway._forward(str(name).encode("utf-8"), session.client_id, payload):
+            elif gateway._forward(topic, session.client_id, payload):
                 reply = {"ok": True}
             else:
                 reply = {"ok": False, "error": "upstream full"}
@@ -568,20 +577,13 @@ class SocketIOEndpoint:
         topics = [value] if isinstance(value, str) else value
         if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
             return {"error": "give a topic or a list of topics"}
-        prefixes = list(state.prefixes)
-        wanted = [t.encode("utf-8") for t in topics]
-        if action == "subscribe":
-            allowed = session.allowed
-            if allowed is not None:
-                refused = [t for t in wanted if not topic_matches(t, allowed)]
-                if refused:
-                    return {"error": "topic not allowed", "topics": [p.decode() for p in prefixes]}
-            if prefixes == [b""]:
-                prefixes = []  # the first explicit topic replaces "everything"
-            prefixes.extend(t for t in wanted if t not in prefixes)
-        else:
-            prefixes = [p for p in prefixes if p not in wanted]
-        self.gateway._set_prefixes(session.member, state, sorted(prefixes))
+        everything = not state.chose_topics and state.prefixes == session.rights.everything()
+        try:
+            prefixes = self.gateway.changed_topics(session.rights, state.prefixes, everything, action, topics)
+        except (TopicRefused, UnicodeError) as exc:
+            reason = exc.reason if isinstance(exc, TopicRefused) else "topics must be UTF-8"
+            return {"error": reason, "topics": [p.decode("utf-8", "replace") for p in state.prefixes]}
+        self.gateway._set_prefixes(session.member, state, prefixes)
         return {"topics": [p.decode("utf-8", "replace") for p in state.prefixes]}
 
     # -- timers and closing ----------------------------------------------------------------

@@ -96,6 +96,8 @@ class Supervisor:
         sequencer.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
+        if hasattr(signal, "SIGHUP"):  # each worker reloads its --token-file
+            signal.signal(signal.SIGHUP, lambda *_: self._signal_workers(signal.SIGHUP))
         try:
             self._procs = [self._spawn(endpoint, folder) for _ in range(args.workers)]
             self._wait_listening(args.host, folder)
@@ -157,6 +159,14 @@ class Supervisor:
                                  name="zmqws-worker", daemon=False)
         proc.start()
         return proc
+
+    def _signal_workers(self, signum: int) -> None:
+        for proc in self._procs:
+            if proc is not None and proc.pid is not None and proc.is_alive():
+                try:
+                    os.kill(proc.pid, signum)
+                except OSError:
+                    pass
 
     def _stop_workers(self) -> None:
         """SIGTERM to every worker (each closes its clients with 1001), then wait, then kill."""
