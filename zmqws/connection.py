@@ -14,7 +14,7 @@ failed; the loop flushes what is queued and closes TCP).
 
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Union
+from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple, Union
 
 from .frames import (
     CLOSE_INVALID_PAYLOAD, CLOSE_MESSAGE_TOO_BIG, CLOSE_PROTOCOL_ERROR, OP_BINARY, OP_CLOSE,
@@ -22,6 +22,10 @@ from .frames import (
     encode_close_payload, encode_frame, parse_close_payload,
 )
 from .utf8 import Utf8Validator, is_utf8
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .deflate import PerMessageDeflate
+    from .frames import Frame
 
 __all__ = ["OutputQueue", "OPEN", "CLOSING", "CLOSED", "Message", "Ping", "Pong", "CloseReceived",
            "ConnectionFailed", "WebSocketConnection"]
@@ -97,7 +101,7 @@ class OutputQueue:
     __slots__ = ("out", "out_bytes")
 
     def __init__(self) -> None:
-        self.out: List = []
+        self.out: List[Union[bytes, memoryview]] = []
         self.out_bytes = 0
 
     def queue(self, data: bytes) -> None:
@@ -127,7 +131,7 @@ class WebSocketConnection(OutputQueue):
                  "_utf8", "__weakref__")
 
     def __init__(self, *, max_message_size: int = 1 << 20, max_fragments: int = 0,
-                 deflate: "Optional[object]" = None) -> None:
+                 deflate: "Optional[PerMessageDeflate]" = None) -> None:
         super().__init__()
         self.state = OPEN
         self.max_message_size = max_message_size
@@ -142,7 +146,7 @@ class WebSocketConnection(OutputQueue):
         self.close_code: Optional[int] = None  # the code of the close that ended the connection
         self.close_reason = ""
         self._msg_opcode = 0  # opcode of the message being reassembled; 0 = none
-        self._msg_parts: "List[bytes] | tuple" = ()  # a list while a fragmented message arrives
+        self._msg_parts: Union[List[bytes], Tuple[()]] = ()  # a list while a fragmented message arrives
         self._msg_size = 0
         self._msg_frames = 0
         self._msg_compressed = False
@@ -229,7 +233,7 @@ class WebSocketConnection(OutputQueue):
         self._msg_parts = ()
         events.append(ConnectionFailed(code, reason))
 
-    def _control_frame(self, frame, events: List[Event]) -> None:
+    def _control_frame(self, frame: "Frame", events: List[Event]) -> None:
         if frame.rsv1:
             raise ProtocolError(CLOSE_PROTOCOL_ERROR, "RSV1 set on a control frame")
         opcode = frame.opcode
@@ -250,7 +254,7 @@ class WebSocketConnection(OutputQueue):
             self._msg_parts = ()
             events.append(CloseReceived(code, reason))
 
-    def _data_frame(self, frame, events: List[Event]) -> None:
+    def _data_frame(self, frame: "Frame", events: List[Event]) -> None:
         payload = frame.payload
         if frame.first:
             opcode = frame.opcode
@@ -278,9 +282,11 @@ class WebSocketConnection(OutputQueue):
                 self._msg_frames = 1
                 self._msg_compressed = frame.rsv1
                 if self._msg_compressed:
+                    assert self.deflate is not None  # RSV1 is allowed only with deflate (§5.2)
                     self.deflate.start_message()
                 self._utf8 = Utf8Validator() if opcode == OP_TEXT else None
         if self._msg_compressed:
+            assert self.deflate is not None
             payload = self.deflate.decompress(payload, self.max_message_size - self._msg_size,
                                               frame.fin and frame.last)
         if payload:
@@ -290,7 +296,9 @@ class WebSocketConnection(OutputQueue):
                                     f"message exceeds the limit of {self.max_message_size} bytes")
             if self._utf8 is not None and not self._utf8.feed(payload):
                 raise ProtocolError(CLOSE_INVALID_PAYLOAD, "text message is not UTF-8")
-            self._msg_parts.append(payload)
+            parts = self._msg_parts
+            assert isinstance(parts, list)  # set by the message's first frame
+            parts.append(payload)
         if frame.fin and frame.last:
             if self._utf8 is not None and not self._utf8.feed(b"", True):
                 raise ProtocolError(CLOSE_INVALID_PAYLOAD, "text message is not UTF-8")

@@ -248,7 +248,9 @@ def parse_extensions(value: str) -> List[Tuple[str, List[Tuple[str, Optional[str
 
 
 def _split_outside_quotes(value: str, sep: str) -> List[str]:
-    parts, current, quoted = [], [], False
+    parts: List[str] = []
+    current: List[str] = []
+    quoted = False
     for ch in value:
         if ch == '"':
             quoted = not quoted

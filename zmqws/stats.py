@@ -30,6 +30,39 @@ class Stats:
                  "refused", "forbidden", "tls_errors", "idle_closed", "malformed", "sio_sessions",
                  "topics_refused", "writes_refused", "closes")
 
+    # every counter is an int (set to 0 in __init__); closes maps a close code to a count
+    connections: int
+    ws_connections: int
+    http_requests: int
+    http_errors: int
+    messages_in: int
+    bytes_in: int
+    messages_out: int
+    bytes_out: int
+    zmq_messages: int
+    drops: int
+    slow_closed: int
+    dropped_slow: int
+    protocol_errors: int
+    ping_timeouts: int
+    handshake_timeouts: int
+    accept_errors: int
+    gaps: int
+    rate_limited: int
+    upstream_messages: int
+    upstream_drops: int
+    sse_connections: int
+    polls_held: int
+    refused: int
+    forbidden: int
+    tls_errors: int
+    idle_closed: int
+    malformed: int
+    sio_sessions: int
+    topics_refused: int
+    writes_refused: int
+    closes: Dict[int, int]
+
     def __init__(self) -> None:
         for name in self.__slots__:
             setattr(self, name, 0)
