@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from zmqws.connection import OutputQueue
+from zmqws.protocol.connection import OutputQueue
 from zmqws.gateway import Gateway
 
 

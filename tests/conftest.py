@@ -35,7 +35,7 @@ import pytest
 from websockets.asyncio.client import connect
 import zmq
 
-from zmqws.frames import OP_CLOSE, encode_close_payload, encode_frame
+from zmqws.protocol.frames import OP_CLOSE, encode_close_payload, encode_frame
 from zmqws.gateway import Gateway
 from zmqws.server import WebSocketServer
 

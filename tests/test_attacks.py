@@ -22,7 +22,7 @@ import zmq
 
 from conftest import http_exchange, upgrade_request, wait_until
 from zmqws.auth import token_authenticator
-from zmqws.frames import OP_TEXT
+from zmqws.protocol.frames import OP_TEXT
 from zmqws.rights import Rights, TopicRefused, parse_token_file, resolve_topics
 
 

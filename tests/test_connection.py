@@ -1,4 +1,4 @@
-"""Tests of zmqws.connection.WebSocketConnection, the sans-I/O state machine (RFC 6455 §5-§8).
+"""Tests of zmqws.protocol.connection.WebSocketConnection, the sans-I/O state machine (RFC 6455 §5-§8).
 
 Client frames are masked (§5.1), built with ``frames.encode_frame(..., mask=...)``.
 What the connection sends is read back from ``conn.out`` with ``server_frames``,
@@ -10,11 +10,11 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from zmqws.connection import (
+from zmqws.protocol.connection import (
     CLOSED, CLOSING, OPEN, CloseReceived, ConnectionFailed, Message, Ping, Pong,
     WebSocketConnection,
 )
-from zmqws.frames import (
+from zmqws.protocol.frames import (
     OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, encode_frame,
 )
 

@@ -1,11 +1,11 @@
-"""Tests of zmqws.deflate (RFC 7692 permessage-deflate) and its use by the connection.
+"""Tests of zmqws.protocol.deflate (RFC 7692 permessage-deflate) and its use by the connection.
 
 Negotiation: one test per rule of §5 and §7.1, with the offers of the RFC's
 examples and of real clients.  Compression: round trips against plain
 ``zlib`` for every window size, the RFC's §7.2.3 example payloads, fragments,
 context takeover, the size limit on the *inflated* data (compression bombs)
 and invalid data.  The connection tests feed a real
-:class:`zmqws.connection.WebSocketConnection` masked compressed frames.
+:class:`zmqws.protocol.connection.WebSocketConnection` masked compressed frames.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ import zlib
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from zmqws.connection import ConnectionFailed, Message, Ping, WebSocketConnection
-from zmqws.deflate import (
+from zmqws.protocol.connection import ConnectionFailed, Message, Ping, WebSocketConnection
+from zmqws.protocol.deflate import (
     DeflateConfig, PerMessageDeflate, compress_message, encode_compressed_frame,
 )
-from zmqws.frames import (
+from zmqws.protocol.frames import (
     OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, FrameParser, ProtocolError, encode_frame,
     parse_close_payload,
 )
-from zmqws.handshake import parse_extensions
+from zmqws.protocol.handshake import parse_extensions
 
 TAIL = b"\x00\x00\xff\xff"
 MASK = b"\x11\x22\x33\x44"

@@ -27,7 +27,7 @@ from typing import List, Optional, Sequence, Tuple
 import pytest
 
 from conftest import NODE_DIR, NodeProcess, ws_connect as plain_ws_connect
-from zmqws.frames import OP_BINARY, OP_TEXT
+from zmqws.protocol.frames import OP_BINARY, OP_TEXT
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -25,7 +25,7 @@ from typing import Deque, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
-from zmqws.frames import OP_TEXT
+from zmqws.protocol.frames import OP_TEXT
 
 from conftest import RawWebSocket, wait_until
 

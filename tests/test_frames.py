@@ -1,4 +1,4 @@
-"""Unit and property tests of zmqws.frames (RFC 6455 §5, §7.4).
+"""Unit and property tests of zmqws.protocol.frames (RFC 6455 §5, §7.4).
 
 Client frames are built either with ``frames.encode_frame(..., mask=...)`` or
 with the small independent reference encoder below (``ref_encode``), which
@@ -10,7 +10,7 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from zmqws.frames import (
+from zmqws.protocol.frames import (
     OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RSV1, RSV2, RSV3,
     FrameParser, ProtocolError, apply_mask, encode_close_payload, encode_frame,
     frame_header, is_valid_close_code, parse_close_payload,

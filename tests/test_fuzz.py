@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz"))
 
 import targets  # noqa: E402  (tests/fuzz/targets.py)
-from zmqws.frames import encode_frame  # noqa: E402
-from zmqws.handshake import RequestParser  # noqa: E402
+from zmqws.protocol.frames import encode_frame  # noqa: E402
+from zmqws.protocol.handshake import RequestParser  # noqa: E402
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from conftest import ws_connect
-from zmqws.frames import OP_TEXT
+from zmqws.protocol.frames import OP_TEXT
 from zmqws.gateway import Gateway
 
 pytestmark = pytest.mark.timeout(40)

@@ -1,4 +1,4 @@
-"""Tests of zmqws.handshake: the RFC 6455 §4 opening handshake and its HTTP/1.1 parser."""
+"""Tests of zmqws.protocol.handshake: the RFC 6455 §4 opening handshake and its HTTP/1.1 parser."""
 
 import base64
 import hashlib
@@ -6,7 +6,7 @@ import hashlib
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from zmqws.handshake import (
+from zmqws.protocol.handshake import (
     HTTPError, Request, RequestParser, accept_key, error_response, http_response,
     parse_extensions, websocket_accept,
 )

@@ -31,8 +31,8 @@ from websockets.exceptions import ConnectionClosed
 
 import zmqws.tls
 from zmqws.auth import token_authenticator
-from zmqws.frames import OP_BINARY, OP_CONT, OP_PING, OP_PONG, OP_TEXT, encode_frame
-from zmqws.handshake import HTTPError
+from zmqws.protocol.frames import OP_BINARY, OP_CONT, OP_PING, OP_PONG, OP_TEXT, encode_frame
+from zmqws.protocol.handshake import HTTPError
 
 from conftest import RawWebSocket, http_exchange, run_async, upgrade_request, wait_until, ws_client
 

@@ -1,7 +1,7 @@
 """Integration tests of the standalone WebSocketServer on 127.0.0.1.
 
 Well-behaved traffic goes through the ``websockets`` client; malformed
-traffic through raw sockets (frames built with ``zmqws.frames.encode_frame``).
+traffic through raw sockets (frames built with ``zmqws.protocol.frames.encode_frame``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from websockets.protocol import State
 
 from conftest import ws_connect
 from zmqws import WebSocketServer
-from zmqws.frames import OP_BINARY, OP_CONT, OP_PING, OP_TEXT, encode_frame
+from zmqws.protocol.frames import OP_BINARY, OP_CONT, OP_PING, OP_TEXT, encode_frame
 
 pytestmark = pytest.mark.timeout(30)
 

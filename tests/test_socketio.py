@@ -40,8 +40,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import NODE_DIR, NodeProcess, wait_subscribed, wait_until
-from zmqws import engineio as eio
-from zmqws.frames import OP_TEXT
+from zmqws.protocol import engineio as eio
+from zmqws.protocol.frames import OP_TEXT
 
 pytestmark = pytest.mark.timeout(60)
 

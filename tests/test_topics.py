@@ -27,7 +27,7 @@ import zmq
 from websockets.exceptions import ConnectionClosed
 
 from conftest import ws_connect
-from zmqws.frames import OP_TEXT
+from zmqws.protocol.frames import OP_TEXT
 from zmqws.gateway import Gateway
 from zmqws.routing import History, Router, Stored, Upstream
 

@@ -1,9 +1,9 @@
-"""Tests of zmqws.utf8: incremental, fail-fast UTF-8 validation (RFC 6455 §8.1, RFC 3629 §3-§4)."""
+"""Tests of zmqws.protocol.utf8: incremental, fail-fast UTF-8 validation (RFC 6455 §8.1, RFC 3629 §3-§4)."""
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from zmqws.utf8 import Utf8Validator, is_utf8
+from zmqws.protocol.utf8 import Utf8Validator, is_utf8
 
 
 def validate(pieces):

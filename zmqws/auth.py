@@ -4,7 +4,7 @@
 WebSocket upgrade and streaming HTTP request.  The hook returns ``None``
 (allowed, every topic), an iterable of topic prefixes (read and write only
 there), a :class:`~zmqws.rights.Rights`, or raises
-:class:`~zmqws.handshake.HTTPError` with 401 or 403.
+:class:`~zmqws.protocol.handshake.HTTPError` with 401 or 403.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 from typing import Callable, Iterable, Optional, Union
 
-from .handshake import HTTPError, Request
+from .protocol.handshake import HTTPError, Request
 from .rights import Rights, TokenFile
 
 __all__ = ["token_authenticator", "TokenFileAuthenticator", "request_token"]

@@ -29,17 +29,17 @@ from typing import Any, Deque, Dict, Iterable, List, Optional, Sequence, Tuple, 
 
 import zmq
 
-from .connection import Message
-from .frames import CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, frame_header
-from .handshake import HTTPError, Request, http_response
+from .protocol.connection import Message
+from .protocol.frames import CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, frame_header
+from .protocol.handshake import HTTPError, Request, http_response
 from . import metrics as prometheus
-from . import sse
+from .protocol import sse
 from .rights import (DEFAULT_MAX_TOPIC_LENGTH, DEFAULT_MAX_TOPICS, Rights, TopicRefused, check_count,
                      check_read, resolve_topics, topic_matches)
 from .routing import History, Route, Router, Stored, Upstream
 from .server import STREAM, Client, WebSocketServer
 from .socketio import SIO_POLL_WIRE, SocketIOEndpoint
-from .utf8 import is_utf8
+from .protocol.utf8 import is_utf8
 
 __all__ = ["Gateway", "ENVELOPES"]
 

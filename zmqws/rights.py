@@ -18,7 +18,6 @@ bytes at most per client).
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 from dataclasses import dataclass, field
@@ -224,6 +223,8 @@ class TokenFile:
         return True
 
     def lookup(self, given: Optional[str]) -> Optional[Rights]:
+        import hmac  # here, not at the top: hmac loads OpenSSL's hashlib (megabytes of RSS)
+
         if given is None:
             return None
         raw = given.encode("utf-8")

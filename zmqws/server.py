@@ -3,7 +3,7 @@
 :class:`WebSocketServer` owns the listening socket and the client sockets:
 non-blocking accepts, reads and writes; the HTTP phase (request parsing with
 limits, the opening handshake, plain HTTP answers); the WebSocket phase
-(frames in through the sans-I/O :class:`~zmqws.connection.WebSocketConnection`,
+(frames in through the sans-I/O :class:`~zmqws.protocol.connection.WebSocketConnection`,
 queued output flushed with one ``sendmsg`` per client per turn); keepalive
 pings; timeouts; the closing handshake (§7) and its lingering TCP close.
 
@@ -26,15 +26,15 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
-from . import handshake
-from .deflate import DeflateConfig
-from .connection import (
+from .protocol import handshake
+from .protocol.deflate import DeflateConfig
+from .protocol.connection import (
     CLOSED, OPEN, OutputQueue, CloseReceived, ConnectionFailed, Message, Ping, Pong, WebSocketConnection,
 )
-from .frames import (
+from .protocol.frames import (
     CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, encode_frame,
 )
-from .handshake import HTTPError, Request, RequestParser
+from .protocol.handshake import HTTPError, Request, RequestParser
 from .loop import POLLIN, POLLOUT, Loop
 from .rights import ALL_RIGHTS, Rights, rights_from_hook
 from .stats import Stats

@@ -2,7 +2,7 @@
 
 :class:`SocketIOEndpoint` lives inside a :class:`~zmqws.gateway.Gateway` and
 answers under ``/socket.io/`` on the same port and loop.  The packet formats
-are in :mod:`zmqws.engineio`; this module keeps the sessions:
+are in :mod:`zmqws.protocol.engineio`; this module keeps the sessions:
 
 * the handshake (``GET ?EIO=4&transport=polling`` or a WebSocket upgrade),
   long-polling GETs (held until there is something to send) and POSTs, the
@@ -33,9 +33,9 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
-from . import engineio as eio
-from .frames import CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, frame_header
-from .handshake import HTTPError, Request, http_response
+from .protocol import engineio as eio
+from .protocol.frames import CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, frame_header
+from .protocol.handshake import HTTPError, Request, http_response
 from .rights import Rights, TopicRefused
 from .routing import Stored
 

@@ -25,16 +25,16 @@ import zlib
 from typing import Iterable, List, Optional, Sequence
 
 from zmqws.auth import request_token
-from zmqws.connection import (
+from zmqws.protocol.connection import (
     CLOSED, CloseReceived, ConnectionFailed, Message, Ping, Pong, WebSocketConnection,
 )
-from zmqws.deflate import DeflateConfig, PerMessageDeflate
-from zmqws.frames import RSV1, FrameParser, ProtocolError, encode_frame
-from zmqws.handshake import (
+from zmqws.protocol.deflate import DeflateConfig, PerMessageDeflate
+from zmqws.protocol.frames import RSV1, FrameParser, ProtocolError, encode_frame
+from zmqws.protocol.handshake import (
     HTTPError, RequestParser, error_response, is_websocket_upgrade, parse_extensions,
     websocket_accept,
 )
-from zmqws.utf8 import is_utf8
+from zmqws.protocol.utf8 import is_utf8
 
 __all__ = ["split", "handshake_target", "frames_target", "deflate_target",
            "HANDSHAKE_SEEDS", "FRAME_SEEDS", "DEFLATE_SEEDS", "MAX_MESSAGE"]

@@ -122,7 +122,7 @@ class WebSocketConnection(OutputQueue):
     as pieces arrive; with permessage-deflate, the inflated size).
     ``max_fragments`` bounds the frames of one message (1009 beyond it;
     0 = no limit).  ``deflate`` is a negotiated
-    :class:`zmqws.deflate.PerMessageDeflate`, or None.
+    :class:`zmqws.protocol.deflate.PerMessageDeflate`, or None.
     """
 
     __slots__ = ("state", "parser", "max_message_size", "max_fragments",

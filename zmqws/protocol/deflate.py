@@ -22,14 +22,14 @@ Policy of this server (all allowed by RFC 7692):
 * Window sizes: see :class:`DeflateConfig` and :func:`compress_message`,
   including the ``server_max_window_bits=8`` case.
 
-Nothing here raises :class:`~zmqws.handshake.HTTPError`: RFC 7692 never
+Nothing here raises :class:`~zmqws.protocol.handshake.HTTPError`: RFC 7692 never
 requires a server to fail the opening handshake.  §5 says a server *declines*
 an offer it cannot or will not accept (unknown or repeated parameter, invalid
 value, unsupported configuration), and the connection then simply goes on
 without the extension; the "MUST _Fail the WebSocket Connection_" rules of
 §5 and §7.1 all apply to the *client* reading the server's response.  A
 syntactically malformed header is a different matter, rejected with 400 by
-:func:`zmqws.handshake.parse_extensions` before negotiation starts.
+:func:`zmqws.protocol.handshake.parse_extensions` before negotiation starts.
 """
 
 from __future__ import annotations
@@ -278,7 +278,7 @@ class DeflateConfig:
     def negotiate(self, offers: Offers) -> Optional[Tuple[str, PerMessageDeflate]]:
         """§5, §7.1: accept the first acceptable permessage-deflate offer.
 
-        ``offers`` is :func:`zmqws.handshake.parse_extensions` of the
+        ``offers`` is :func:`zmqws.protocol.handshake.parse_extensions` of the
         ``Sec-WebSocket-Extensions`` header.  Offers are tried in the client's
         order of preference (RFC 6455 §9.1); other extensions are ignored.
         Returns (response header value, state) or None when every offer is
