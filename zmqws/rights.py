@@ -23,6 +23,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Iterable, List, Optional, Union
 
+from .protocol.errors import ZmqwsError
+
 __all__ = ["Rights", "ALL_RIGHTS", "TopicRefused", "resolve_topics", "topic_matches",
            "rights_from_hook", "TokenFile", "parse_token_file"]
 
@@ -37,7 +39,7 @@ def topic_matches(topic: bytes, prefixes: Iterable[bytes]) -> bool:
     return any(topic.startswith(p) for p in prefixes)
 
 
-class TopicRefused(Exception):
+class TopicRefused(ZmqwsError):
     """A topic request that is not allowed or over a cap; ``status`` is the HTTP answer
     (403 for rights, 400 for malformed or too many topics)."""
 

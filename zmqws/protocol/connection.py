@@ -14,6 +14,7 @@ failed; the loop flushes what is queued and closes TCP).
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple, Union
 
 from .frames import (
@@ -27,12 +28,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from .deflate import PerMessageDeflate
     from .frames import Frame
 
-__all__ = ["OutputQueue", "OPEN", "CLOSING", "CLOSED", "Message", "Ping", "Pong", "CloseReceived",
+__all__ = ["OutputQueue", "State", "OPEN", "CLOSING", "CLOSED", "Message", "Ping", "Pong", "CloseReceived",
            "ConnectionFailed", "WebSocketConnection"]
 
-OPEN = 1
-CLOSING = 2
-CLOSED = 3
+
+class State(IntEnum):
+    """A WebSocket connection's state after the opening handshake (RFC 6455 §4.1, §7)."""
+
+    OPEN = 1
+    CLOSING = 2  # our close frame is sent; waiting for the peer's
+    CLOSED = 3
+
+
+OPEN, CLOSING, CLOSED = (int(state) for state in State)  # plain ints for the hot paths
 
 
 class Message:

@@ -20,10 +20,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from enum import IntEnum
 from typing import Any, List, Optional, Tuple, Union
 
+from .errors import SocketIOError, ZmqwsError
+
 __all__ = [
-    "EngineIOError", "SocketIOError", "Packet", "decode_payload", "encode_payload",
+    "EngineIOError", "EngineErrorCode", "SioPacketType", "SocketIOError", "Packet", "decode_payload", "encode_payload",
     "SioPacket", "decode_sio", "encode_sio", "Reassembler", "ERROR_MESSAGES",
     "OPEN", "CLOSE", "PING", "PONG", "MESSAGE", "UPGRADE", "NOOP", "SEPARATOR",
     "CONNECT", "DISCONNECT", "EVENT", "ACK", "CONNECT_ERROR", "BINARY_EVENT", "BINARY_ACK",
@@ -34,8 +37,19 @@ OPEN, CLOSE, PING, PONG, MESSAGE, UPGRADE, NOOP = "0", "1", "2", "3", "4", "5", 
 _EIO_TYPES = frozenset(OPEN + CLOSE + PING + PONG + MESSAGE + UPGRADE + NOOP)
 SEPARATOR = "\x1e"
 
-# Engine.IO HTTP error codes (engine.io's Server.errors)
-UNKNOWN_TRANSPORT, UNKNOWN_SID, BAD_HANDSHAKE_METHOD, BAD_REQUEST, FORBIDDEN, UNSUPPORTED_VERSION = range(6)
+class EngineErrorCode(IntEnum):
+    """Engine.IO HTTP error codes (engine.io's ``Server.errors``)."""
+
+    UNKNOWN_TRANSPORT = 0
+    UNKNOWN_SID = 1
+    BAD_HANDSHAKE_METHOD = 2
+    BAD_REQUEST = 3
+    FORBIDDEN = 4
+    UNSUPPORTED_VERSION = 5
+
+
+UNKNOWN_TRANSPORT, UNKNOWN_SID, BAD_HANDSHAKE_METHOD, BAD_REQUEST, FORBIDDEN, UNSUPPORTED_VERSION = (
+    int(code) for code in EngineErrorCode)
 ERROR_MESSAGES = {
     UNKNOWN_TRANSPORT: "Transport unknown",
     UNKNOWN_SID: "Session ID unknown",
@@ -45,13 +59,26 @@ ERROR_MESSAGES = {
     UNSUPPORTED_VERSION: "Unsupported protocol version",
 }
 
-# Socket.IO packet types
-CONNECT, DISCONNECT, EVENT, ACK, CONNECT_ERROR, BINARY_EVENT, BINARY_ACK = range(7)
+
+class SioPacketType(IntEnum):
+    """Socket.IO v5 packet types."""
+
+    CONNECT = 0
+    DISCONNECT = 1
+    EVENT = 2
+    ACK = 3
+    CONNECT_ERROR = 4
+    BINARY_EVENT = 5
+    BINARY_ACK = 6
+
+
+# Plain-int aliases (str() and formatting of an IntEnum member differ across Python versions).
+CONNECT, DISCONNECT, EVENT, ACK, CONNECT_ERROR, BINARY_EVENT, BINARY_ACK = (int(t) for t in SioPacketType)
 
 MAX_ATTACHMENTS = 10
 
 
-class EngineIOError(Exception):
+class EngineIOError(ZmqwsError):
     """A request the Engine.IO server refuses: HTTP 400 (403 for FORBIDDEN) with ``{"code", "message"}``."""
 
     def __init__(self, code: int, message: Optional[str] = None) -> None:
@@ -65,10 +92,6 @@ class EngineIOError(Exception):
 
     def body(self) -> bytes:
         return json.dumps({"code": self.code, "message": self.message}).encode("utf-8")
-
-
-class SocketIOError(ValueError):
-    """A malformed Engine.IO or Socket.IO packet."""
 
 
 Packet = Tuple[str, Union[str, bytes]]  # (type, data); a binary message has type MESSAGE and bytes

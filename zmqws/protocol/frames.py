@@ -12,52 +12,68 @@ control frames whole.  It never does I/O and never looks at the clock.
 from __future__ import annotations
 
 import struct
+from enum import IntEnum
 from typing import List, Optional
 
+from .errors import ProtocolError
+
 __all__ = [
-    "OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG",
+    "Opcode", "CloseCode", "OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG",
     "ProtocolError", "Frame", "FrameParser", "encode_frame", "apply_mask",
     "encode_close_payload", "parse_close_payload", "is_valid_close_code",
 ]
 
-# Opcodes, §5.2
-OP_CONT = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OP_CLOSE = 0x8
-OP_PING = 0x9
-OP_PONG = 0xA
+class Opcode(IntEnum):
+    """Frame opcodes, §5.2 and §11.8."""
+
+    CONTINUATION = 0x0
+    TEXT = 0x1
+    BINARY = 0x2
+    CLOSE = 0x8
+    PING = 0x9
+    PONG = 0xA
+
+
+class CloseCode(IntEnum):
+    """Close codes, §7.4.1 (and 1012-1014, registered since, §11.7)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    NO_STATUS = 1005           # never sent on the wire
+    ABNORMAL = 1006            # never sent on the wire: the connection dropped without a close
+    INVALID_PAYLOAD = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    MANDATORY_EXTENSION = 1010
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+
+
+# Plain-int aliases for the hot paths (an IntEnum member costs more in arithmetic and hashing).
+OP_CONT = int(Opcode.CONTINUATION)
+OP_TEXT = int(Opcode.TEXT)
+OP_BINARY = int(Opcode.BINARY)
+OP_CLOSE = int(Opcode.CLOSE)
+OP_PING = int(Opcode.PING)
+OP_PONG = int(Opcode.PONG)
 DATA_OPCODES = frozenset((OP_CONT, OP_TEXT, OP_BINARY))
 CONTROL_OPCODES = frozenset((OP_CLOSE, OP_PING, OP_PONG))
 
-# Close codes, §7.4.1
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_NO_STATUS = 1005          # never sent on the wire
-CLOSE_ABNORMAL = 1006           # never sent on the wire
-CLOSE_INVALID_PAYLOAD = 1007
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_MESSAGE_TOO_BIG = 1009
-CLOSE_MANDATORY_EXTENSION = 1010
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_NORMAL = CloseCode.NORMAL
+CLOSE_GOING_AWAY = CloseCode.GOING_AWAY
+CLOSE_PROTOCOL_ERROR = CloseCode.PROTOCOL_ERROR
+CLOSE_INVALID_PAYLOAD = CloseCode.INVALID_PAYLOAD
+CLOSE_POLICY_VIOLATION = CloseCode.POLICY_VIOLATION
+CLOSE_MESSAGE_TOO_BIG = CloseCode.MESSAGE_TOO_BIG
+CLOSE_INTERNAL_ERROR = CloseCode.INTERNAL_ERROR
 
 RSV1 = 0x40
 RSV2 = 0x20
 RSV3 = 0x10
 
 _MAX_CONTROL_PAYLOAD = 125
-
-
-class ProtocolError(Exception):
-    """The peer broke the protocol; ``code`` is the close code to tell it (§7.4.1)."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"{code}: {reason}")
-        self.code = code
-        self.reason = reason
 
 
 def is_valid_close_code(code: int) -> bool:

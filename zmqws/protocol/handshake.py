@@ -18,6 +18,8 @@ import binascii
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .errors import HTTPError
+
 try:  # the built-in SHA-1: hashlib would load OpenSSL's libcrypto (megabytes of RSS) for it
     from _sha1 import sha1 as _sha1
 except ImportError:  # pragma: no cover - a Python built without it
@@ -39,16 +41,6 @@ REASONS = {
 }
 
 _TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-
-
-class HTTPError(Exception):
-    """A request that gets an error response: ``status``, a short ``reason`` and extra headers."""
-
-    def __init__(self, status: int, reason: str, headers: Sequence[Tuple[str, str]] = ()) -> None:
-        super().__init__(f"{status} {reason}")
-        self.status = status
-        self.reason = reason
-        self.headers = list(headers)
 
 
 class Request:
