@@ -10,10 +10,71 @@ code before the fix.  The numbers follow the findings in
 
 from __future__ import annotations
 
+import re
+import socket
+import time
+from typing import List
+
+from conftest import http_exchange, wait_until
+
 # -- 1. Socket.IO topic rights bypass --------------------------------------------------------
 
 
 # -- 2. Pipelined HTTP requests queue responses without bound ------------------------------
+
+def _http_client_of(gateway, predicate=lambda client: True):
+    """The gateway's client objects (loop-thread data read from the test: a snapshot)."""
+    return [c for c in list(gateway._clients.values()) if predicate(c)]
+
+
+def _read_responses(sock: socket.socket, count: int, timeout: float = 10.0) -> List[bytes]:
+    """Read ``count`` complete responses (each has a Content-Length) or until EOF; their heads."""
+    data = b""
+    heads: List[bytes] = []
+    deadline = time.monotonic() + timeout
+    sock.settimeout(timeout)
+    while len(heads) < count and time.monotonic() < deadline:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if sep:
+            length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))
+            if len(rest) >= length:
+                heads.append(head)
+                data = rest[length:]
+                continue
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        data += chunk
+    return heads
+
+
+def test_2_pipelined_requests_never_read_stay_bounded(make_gateway):
+    max_queue = 256 << 10
+    gateway = make_gateway(None, max_queue=max_queue)
+    one = len(http_exchange(gateway.port, b"GET /zmqws.js HTTP/1.1\r\nHost: x\r\n\r\n")[2]) + 512
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", gateway.port))
+        sock.sendall(b"GET /zmqws.js HTTP/1.1\r\nHost: x\r\n\r\n" * 2000)  # ~70 KB, never read
+        wait_until(lambda: gateway.stats.pipeline_paused >= 1, message="reading paused")
+        time.sleep(0.3)
+        queued = max(c.session.out_bytes for c in _http_client_of(gateway))
+        assert queued <= max_queue + one, queued
+        status, _, _ = http_exchange(gateway.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 200
+
+
+def test_2_pipelining_client_gets_every_answer_then_the_cap_closes(make_gateway):
+    gateway = make_gateway(None, max_queue=64 << 10, max_requests_per_connection=60)
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(b"GET /zmqws.js HTTP/1.1\r\nHost: x\r\n\r\n" * 80)
+        heads = _read_responses(sock, 80)
+        assert len(heads) == 60  # the 60th said "Connection: close", then the server closed
+        assert all(h.startswith(b"HTTP/1.1 200") for h in heads)
+        assert b"Connection: close" in heads[-1] and b"Connection: keep-alive" in heads[-2]
+        sock.settimeout(5)
+        assert sock.recv(1) == b""
+    assert gateway.stats.pipeline_paused >= 1 and gateway.stats.requests_capped == 1
 
 
 # -- 3. Resume replay past --max-queue -------------------------------------------------------

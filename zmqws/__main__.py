@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument("--max-connections-per-address", type=int, default=0, metavar="N",
                      help="connections at most from one client IP address; 0 = no limit (default; "
                           "behind a reverse proxy every client has the proxy's address)")
+    lim.add_argument("--max-requests-per-connection", type=int, default=1000, metavar="N",
+                     help="HTTP requests answered on one keep-alive connection; the last response "
+                          "says 'Connection: close'; 0 = no limit (default: %(default)s)")
     lim.add_argument("--max-fragments", type=int, default=4096, metavar="N",
                      help="frames in one client message at most; more → close 1009 (default: %(default)s)")
     lim.add_argument("--idle-timeout", type=_seconds, default=0.0, metavar="S",
@@ -224,6 +227,7 @@ def build_gateway(args: argparse.Namespace, endpoints: List[str], **overrides: A
         upstream_ids=args.upstream_ids,
         max_connections=args.max_connections,
         max_connections_per_address=args.max_connections_per_address,
+        max_requests_per_connection=args.max_requests_per_connection,
         max_fragments=args.max_fragments, idle_timeout=args.idle_timeout,
         max_message_size=args.max_message_size, max_queue=args.max_queue,
         slow_client=args.slow_client, max_header_size=args.max_header_size,

@@ -54,7 +54,7 @@ class HTTPError(Exception):
 class Request:
     """A parsed HTTP/1.1 request.  Header names are lower-case; repeated headers keep every value."""
 
-    __slots__ = ("method", "target", "version", "headers", "body", "path", "query", "peer")
+    __slots__ = ("method", "target", "version", "headers", "body", "path", "query", "peer", "last")
 
     def __init__(self, method: str, target: str, version: str,
                  headers: Dict[str, List[str]], body: bytes = b"") -> None:
@@ -67,6 +67,7 @@ class Request:
         self.path = unquote(parts.path) or "/"
         self.query: Dict[str, List[str]] = parse_qs(parts.query, keep_blank_values=True)
         self.peer: Optional[Tuple[str, int]] = None
+        self.last = False  # the server closes the connection after this one (RFC 9112 §9.6)
 
     def header(self, name: str) -> Optional[str]:
         """All values of a header joined by ", " (RFC 9110 §5.3), or None."""
@@ -88,7 +89,10 @@ class Request:
 
     @property
     def keep_alive(self) -> bool:
-        """RFC 9112 §9.3: persistent unless ``Connection: close`` (or HTTP/1.0 without keep-alive)."""
+        """RFC 9112 §9.3: persistent unless ``Connection: close`` (or HTTP/1.0 without keep-alive),
+        or the server made it the connection's ``last`` request."""
+        if self.last:
+            return False
         tokens = self.tokens("connection")
         if self.version == "HTTP/1.0":
             return "keep-alive" in tokens

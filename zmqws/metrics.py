@@ -46,6 +46,10 @@ _COUNTERS = [
     ("tls_errors", "zmqws_tls_errors_total", "failed TLS handshakes"),
     ("accept_errors", "zmqws_accept_errors_total", "accept() failures"),
     ("drops", "zmqws_dropped_messages_total", "deliveries not made (slow consumers)"),
+    ("pipeline_paused", "zmqws_pipeline_paused_total",
+     "times reading a connection's pipelined requests paused (responses over --max-queue)"),
+    ("requests_capped", "zmqws_requests_capped_total",
+     "keep-alive connections closed after --max-requests-per-connection requests"),
 ]
 
 _DROP_CAUSES = [

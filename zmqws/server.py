@@ -68,7 +68,7 @@ class Client:
     __slots__ = ("server", "sock", "fd", "address", "id", "phase", "parser", "request", "path", "ws",
                  "session", "close_after_flush", "want_write", "connected_at",
                  "last_seen", "ping_sent_at", "deadline", "subprotocol", "data", "transport",
-                 "parked", "tls", "__weakref__")
+                 "parked", "tls", "paused", "requests", "__weakref__")
 
     def __init__(self, server: "WebSocketServer", sock: socket.socket, address: Any, client_id: int,
                  now: float) -> None:
@@ -96,6 +96,8 @@ class Client:
         self.transport: Optional[str] = None  # "websocket", "sse", "poll" once it gets messages
         self.parked = False  # an HTTP request held open (long-polling) until messages come
         self.tls = server.ssl_context is not None
+        self.paused = False  # reading stopped: pipelined responses fill the output queue
+        self.requests = 0  # HTTP requests read on this connection
 
     def __call__(self, revents: int) -> None:
         """The loop's handler of this client's socket (one object less per connection than a closure)."""
@@ -157,6 +159,10 @@ class WebSocketServer:
       non-blocking in the loop (see :func:`zmqws.tls.server_context`).
     * ``max_connections``: beyond it new connections get 503 and are closed;
       ``max_connections_per_address``: the same per client IP address (0 = no limit).
+    * ``max_requests_per_connection``: HTTP requests answered on one
+      keep-alive connection; the last one's response says ``Connection:
+      close`` (RFC 9112 §9.6).  Pipelined requests are read no further while
+      the connection's responses fill more than ``max_queue`` bytes.
     * ``idle_timeout``: close (1000) a WebSocket client silent this long (0 = never).
     * ``allow_origins``: if given, a browser request (it has ``Origin``) from
       any other origin is refused with 403.
@@ -175,6 +181,7 @@ class WebSocketServer:
                  handshake_timeout: float = 10.0, close_timeout: float = 3.0,
                  backlog: int = 1024, reuse_port: bool = False, ssl_context: Optional[ssl.SSLContext] = None,
                  max_connections: int = 10000, max_connections_per_address: int = 0,
+                 max_requests_per_connection: int = 1000,
                  idle_timeout: float = 0.0, allow_origins: Sequence[str] = (),
                  authenticate: Optional[Callable[[Request], Optional[Iterable[str]]]] = None,
                  deflate: bool = True, deflate_threshold: int = 128,
@@ -209,6 +216,7 @@ class WebSocketServer:
         self._would_block: tuple = (BlockingIOError, InterruptedError)
         self.max_connections = max_connections
         self.max_connections_per_address = max_connections_per_address
+        self.max_requests_per_connection = max_requests_per_connection
         self.idle_timeout = idle_timeout
         self.allow_origins = list(allow_origins)
         self.authenticate = authenticate
@@ -489,7 +497,11 @@ class WebSocketServer:
     def _want_write(self, client: Client, want: bool) -> None:
         if client.want_write != want:
             client.want_write = want
-            self.loop.modify(client.fd, POLLIN | POLLOUT if want else POLLIN)
+            self._poll_events(client)
+
+    def _poll_events(self, client: Client) -> None:
+        """Poll for input unless reading is paused, for output while some is pending."""
+        self.loop.modify(client.fd, (0 if client.paused else POLLIN) | (POLLOUT if client.want_write else 0))
 
     def _read(self, client: Client) -> None:
         sock = client.sock
@@ -512,6 +524,10 @@ class WebSocketServer:
             return
         client.last_seen = time.monotonic()
         self.stats.bytes_in += len(data)
+        self._input(client, data)
+
+    def _input(self, client: Client, data: bytes) -> None:
+        """Bytes from the client to its phase's parser; an exception ends this client only."""
         try:
             if client.phase == WEBSOCKET:
                 self._ws_data(client, data)
@@ -538,10 +554,17 @@ class WebSocketServer:
                     self._upgrade(client, request)
                     return
                 self.stats.http_requests += 1
+                client.requests += 1
+                if client.requests >= self.max_requests_per_connection > 0:
+                    request.last = True  # its response says "Connection: close"
+                    self.stats.requests_capped += 1
                 response = self.handle_http(client, request)
                 if response is not None:
                     self.http_reply(client, response)
                 if client.phase != HTTP or client.parked or client.close_after_flush:
+                    return
+                if client.session.out_bytes > self.max_queue:
+                    self._pause_reading(client)  # the rest waits in the parser (see _sent)
                     return
                 request = client.parser.feed(client.parser.reset())
         except HTTPError as exc:
@@ -549,6 +572,22 @@ class WebSocketServer:
             log.debug("client %s: HTTP %s %s", client.id, exc.status, exc.reason)
             response = handshake.error_response(exc)
             self.http_reply(client, response)
+
+    def _pause_reading(self, client: Client) -> None:
+        """Pipelined requests: their responses fill more than ``max_queue`` bytes; read and
+        parse no more until the peer has taken them (RFC 9112 §9.3.2 lets a server do so)."""
+        if not client.paused:
+            client.paused = True
+            self.stats.pipeline_paused += 1
+            self._poll_events(client)
+
+    def _resume_reading(self, client: Client) -> None:
+        """The queue drained below ``max_queue``: answer the requests already read, then read on."""
+        client.paused = False
+        self._poll_events(client)
+        self._input(client, client.parser.reset())
+        if client.session.out and client.phase != GONE:
+            self._want_write(client, True)  # flushed when writable, not after some later turn
 
     @staticmethod
     def _head_length(response: bytes) -> int:
@@ -738,6 +777,11 @@ class WebSocketServer:
             else:
                 out[i] = memoryview(out[i])[sent:]
             del out[:i]
+        if client.paused and session.out_bytes <= self.max_queue and client.phase == HTTP:
+            self._resume_reading(client)
+            if client.phase == GONE:
+                return
+            out = client.session.out
         if out:
             self._want_write(client, True)
             return

@@ -25,7 +25,8 @@ class Stats:
                  "drops", "slow_closed", "dropped_slow", "protocol_errors", "ping_timeouts",
                  "handshake_timeouts", "accept_errors", "gaps", "rate_limited",
                  "upstream_messages", "upstream_drops", "sse_connections", "polls_held",
-                 "refused", "forbidden", "tls_errors", "idle_closed", "malformed", "sio_sessions", "closes")
+                 "refused", "forbidden", "tls_errors", "idle_closed", "malformed", "sio_sessions",
+                 "pipeline_paused", "requests_capped", "closes")
 
     def __init__(self) -> None:
         for name in self.__slots__:
