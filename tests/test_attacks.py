@@ -103,6 +103,32 @@ def test_2_pipelining_client_gets_every_answer_then_the_cap_closes(make_gateway)
 
 # -- 11. /metrics with --token ----------------------------------------------------------------
 
+def test_11_metrics_needs_the_token(make_gateway):
+    from zmqws.auth import token_authenticator
+    from zmqws.__main__ import build_gateway, build_parser
+
+    def metrics(port: int, auth: str = "", query: str = "") -> tuple:
+        request = f"GET /metrics{query} HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode()
+        return http_exchange(port, request)[:2]
+
+    clients_token = make_gateway(None, authenticate=token_authenticator("client-secret"))
+    status, headers = metrics(clients_token.port)
+    assert status == 401 and headers["www-authenticate"].startswith("Bearer")
+    assert metrics(clients_token.port, "Authorization: Bearer client-secret\r\n")[0] == 200
+    own_token = make_gateway(None, authenticate=token_authenticator("client-secret"),
+                             metrics_token="scrape-secret")
+    assert metrics(own_token.port, "Authorization: Bearer client-secret\r\n")[0] == 401
+    assert metrics(own_token.port, query="?token=scrape-secret")[0] == 200
+    assert own_token.stats.forbidden == 1
+    # The command line: --token protects /metrics too.
+    args = build_parser().parse_args(["--demo", "--port", "0", "--token", "t0ken"])
+    cli = build_gateway(args, [], first_id=1, close_timeout=1.0).start()
+    try:
+        assert metrics(cli.port)[0] == 401
+        assert metrics(cli.port, "Authorization: Bearer t0ken\r\n")[0] == 200
+    finally:
+        cli.stop(timeout=1.0)
+
 
 # -- 12. DNS rebinding and cross-site WebSocket ----------------------------------------------
 

@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="require this shared token as ?token=TOKEN or 'Authorization: Bearer TOKEN' "
                           "(compared in constant time); else 401. Prefer the ZMQWS_TOKEN environment "
                           "variable, which process listings do not show")
+    sec.add_argument("--metrics-token", metavar="TOKEN",
+                     help="require this token (Bearer header or ?token=) for GET /metrics, and only "
+                          "this one; default: the --token, if any (env ZMQWS_METRICS_TOKEN)")
     sec.add_argument("--no-metrics", action="store_true", help="do not serve GET /metrics")
     lim = p.add_argument_group("limits and timeouts")
     lim.add_argument("--max-connections", type=int, default=10000, metavar="N",
@@ -224,6 +227,7 @@ def build_gateway(args: argparse.Namespace, endpoints: List[str], **overrides: A
         cors_origins=args.cors_origin, sse_heartbeat=args.sse_heartbeat,
         poll_timeout=args.poll_timeout, ssl_context=ssl_context,
         allow_origins=args.allow_origin, authenticate=authenticate, metrics=not args.no_metrics,
+        metrics_token=args.metrics_token or os.environ.get("ZMQWS_METRICS_TOKEN") or token,
         upstream_ids=args.upstream_ids,
         max_connections=args.max_connections,
         max_connections_per_address=args.max_connections_per_address,

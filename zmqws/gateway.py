@@ -33,6 +33,7 @@ from .connection import Message
 from .frames import CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, frame_header
 from .handshake import HTTPError, Request, http_response
 from . import metrics as prometheus
+from .auth import token_authenticator
 from . import sse
 from .routing import History, Route, Router, Stored, Upstream, topic_matches
 from .server import STREAM, Client, WebSocketServer
@@ -103,6 +104,9 @@ class Gateway(WebSocketServer):
       ids keep growing across restarts).
     * ``stats_dir``: write this process's counters there every second and
       sum every file found there at ``/metrics`` (set by ``--workers``).
+    * ``metrics``: serve ``GET /metrics``; ``metrics_token``: the token it
+      then requires (Bearer header or ``?token=``, else 401); without one,
+      ``/metrics`` asks what the ``authenticate`` hook asks of clients.
     * ``socketio``: serve Socket.IO (Engine.IO v4) clients under ``sio_path``;
       ``sio_event``: the event name of messages (``"topic"``: the topic);
       ``sio_ping_interval``/``sio_ping_timeout``: Engine.IO heartbeats.
@@ -128,7 +132,8 @@ class Gateway(WebSocketServer):
                  static_dir: Optional[str] = None, max_static_size: int = 16 << 20,
                  cors_origins: Sequence[str] = (), sse_heartbeat: float = 15.0,
                  poll_timeout: float = 25.0, poll_max_messages: int = 100,
-                 poll_max_bytes: int = 1 << 20, metrics: bool = True, upstream_ids: bool = False,
+                 poll_max_bytes: int = 1 << 20, metrics: bool = True,
+                 metrics_token: Optional[str] = None, upstream_ids: bool = False,
                  stats_dir: Optional[str] = None, first_id: Optional[int] = None,
                  socketio: bool = True,
                  sio_path: str = "/socket.io/", sio_event: str = "message",
@@ -172,6 +177,7 @@ class Gateway(WebSocketServer):
         self.poll_max_messages = poll_max_messages
         self.poll_max_bytes = poll_max_bytes
         self.metrics = metrics
+        self._metrics_auth = token_authenticator(metrics_token) if metrics_token else self.authenticate
         self.upstream_ids = upstream_ids
         self.sio = (SocketIOEndpoint(self, path=sio_path, event=sio_event,
                                      ping_interval=sio_ping_interval, ping_timeout=sio_ping_timeout)
@@ -780,6 +786,7 @@ class Gateway(WebSocketServer):
         if path == "/healthz":
             return http_response(200, b"ok\n", keep_alive=False)
         if path == "/metrics" and self.metrics:
+            self._check_metrics_access(request)
             return http_response(200, prometheus.render(self, self.stats_dir), prometheus.CONTENT_TYPE)
         if path == "/events":
             self._start_sse(client, request, cors)
@@ -797,6 +804,15 @@ class Gateway(WebSocketServer):
                                               [("Cache-Control", "no-cache")] + cors,
                                               keep_alive=request.keep_alive), keep_alive=True)
         return None
+
+    def _check_metrics_access(self, request: Request) -> None:
+        """``/metrics`` needs ``metrics_token`` if set, else what clients need (401/403)."""
+        if self._metrics_auth is not None:
+            try:
+                self._metrics_auth(request)
+            except HTTPError:
+                self.stats.forbidden += 1
+                raise
 
     def _cors_headers(self, request: Request) -> List[Tuple[str, str]]:
         """``Access-Control-Allow-Origin`` only for an ``Origin`` that ``cors_origins`` names."""
