@@ -10,12 +10,13 @@ code before the fix.  The numbers follow the findings in
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
 from typing import List
 
-from conftest import http_exchange, wait_until
+from conftest import http_exchange, upgrade_request, wait_until
 
 # -- 1. Socket.IO topic rights bypass --------------------------------------------------------
 
@@ -51,23 +52,23 @@ def _read_responses(sock: socket.socket, count: int, timeout: float = 10.0) -> L
 def test_2_pipelined_requests_never_read_stay_bounded(make_gateway):
     max_queue = 256 << 10
     gateway = make_gateway(None, max_queue=max_queue)
-    one = len(http_exchange(gateway.port, b"GET /zmqws.js HTTP/1.1\r\nHost: x\r\n\r\n")[2]) + 512
+    one = len(http_exchange(gateway.port, b"GET /zmqws.js HTTP/1.1\r\nHost: localhost\r\n\r\n")[2]) + 512
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", gateway.port))
-        sock.sendall(b"GET /zmqws.js HTTP/1.1\r\nHost: x\r\n\r\n" * 2000)  # ~70 KB, never read
+        sock.sendall(b"GET /zmqws.js HTTP/1.1\r\nHost: localhost\r\n\r\n" * 2000)  # ~70 KB, never read
         wait_until(lambda: gateway.stats.pipeline_paused >= 1, message="reading paused")
         time.sleep(0.3)
         queued = max(c.session.out_bytes for c in _http_client_of(gateway))
         assert queued <= max_queue + one, queued
-        status, _, _ = http_exchange(gateway.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, _ = http_exchange(gateway.port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert status == 200
 
 
 def test_2_pipelining_client_gets_every_answer_then_the_cap_closes(make_gateway):
     gateway = make_gateway(None, max_queue=64 << 10, max_requests_per_connection=60)
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
-        sock.sendall(b"GET /zmqws.js HTTP/1.1\r\nHost: x\r\n\r\n" * 80)
+        sock.sendall(b"GET /zmqws.js HTTP/1.1\r\nHost: localhost\r\n\r\n" * 80)
         heads = _read_responses(sock, 80)
         assert len(heads) == 60  # the 60th said "Connection: close", then the server closed
         assert all(h.startswith(b"HTTP/1.1 200") for h in heads)
@@ -108,7 +109,7 @@ def test_11_metrics_needs_the_token(make_gateway):
     from zmqws.__main__ import build_gateway, build_parser
 
     def metrics(port: int, auth: str = "", query: str = "") -> tuple:
-        request = f"GET /metrics{query} HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode()
+        request = f"GET /metrics{query} HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n".encode()
         return http_exchange(port, request)[:2]
 
     clients_token = make_gateway(None, authenticate=token_authenticator("client-secret"))
@@ -131,6 +132,49 @@ def test_11_metrics_needs_the_token(make_gateway):
 
 
 # -- 12. DNS rebinding and cross-site WebSocket ----------------------------------------------
+
+def _status(port: int, path: str, host: str, method: str = "GET", extra: str = "", body: bytes = b"") -> int:
+    request = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}"
+    if body:
+        request += f"Content-Length: {len(body)}\r\n"
+    return http_exchange(port, request.encode() + b"\r\n" + body)[0]
+
+
+def test_12_loopback_gateway_answers_its_own_names_only(make_gateway):
+    gateway = make_gateway(None)
+    port = gateway.port
+    for path in ("/", "/healthz", "/poll?since=0", "/events", "/socket.io/?EIO=4&transport=polling"):
+        assert _status(port, path, "evil.example") == 403, path
+        assert _status(port, path, f"evil.example:{port}") == 403, path
+    assert http_exchange(port, upgrade_request(host=f"evil.example:{port}"))[0] == 403
+    assert _status(port, "/healthz", f"127.0.0.1:{port + 1 if port < 65535 else 1}") == 403
+    for host in ("localhost", f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
+        assert _status(port, "/healthz", host) == 200, host
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(upgrade_request(host=f"localhost:{port}"))
+        assert sock.recv(12) == b"HTTP/1.1 101"
+    assert gateway.stats.host_refused == 12
+    named = make_gateway(None, allow_hosts=["app.example", "other.example:8443"])
+    assert _status(named.port, "/healthz", "app.example:443") == 200
+    assert _status(named.port, "/healthz", "other.example:8443") == 200
+    assert _status(named.port, "/healthz", "other.example") == 403
+    assert _status(named.port, "/healthz", f"localhost:{named.port}") == 200
+    assert _status(named.port, "/healthz", "evil.example") == 403
+
+
+def test_12_engineio_requests_with_a_sid_keep_the_origin_check(make_gateway):
+    gateway = make_gateway(None, allow_origins=["http://good.example"])
+    port = gateway.port
+    good = "Origin: http://good.example\r\n"
+    status, _, body = http_exchange(port, f"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\n"
+                                          f"Host: localhost\r\n{good}\r\n".encode())
+    assert status == 200
+    sid = json.loads(body[1:])["sid"]
+    path = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
+    evil = "Origin: http://evil.example\r\n"
+    assert _status(port, path, "localhost", "POST", evil, b"40") == 403
+    assert _status(port, path, "localhost", "GET", evil) == 403
+    assert _status(port, path, "localhost", "POST", good, b"40") == 200
 
 
 # -- 13. Loss nobody is told about ------------------------------------------------------------

@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     sec.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                      help="accept browser pages from this origin only (repeatable), e.g. "
                           "https://example.com; others get 403; default: any origin")
+    sec.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                     help="answer requests whose Host header is NAME (any port) or NAME:PORT "
+                          "(repeatable); others get 403. Default: listening on a loopback address, "
+                          "localhost, 127.0.0.1 and [::1] only (DNS rebinding); elsewhere any Host")
     sec.add_argument("--token", metavar="TOKEN",
                      help="require this shared token as ?token=TOKEN or 'Authorization: Bearer TOKEN' "
                           "(compared in constant time); else 401. Prefer the ZMQWS_TOKEN environment "
@@ -226,7 +230,7 @@ def build_gateway(args: argparse.Namespace, endpoints: List[str], **overrides: A
         deflate_mem_level=args.deflate_mem_level, static_dir=args.static_dir,
         cors_origins=args.cors_origin, sse_heartbeat=args.sse_heartbeat,
         poll_timeout=args.poll_timeout, ssl_context=ssl_context,
-        allow_origins=args.allow_origin, authenticate=authenticate, metrics=not args.no_metrics,
+        allow_origins=args.allow_origin, allow_hosts=args.allow_host, authenticate=authenticate, metrics=not args.no_metrics,
         metrics_token=args.metrics_token or os.environ.get("ZMQWS_METRICS_TOKEN") or token,
         upstream_ids=args.upstream_ids,
         max_connections=args.max_connections,

@@ -33,7 +33,6 @@ from .connection import Message
 from .frames import CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, frame_header
 from .handshake import HTTPError, Request, http_response
 from . import metrics as prometheus
-from .auth import token_authenticator
 from . import sse
 from .routing import History, Route, Router, Stored, Upstream, topic_matches
 from .server import STREAM, Client, WebSocketServer
@@ -177,7 +176,10 @@ class Gateway(WebSocketServer):
         self.poll_max_messages = poll_max_messages
         self.poll_max_bytes = poll_max_bytes
         self.metrics = metrics
-        self._metrics_auth = token_authenticator(metrics_token) if metrics_token else self.authenticate
+        self._metrics_auth = self.authenticate
+        if metrics_token:
+            from .auth import token_authenticator  # hmac loads OpenSSL's libcrypto: only when needed
+            self._metrics_auth = token_authenticator(metrics_token)
         self.upstream_ids = upstream_ids
         self.sio = (SocketIOEndpoint(self, path=sio_path, event=sio_event,
                                      ping_interval=sio_ping_interval, ping_timeout=sio_ping_timeout)

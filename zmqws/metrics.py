@@ -40,6 +40,7 @@ _COUNTERS = [
     ("gaps", "zmqws_resume_gaps_total", "gap notices sent to resuming clients"),
     ("refused", "zmqws_refused_total", "connections refused over a connection limit (503)"),
     ("forbidden", "zmqws_forbidden_total", "requests refused by origin or authentication"),
+    ("host_refused", "zmqws_host_refused_total", "requests refused for their Host (see --allow-host)"),
     ("handshake_timeouts", "zmqws_handshake_timeouts_total", "requests not complete in time"),
     ("ping_timeouts", "zmqws_ping_timeouts_total", "clients closed for not answering a ping"),
     ("protocol_errors", "zmqws_protocol_errors_total", "WebSocket protocol violations by clients"),

@@ -19,6 +19,7 @@ Hooks run on the loop thread and must not block.  The :class:`Gateway
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 import sys
@@ -124,6 +125,23 @@ class Client:
 MessageHook = Callable[[Client, Union[str, bytes]], Any]
 
 
+def _is_loopback(host: str) -> bool:
+    """``localhost`` or an address in 127.0.0.0/8 or ``::1``."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(value: str) -> str:
+    """The name part of a ``Host`` value (RFC 9110 §7.2: ``uri-host [ ":" port ]``)."""
+    if value.startswith("["):
+        return value[:value.find("]") + 1]
+    return value.partition(":")[0]
+
+
 def _address(address: Any) -> str:
     """``host:port`` of a peer address, for log lines."""
     if isinstance(address, tuple) and len(address) >= 2:
@@ -166,6 +184,12 @@ class WebSocketServer:
     * ``idle_timeout``: close (1000) a WebSocket client silent this long (0 = never).
     * ``allow_origins``: if given, a browser request (it has ``Origin``) from
       any other origin is refused with 403.
+    * ``allow_hosts``: the ``Host`` values accepted (``NAME`` with any port,
+      or ``NAME:PORT``); others get 403 on every request.  Listening on a
+      loopback address, ``localhost``, ``127.0.0.1`` and ``[::1]`` (with no
+      port or the listening one) are accepted too, and nothing else by
+      default: a page of another site whose name was rebound to 127.0.0.1
+      (DNS rebinding) sends its own name.  Elsewhere no check by default.
     * ``authenticate(request)``: called for every upgrade and streaming request;
       return None (allowed, every topic) or the topic prefixes the client may
       receive, or raise ``HTTPError(401 or 403, reason)``.
@@ -183,6 +207,7 @@ class WebSocketServer:
                  max_connections: int = 10000, max_connections_per_address: int = 0,
                  max_requests_per_connection: int = 1000,
                  idle_timeout: float = 0.0, allow_origins: Sequence[str] = (),
+                 allow_hosts: Sequence[str] = (),
                  authenticate: Optional[Callable[[Request], Optional[Iterable[str]]]] = None,
                  deflate: bool = True, deflate_threshold: int = 128,
                  deflate_level: int = 6, deflate_mem_level: int = 8,
@@ -219,6 +244,9 @@ class WebSocketServer:
         self.max_requests_per_connection = max_requests_per_connection
         self.idle_timeout = idle_timeout
         self.allow_origins = list(allow_origins)
+        self.allow_hosts = [h.strip().lower() for h in allow_hosts]
+        self._hosts: Optional[frozenset] = None      # accepted Host values (None: no check)
+        self._any_port_hosts: frozenset = frozenset()  # accepted names, whatever the port
         self.authenticate = authenticate
         self._per_address: Dict[Any, int] = {}
         self.on_connect = on_connect
@@ -390,7 +418,32 @@ class WebSocketServer:
         sock.setblocking(False)
         self._listener = sock
         self.port = sock.getsockname()[1]
+        self._allowed_hosts()
         self.loop.register(sock.fileno(), POLLIN, self._on_accept)
+
+    def _allowed_hosts(self) -> None:
+        """The ``Host`` values to accept (see ``allow_hosts``), once the port is known."""
+        exact = {h for h in self.allow_hosts if _host_name(h) != h}
+        self._any_port_hosts = frozenset(h for h in self.allow_hosts if _host_name(h) == h)
+        if _is_loopback(self.host):
+            own = f"[{self.host}]" if ":" in self.host else self.host.lower()
+            for name in ("localhost", "127.0.0.1", "[::1]", own):
+                exact.update((name, f"{name}:{self.port}"))
+        if exact or self._any_port_hosts:
+            self._hosts = frozenset(exact)
+
+    def check_host(self, request: Request) -> None:
+        """403 for a ``Host`` the server does not answer to (DNS rebinding; see ``allow_hosts``)."""
+        if self._hosts is None:
+            return
+        value = request.header("host")
+        if value is None:
+            return  # browsers always send Host; a request without one is no rebinding
+        value = value.strip().lower()
+        if value in self._hosts or _host_name(value) in self._any_port_hosts:
+            return
+        self.stats.host_refused += 1
+        raise HTTPError(403, "host not allowed")
 
     def _configure_listener(self, sock: socket.socket) -> None:
         """Socket options on the listening socket before bind: ``SO_REUSEPORT`` for workers."""
@@ -550,6 +603,7 @@ class WebSocketServer:
                 request.peer = client.address
                 client.request = request
                 client.path = request.path
+                self.check_host(request)
                 if handshake.is_websocket_upgrade(request):
                     self._upgrade(client, request)
                     return
