@@ -10,9 +10,12 @@ code before the fix.  The numbers follow the findings in
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import socket
+import sys
 import time
 from typing import List
 
@@ -91,6 +94,73 @@ def test_2_pipelining_client_gets_every_answer_then_the_cap_closes(make_gateway)
 
 
 # -- 7. accept() at the file-descriptor limit -------------------------------------------------
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (proc(5): fields 14 and 15, in clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _healthz(port: int) -> int:
+    return http_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")[0]
+
+
+def test_7_descriptor_limit_neither_spins_nor_floods_the_log(spawn):
+    low_limit = ("import resource, runpy; resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)); "
+                 "runpy.run_module('zmqws', run_name='__main__', alter_sys=True)")
+    process = spawn(sys.executable, "-c", low_limit, "--demo", "--port", "0")
+    port = int(process.wait_for_line("stderr", re.compile(r"listening on ws://127\.0\.0\.1:(\d+)/")).group(1))
+    sockets = []
+    try:
+        for _ in range(100):
+            sockets.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.5)
+        before = _cpu_seconds(process.popen.pid)
+        time.sleep(2)
+        assert _cpu_seconds(process.popen.pid) - before < 0.5
+        assert process.lines["stderr"].qsize() < 20
+        for sock in sockets[:50]:
+            sock.close()
+        assert _healthz(port) == 200
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class _FullListener:
+    """A listening socket whose accept() fails with EMFILE while the gateway holds its reserve
+    descriptor: what a process at its descriptor limit sees."""
+
+    def __init__(self, gateway) -> None:
+        self.gateway = gateway
+        self.real = gateway._listener
+        self.full = True
+
+    def accept(self):
+        if self.full and self.gateway._reserve_fd is not None:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return self.real.accept()
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_7_accept_at_the_limit_refuses_and_rests(make_gateway):
+    gateway = make_gateway(None)
+    listener = gateway._listener = _FullListener(gateway)
+    turns = gateway.loop.turns
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+            assert sock.recv(12) == b"HTTP/1.1 503"  # refused at once, before any request
+    assert gateway.loop.turns - turns < 200  # no busy loop on the ready listener
+    assert gateway.stats.refused == 3 and gateway.stats.accept_errors == 3
+    listener.full = False
+    wait_until(lambda: gateway._reserve_fd is not None, message="the reserve descriptor back")
+    assert _healthz(gateway.port) == 200
 
 
 # -- 8. A bad Socket.IO recovery offset ------------------------------------------------------

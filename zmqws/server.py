@@ -21,11 +21,12 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import handshake
 from .deflate import DeflateConfig
@@ -55,6 +56,9 @@ STREAM = 4       # an endless HTTP response (Server-Sent Events); input is ignor
 TLS = 5          # the TLS handshake, run non-blocking in the loop
 
 _IOV_MAX = 1024
+FD_RESERVE = 32        # descriptors kept for the rest (ZeroMQ, the poller, files) under the fd limit
+ACCEPT_PAUSE = 0.1     # seconds the listener rests after accept() hit the descriptor limit
+LOG_INTERVAL = 5.0     # seconds between two log lines of one kind of refusal
 _RECV_SIZE = 262144
 
 
@@ -264,6 +268,8 @@ class WebSocketServer:
         self._stopped = threading.Event()
         self._started = False
         self._housekeeping_timer = None
+        self._reserve_fd: Optional[int] = None  # given up to accept (and refuse) at the fd limit
+        self._log_marks: Dict[str, Tuple[float, int]] = {}  # kind -> (last line, lines held back)
 
     # -- public API -------------------------------------------------------------
 
@@ -284,6 +290,7 @@ class WebSocketServer:
         self.loop = Loop()
         try:
             self._listen()
+            self._fit_fd_limit()
             self._setup()
         except BaseException:
             if self._listener is not None:  # do not leak the bound port
@@ -395,6 +402,9 @@ class WebSocketServer:
 
     def _teardown(self) -> None:
         """Subclasses release what ``_setup`` made (loop stopped)."""
+        if self._reserve_fd is not None:
+            os.close(self._reserve_fd)
+            self._reserve_fd = None
         if self.loop is not None:
             self.loop.close()
 
@@ -445,6 +455,35 @@ class WebSocketServer:
         self.stats.host_refused += 1
         raise HTTPError(403, "host not allowed")
 
+    def _fit_fd_limit(self) -> None:
+        """Keep ``max_connections`` under the descriptor limit (``ulimit -n``) less a reserve,
+        and hold one descriptor to give up when ``accept()`` hits the limit anyway."""
+        try:
+            import resource
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (ImportError, OSError, ValueError):  # pragma: no cover - not a Unix
+            soft = -1
+        if soft != -1 and soft != getattr(resource, "RLIM_INFINITY", -1):
+            usable = max(1, soft - FD_RESERVE)
+            if self.max_connections > usable:
+                log.info("max_connections lowered from %d to %d: the file descriptor limit "
+                         "(ulimit -n) is %d", self.max_connections, usable, soft)
+                self.max_connections = usable
+        self._reserve_fd = os.open(os.devnull, os.O_RDONLY)
+
+    def _log_limited(self, level: int, kind: str, message: str, *args: Any) -> None:
+        """At most one line of a ``kind`` every ``LOG_INTERVAL`` seconds, saying how many it held back."""
+        now = time.monotonic()
+        last, held = self._log_marks.get(kind, (-LOG_INTERVAL, 0))
+        if now - last < LOG_INTERVAL:
+            self._log_marks[kind] = (last, held + 1)
+            return
+        self._log_marks[kind] = (now, 0)
+        if held:
+            message += " (and %d more like it since the last line)"
+            args += (held,)
+        log.log(level, message, *args)
+
     def _configure_listener(self, sock: socket.socket) -> None:
         """Socket options on the listening socket before bind: ``SO_REUSEPORT`` for workers."""
         if self.reuse_port:
@@ -463,8 +502,10 @@ class WebSocketServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE, ENFILE, ECONNABORTED...
-                log.warning("accept failed: %s", exc)
                 self.stats.accept_errors += 1
+                self._log_limited(logging.WARNING, "accept", "accept failed: %s", exc)
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self._out_of_descriptors(listener)
                 return
             sock.setblocking(False)
             try:
@@ -501,10 +542,36 @@ class WebSocketServer:
             self.stats.connections += 1
             self.loop.register(client.fd, POLLIN, client)  # the client is its own handler
 
+    def _out_of_descriptors(self, listener: socket.socket) -> None:
+        """``accept()`` hit the descriptor limit: the pending connection stays ready and the
+        listener would wake the loop at once, forever.  Give up the reserve descriptor to take
+        one peer and refuse it (503), and rest the listener for ``ACCEPT_PAUSE`` seconds."""
+        if self._reserve_fd is not None:
+            os.close(self._reserve_fd)
+            self._reserve_fd = None
+            try:
+                sock, address = listener.accept()
+            except OSError:
+                pass
+            else:
+                self._refuse(sock, address[0] if isinstance(address, tuple) else address)
+        self.loop.unregister(listener.fileno())
+        self.loop.call_later(ACCEPT_PAUSE, self._accept_again)
+
+    def _accept_again(self) -> None:
+        """The listener's rest is over: take the reserve descriptor back, then accept again."""
+        if self._reserve_fd is None:
+            try:
+                self._reserve_fd = os.open(os.devnull, os.O_RDONLY)
+            except OSError:
+                pass  # still at the limit: the next accept() failure only rests the listener
+        if self._listener is not None and not self._stopping:
+            self.loop.register(self._listener.fileno(), POLLIN, self._on_accept)
+
     def _refuse(self, sock: socket.socket, host: Any) -> None:
         """Over a connection limit (or stopping): 503, best effort, and close (no TLS is spoken)."""
         self.stats.refused += 1
-        log.info("refusing a connection from %s: connection limit", host)
+        self._log_limited(logging.INFO, "refuse", "refusing a connection from %s: connection limit", host)
         try:
             if self.ssl_context is None:
                 sock.send(handshake.error_response(HTTPError(
