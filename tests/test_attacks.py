@@ -252,5 +252,20 @@ def test_12_engineio_requests_with_a_sid_keep_the_origin_check(make_gateway):
 
 # -- 14. Bodies, dotfiles, static reads, hung workers, far-future since ---------------------
 
+def test_14a_bodies_only_where_one_is_taken(make_gateway):
+    gateway = make_gateway(None)
+    for head in (b"POST /poll HTTP/1.1\r\nHost: localhost\r\nContent-Length: 900000\r\n\r\n",
+                 b"GET / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\n",
+                 b"GET /events HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+            sock.sendall(head)  # the body never comes: the answer must not wait for it
+            assert sock.recv(12) == b"HTTP/1.1 413", head
+    assert gateway.stats.bodies_refused == 3
+    status, _, body = http_exchange(gateway.port, b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\n"
+                                                  b"Host: localhost\r\n\r\n")
+    sid = json.loads(body[1:])["sid"]
+    assert _status(gateway.port, f"/socket.io/?EIO=4&transport=polling&sid={sid}", "localhost",
+                   "POST", "", b"40") == 200
+
 
 # -- The token file ----------------------------------------------------------------------------

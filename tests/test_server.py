@@ -323,7 +323,7 @@ def test_bad_handshake_gets_http_status(echo_server, http_exchange, upgrade_requ
 @pytest.mark.parametrize("request_bytes, status", [
     (b"GET /nope HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
     (b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
-    (b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello", 405),
+    (b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n", 405),
     (b"hello there\r\n\r\n", 400),
     (b"GET / HTTP/2.0\r\nHost: localhost\r\n\r\n", 505),
 ], ids=["get-unknown", "get-root", "post", "garbage", "http2"])

@@ -807,6 +807,12 @@ class Gateway(WebSocketServer):
                                               keep_alive=request.keep_alive), keep_alive=True)
         return None
 
+    def body_limit(self, request: Request) -> int:
+        """Only Engine.IO's POST carries a body (packets, up to ``max_message_size``)."""
+        if request.method == "POST" and self.sio is not None and self.sio.matches(request):
+            return self.max_message_size
+        return super().body_limit(request)
+
     def _check_metrics_access(self, request: Request) -> None:
         """``/metrics`` needs ``metrics_token`` if set, else what clients need (401/403)."""
         if self._metrics_auth is not None:

@@ -49,6 +49,8 @@ _COUNTERS = [
     ("drops", "zmqws_dropped_messages_total", "deliveries not made (slow consumers)"),
     ("pipeline_paused", "zmqws_pipeline_paused_total",
      "times reading a connection's pipelined requests paused (responses over --max-queue)"),
+    ("bodies_refused", "zmqws_bodies_refused_total",
+     "requests refused (413) for a body where none is taken, or a larger one than allowed"),
     ("requests_capped", "zmqws_requests_capped_total",
      "keep-alive connections closed after --max-requests-per-connection requests"),
 ]

@@ -367,6 +367,10 @@ class WebSocketServer:
             raise HTTPError(405, "method not allowed", [("Allow", "GET, HEAD")])
         raise HTTPError(404, "not found")
 
+    def body_limit(self, request: Request) -> int:
+        """The largest body ``request`` (its head) may carry; 0: none (413 for any, unread)."""
+        return 0
+
     def accept_websocket(self, client: Client, request: Request) -> None:
         """Hook before the 101 response: raise :class:`HTTPError` to refuse the upgrade."""
 
@@ -534,7 +538,7 @@ class WebSocketServer:
                     continue
             client = Client(self, sock, address, self._next_id, now)
             self._next_id += 1
-            client.parser = RequestParser(self.max_header_size)
+            client.parser = RequestParser(self.max_header_size, body_limit=self.body_limit)
             if client.tls:
                 client.phase = TLS
             self._per_address[host] = self._per_address.get(host, 0) + 1
@@ -690,6 +694,8 @@ class WebSocketServer:
                 request = client.parser.feed(client.parser.reset())
         except HTTPError as exc:
             self.stats.http_errors += 1
+            if exc.status == 413:
+                self.stats.bodies_refused += 1
             log.debug("client %s: HTTP %s %s", client.id, exc.status, exc.reason)
             response = handshake.error_response(exc)
             self.http_reply(client, response)

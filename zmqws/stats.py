@@ -26,7 +26,8 @@ class Stats:
                  "handshake_timeouts", "accept_errors", "gaps", "rate_limited",
                  "upstream_messages", "upstream_drops", "sse_connections", "polls_held",
                  "refused", "forbidden", "tls_errors", "idle_closed", "malformed", "sio_sessions",
-                 "pipeline_paused", "requests_capped", "host_refused", "closes")
+                 "pipeline_paused", "requests_capped", "host_refused",
+                 "bodies_refused", "closes")
 
     def __init__(self) -> None:
         for name in self.__slots__:
