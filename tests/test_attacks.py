@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 from typing import List
 
@@ -266,6 +267,41 @@ def test_14a_bodies_only_where_one_is_taken(make_gateway):
     sid = json.loads(body[1:])["sid"]
     assert _status(gateway.port, f"/socket.io/?EIO=4&transport=polling&sid={sid}", "localhost",
                    "POST", "", b"40") == 200
+
+
+def _get(port: int, path: str) -> tuple:
+    status, _, body = http_exchange(port, f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    return status, body
+
+
+def test_14b_static_dir_hides_dotfiles_and_reads_off_the_loop(make_gateway, tmp_path, monkeypatch):
+    import zmqws.files
+
+    (tmp_path / ".env").write_text("SECRET=1")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "config").write_text("[core]")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ".htpasswd").write_text("admin:x")
+    os.symlink(tmp_path / ".env", tmp_path / "env.txt")  # a visible name for a dotfile
+    page = tmp_path / "page.txt"
+    page.write_text("one")
+    opened: List[str] = []
+
+    def counting_open(*args, **kwargs):
+        opened.append(threading.current_thread().name)
+        return open(*args, **kwargs)
+
+    monkeypatch.setattr(zmqws.files, "open", counting_open, raising=False)
+    gateway = make_gateway(None, static_dir=str(tmp_path))
+    for path in ("/.env", "/.git/config", "/sub/.htpasswd", "/env.txt", "/%2eenv"):
+        assert _get(gateway.port, path)[0] == 404, path
+    for _ in range(20):
+        assert _get(gateway.port, "/page.txt") == (200, b"one")
+    assert len(opened) == 1 and opened[0].startswith("zmqws-files")  # one read, off the loop
+    page.write_text("two!")
+    os.utime(page, (time.time() + 5, time.time() + 5))
+    wait_until(lambda: _get(gateway.port, "/page.txt") == (200, b"two!"), message="the new content")
+    assert len(opened) == 2 and opened[1].startswith("zmqws-files")
 
 
 # -- The token file ----------------------------------------------------------------------------

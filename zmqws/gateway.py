@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import mimetypes
 import os
 import time
 from collections import deque
@@ -31,7 +30,8 @@ import zmq
 
 from .connection import Message
 from .frames import CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, frame_header
-from .handshake import HTTPError, Request, http_response
+from .files import FileCache, StaticFile
+from .handshake import HTTPError, Request, error_response, http_response
 from . import metrics as prometheus
 from . import sse
 from .routing import History, Route, Router, Stored, Upstream, topic_matches
@@ -44,7 +44,6 @@ __all__ = ["Gateway", "ENVELOPES"]
 log = logging.getLogger("zmqws")
 
 _STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
-_PACKAGE_STATIC = os.path.realpath(_STATIC)
 
 PAYLOAD_MODES = ("auto", "text", "binary")
 ENVELOPES = ("payload", "topic", "json")
@@ -167,8 +166,9 @@ class Gateway(WebSocketServer):
         self.drain_budget = drain_budget
         self.page = page
         # Files are served from the user's folder first, then the package's (page, zmqws.js).
-        self._static_roots = [os.path.realpath(d) for d in (static_dir, _STATIC) if d]
-        self._package_files: Dict[str, Tuple[bytes, str]] = {}
+        self._files = FileCache([d for d in (static_dir, _STATIC) if d],
+                                lambda callback: self.loop.call_soon_threadsafe(callback),
+                                time.monotonic, max_file_size=max_static_size)
         self.max_static_size = max_static_size
         self.cors_origins = list(cors_origins)
         self.sse_heartbeat = sse_heartbeat
@@ -289,6 +289,7 @@ class Gateway(WebSocketServer):
         if self._own_context and self._context is not None:
             self._context.term()
             self._context = None
+        self._files.close()
         super()._teardown()
 
     # -- upstream subscriptions -----------------------------------------------------
@@ -798,14 +799,29 @@ class Gateway(WebSocketServer):
             return None
         if path in ("/", "/index.html") and not self.page:
             raise HTTPError(404, "not found")
-        found = self._static_file("/" + self.page if path == "/" else path)
-        if found is None:
+        relative = self._files.relative("/" + self.page if path == "/" else path)
+        if relative is None:
             raise HTTPError(404, "not found")
-        body, content_type = found
-        self.http_reply(client, http_response(200, body, content_type,
-                                              [("Cache-Control", "no-cache")] + cors,
-                                              keep_alive=request.keep_alive), keep_alive=True)
+        found = self._files.get(relative)
+        if found is not None:
+            self.http_reply(client, self._file_response(request, found, cors), keep_alive=True)
+            return None
+        self.reply_later(client)  # read off the loop, then _file_loaded
+        self._files.load(relative, lambda found: self._file_loaded(client, request, found, cors))
         return None
+
+    def _file_loaded(self, client: Client, request: Request, found: Optional[StaticFile],
+                     cors: List[Tuple[str, str]]) -> None:
+        if found is None:
+            self.stats.http_errors += 1
+            self.reply_now(client, error_response(HTTPError(404, "not found")))
+        else:
+            self.reply_now(client, self._file_response(request, found, cors), keep_alive=True)
+
+    @staticmethod
+    def _file_response(request: Request, found: StaticFile, cors: List[Tuple[str, str]]) -> bytes:
+        return http_response(200, found.body, found.content_type, [("Cache-Control", "no-cache")] + cors,
+                             keep_alive=request.keep_alive)
 
     def body_limit(self, request: Request) -> int:
         """Only Engine.IO's POST carries a body (packets, up to ``max_message_size``)."""
@@ -832,38 +848,6 @@ class Gateway(WebSocketServer):
         if origin in self.cors_origins:
             return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
         return []
-
-    def _static_file(self, path: str) -> Optional[Tuple[bytes, str]]:
-        """A file under one of the static folders, never outside them (no ``..``, no links out)."""
-        relative = path.lstrip("/")
-        if not relative or "\0" in relative or "\\" in relative:
-            return None
-        if any(part in ("", ".", "..") for part in relative.split("/")):
-            return None
-        for root in self._static_roots:
-            full = os.path.realpath(os.path.join(root, relative))
-            if not full.startswith(root + os.sep) or not os.path.isfile(full):
-                continue
-            cached = self._package_files.get(full)
-            if cached is not None:
-                return cached
-            try:
-                with open(full, "rb") as f:
-                    body = f.read(self.max_static_size + 1)
-            except OSError:
-                continue
-            if len(body) > self.max_static_size:
-                raise HTTPError(404, "not found")
-            content_type = mimetypes.guess_type(full)[0] or "application/octet-stream"
-            if content_type.startswith("text/") or content_type in ("application/javascript",
-                                                                     "application/json"):
-                content_type += "; charset=utf-8"
-            if root == _PACKAGE_STATIC:
-                # The package's own files (the page, zmqws.js) do not change: read them once,
-                # not on every request in the loop.
-                self._package_files[full] = (body, content_type)
-            return body, content_type
-        return None
 
     def _start_sse(self, client: Client, request: Request, cors: List[Tuple[str, str]]) -> None:
         """``GET /events``: the response becomes an endless event stream (phase STREAM)."""

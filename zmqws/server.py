@@ -73,7 +73,7 @@ class Client:
     __slots__ = ("server", "sock", "fd", "address", "id", "phase", "parser", "request", "path", "ws",
                  "session", "close_after_flush", "want_write", "connected_at",
                  "last_seen", "ping_sent_at", "deadline", "subprotocol", "data", "transport",
-                 "parked", "tls", "paused", "requests", "__weakref__")
+                 "parked", "tls", "paused", "waiting", "requests", "__weakref__")
 
     def __init__(self, server: "WebSocketServer", sock: socket.socket, address: Any, client_id: int,
                  now: float) -> None:
@@ -102,6 +102,7 @@ class Client:
         self.parked = False  # an HTTP request held open (long-polling) until messages come
         self.tls = server.ssl_context is not None
         self.paused = False  # reading stopped: pipelined responses fill the output queue
+        self.waiting = False  # reading stopped: the response comes later (see reply_later)
         self.requests = 0  # HTTP requests read on this connection
 
     def __call__(self, revents: int) -> None:
@@ -625,7 +626,8 @@ class WebSocketServer:
 
     def _poll_events(self, client: Client) -> None:
         """Poll for input unless reading is paused, for output while some is pending."""
-        self.loop.modify(client.fd, (0 if client.paused else POLLIN) | (POLLOUT if client.want_write else 0))
+        reading = not (client.paused or client.waiting)
+        self.loop.modify(client.fd, (POLLIN if reading else 0) | (POLLOUT if client.want_write else 0))
 
     def _read(self, client: Client) -> None:
         sock = client.sock
@@ -668,6 +670,9 @@ class WebSocketServer:
     def _http_data(self, client: Client, data: bytes) -> None:
         if client.close_after_flush:
             return  # an answer is on its way; ignore the rest
+        if client.paused or client.waiting:
+            client.parser.rest += data  # read with a hang-up: parsed after what came before it
+            return
         try:
             request = client.parser.feed(data)
             while request is not None:
@@ -686,7 +691,7 @@ class WebSocketServer:
                 response = self.handle_http(client, request)
                 if response is not None:
                     self.http_reply(client, response)
-                if client.phase != HTTP or client.parked or client.close_after_flush:
+                if client.phase != HTTP or client.parked or client.close_after_flush or client.waiting:
                     return
                 if client.session.out_bytes > self.max_queue:
                     self._pause_reading(client)  # the rest waits in the parser (see _sent)
@@ -715,6 +720,23 @@ class WebSocketServer:
         self._input(client, client.parser.reset())
         if client.session.out and client.phase != GONE:
             self._want_write(client, True)  # flushed when writable, not after some later turn
+
+    def reply_later(self, client: Client) -> None:
+        """From ``handle_http``: the response to this request comes later (from another thread's
+        work); the client's further requests wait, unread, for :meth:`reply_now` (loop thread)."""
+        client.waiting = True
+        self._poll_events(client)
+
+    def reply_now(self, client: Client, response: bytes, keep_alive: bool = False) -> None:
+        """The response :meth:`reply_later` announced (see :meth:`http_reply`); then the next requests."""
+        if client.phase != HTTP or not client.waiting:
+            return  # gone meanwhile
+        client.waiting = False
+        self.http_reply(client, response, keep_alive)
+        if client.session.out_bytes > self.max_queue:
+            self._pause_reading(client)
+        else:
+            self._resume_reading(client)
 
     @staticmethod
     def _head_length(response: bytes) -> int:
@@ -904,7 +926,7 @@ class WebSocketServer:
             else:
                 out[i] = memoryview(out[i])[sent:]
             del out[:i]
-        if client.paused and session.out_bytes <= self.max_queue and client.phase == HTTP:
+        if client.paused and session.out_bytes <= self.max_queue and client.phase == HTTP and not client.waiting:
             self._resume_reading(client)
             if client.phase == GONE:
                 return
