@@ -20,7 +20,7 @@ import threading
 import time
 from typing import List
 
-from conftest import http_exchange, upgrade_request, wait_until
+from conftest import RawWebSocket, http_exchange, upgrade_request, wait_until
 
 # -- 1. Socket.IO topic rights bypass --------------------------------------------------------
 
@@ -302,6 +302,27 @@ def test_14b_static_dir_hides_dotfiles_and_reads_off_the_loop(make_gateway, tmp_
     os.utime(page, (time.time() + 5, time.time() + 5))
     wait_until(lambda: _get(gateway.port, "/page.txt") == (200, b"two!"), message="the new content")
     assert len(opened) == 2 and opened[1].startswith("zmqws-files")
+
+
+def test_14d_since_beyond_the_last_id_is_a_gap_not_a_wait(make_gateway):
+    gateway = make_gateway(None)
+    gateway.publish("old", "t")
+    wait_until(lambda: gateway.last_id >= 1, message="a message taken")
+    far = 10 ** 15
+    status, headers, body = http_exchange(gateway.port, f"GET /poll?since={far} HTTP/1.1\r\n"
+                                                        f"Host: localhost\r\n\r\n".encode())
+    last = int(headers["x-zmqws-last-id"])
+    assert status == 200 and json.loads(body) == [{"gap": [last + 1, far]}]
+    ws = RawWebSocket(gateway.port)
+    try:
+        ws.handshake(f"/?since={far}&format=json")
+        _, _, notice = ws.recv_frame()
+        assert json.loads(notice)["gap"][1] == far
+        gateway.publish("new", "t")
+        _, _, message = ws.recv_frame()
+        assert json.loads(message)["data"] == "new"
+    finally:
+        ws.close()
 
 
 # -- The token file ----------------------------------------------------------------------------

@@ -578,6 +578,7 @@ class Gateway(WebSocketServer):
             # just started, or one a little behind the one the client came from): it waits off
             # the routes until the gateway has, then resumes (no duplicate, no silent gap).
             self._behind[client] = since
+            self.loop.call_later(self.handshake_timeout, lambda: self._behind_too_long(client))
             return
         self._resume(client, state, since)
 
@@ -600,6 +601,15 @@ class Gateway(WebSocketServer):
                 self._queued(client)
         self.router.add(client, state.prefixes, state.envelope, state.wire)
 
+    def _behind_too_long(self, client: Client) -> None:
+        """upstream_ids: the id a client saw did not come within ``handshake_timeout``: resume it
+        from the last id with a gap notice (see ``_missed``) rather than let it wait for ever."""
+        since = self._behind.pop(client, None)
+        state = self._states.get(client)
+        if since is not None and state is not None:
+            self._send_batch()
+            self._resume(client, state, since)
+
     def _catch_up(self) -> None:
         """upstream_ids: resume the clients that waited for the gateway to take the id they saw."""
         ready = [client for client, since in self._behind.items() if self._last_id >= since]
@@ -616,6 +626,11 @@ class Gateway(WebSocketServer):
         """Resume: a gap notice if the ids after ``since`` are not all known, and the
         messages in the history after ``since`` for the client's topics."""
         ranges = []
+        if since > self._last_id:
+            # Ids this gateway never gave (another run's, or a gateway far ahead): resume from
+            # the last one, and say which ids are unknown here.
+            ranges.append((self._last_id + 1, since))
+            since = self._last_id
         if since < self.history.first_missing:
             ranges.append((since + 1, self.history.first_missing))  # evicted from the history
         for prefix in state.prefixes:
