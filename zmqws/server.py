@@ -191,10 +191,11 @@ class WebSocketServer:
       any other origin is refused with 403.
     * ``allow_hosts``: the ``Host`` values accepted (``NAME`` with any port,
       or ``NAME:PORT``); others get 403 on every request.  Listening on a
-      loopback address, ``localhost``, ``127.0.0.1`` and ``[::1]`` (with no
-      port or the listening one) are accepted too, and nothing else by
-      default: a page of another site whose name was rebound to 127.0.0.1
-      (DNS rebinding) sends its own name.  Elsewhere no check by default.
+      loopback address, ``localhost``, ``127.0.0.1`` and ``[::1]`` are
+      accepted too, and nothing else by default: a page of another site whose
+      name was rebound to 127.0.0.1 (DNS rebinding) sends its own name.  (Any
+      port: a browser sends another port only to another port, which a local
+      proxy may forward here.)  Elsewhere no check by default.
     * ``authenticate(request)``: called for every upgrade and streaming request;
       return None (allowed, every topic) or the topic prefixes the client may
       receive, or raise ``HTTPError(401 or 403, reason)``.
@@ -439,13 +440,13 @@ class WebSocketServer:
     def _allowed_hosts(self) -> None:
         """The ``Host`` values to accept (see ``allow_hosts``), once the port is known."""
         exact = {h for h in self.allow_hosts if _host_name(h) != h}
-        self._any_port_hosts = frozenset(h for h in self.allow_hosts if _host_name(h) == h)
+        any_port = {h for h in self.allow_hosts if _host_name(h) == h}
         if _is_loopback(self.host):
-            own = f"[{self.host}]" if ":" in self.host else self.host.lower()
-            for name in ("localhost", "127.0.0.1", "[::1]", own):
-                exact.update((name, f"{name}:{self.port}"))
-        if exact or self._any_port_hosts:
+            any_port.update(("localhost", "127.0.0.1", "[::1]",
+                             f"[{self.host}]" if ":" in self.host else self.host.lower()))
+        if exact or any_port:
             self._hosts = frozenset(exact)
+            self._any_port_hosts = frozenset(any_port)
 
     def check_host(self, request: Request) -> None:
         """403 for a ``Host`` the server does not answer to (DNS rebinding; see ``allow_hosts``)."""
