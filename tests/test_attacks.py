@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -302,6 +303,26 @@ def test_14b_static_dir_hides_dotfiles_and_reads_off_the_loop(make_gateway, tmp_
     os.utime(page, (time.time() + 5, time.time() + 5))
     wait_until(lambda: _get(gateway.port, "/page.txt") == (200, b"two!"), message="the new content")
     assert len(opened) == 2 and opened[1].startswith("zmqws-files")
+
+
+def test_14c_a_hung_worker_is_killed_and_replaced(spawn):
+    parent = spawn(sys.executable, "-m", "zmqws", "--demo", "--workers", "2", "--port", "0",
+                   "--worker-timeout", "2", "--close-timeout", "1")
+    match = parent.wait_for_line("stderr", r"listening on port (\d+) with 2 workers \(pids (\d+), (\d+)\)",
+                                 timeout=30)
+    port, hung = int(match.group(1)), int(match.group(2))
+    os.kill(hung, signal.SIGSTOP)  # its loop answers nothing any more (nor does it die)
+    try:
+        parent.wait_for_line("stderr", rf"pid {hung}\) is hung", timeout=15)
+        parent.wait_for_line("stderr", rf"pid {hung}\) exited with status -9; restarting", timeout=5)
+        assert _healthz(port) == 200
+    finally:
+        try:
+            os.kill(hung, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        parent.popen.send_signal(signal.SIGTERM)
+        parent.popen.wait(15)
 
 
 def test_14d_since_beyond_the_last_id_is_a_gap_not_a_wait(make_gateway):

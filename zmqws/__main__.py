@@ -104,7 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="zlib memory level for compression (default: %(default)s)")
     web.add_argument("--static-dir", metavar="DIR",
                      help="also serve the files of this folder over HTTP (before the built-in page "
-                          "and /zmqws.js); nothing outside it is ever served")
+                          "and /zmqws.js); nothing outside it, and no dotfile, is ever served")
+    web.add_argument("--max-static-size", type=_size, default=16 << 20, metavar="BYTES",
+                     help="largest file served; larger ones are 404 (default: 16M)")
+    web.add_argument("--static-cache-size", type=_size, default=64 << 20, metavar="BYTES",
+                     help="files are served from memory: at most this many bytes of them (default: 64M)")
     web.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                      help="send CORS headers to pages from this origin (repeatable; * for any) "
                           "on HTTP responses (/events, /poll, files); none by default")
@@ -187,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "own SUB socket and loop, behind an id-stamping forwarder so that a "
                             "client may resume on any worker; the parent restarts crashed workers "
                             "(default: %(default)s)")
+    scale.add_argument("--worker-timeout", type=_seconds, default=10.0, metavar="S",
+                       help="with --workers: kill (SIGKILL) and restart a worker whose loop has not "
+                            "answered for this long; 0 = never (default: %(default)s)")
     scale.add_argument("--upstream-ids", action="store_true",
                        help="take message ids from upstream: messages are [first part, 8-byte id, "
                             "...] as stamped by 'python -m zmqws.proxy --stamp'")
@@ -228,6 +235,7 @@ def build_gateway(args: argparse.Namespace, endpoints: List[str], **overrides: A
         upstream_topic=args.upstream_topic.encode("utf-8"), client_rate=args.client_rate,
         deflate=not args.no_deflate, deflate_threshold=args.deflate_threshold,
         deflate_mem_level=args.deflate_mem_level, static_dir=args.static_dir,
+        max_static_size=args.max_static_size, static_cache_size=args.static_cache_size,
         cors_origins=args.cors_origin, sse_heartbeat=args.sse_heartbeat,
         poll_timeout=args.poll_timeout, ssl_context=ssl_context,
         allow_origins=args.allow_origin, allow_hosts=args.allow_host, authenticate=authenticate, metrics=not args.no_metrics,

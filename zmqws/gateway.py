@@ -102,6 +102,9 @@ class Gateway(WebSocketServer):
       ids keep growing across restarts).
     * ``stats_dir``: write this process's counters there every second and
       sum every file found there at ``/metrics`` (set by ``--workers``).
+    * ``static_dir``: serve its files too (never a dotfile, nothing outside
+      it); files up to ``max_static_size`` bytes, kept in memory within
+      ``static_cache_size`` bytes (see :mod:`zmqws.files`).
     * ``metrics``: serve ``GET /metrics``; ``metrics_token``: the token it
       then requires (Bearer header or ``?token=``, else 401); without one,
       ``/metrics`` asks what the ``authenticate`` hook asks of clients.
@@ -128,6 +131,7 @@ class Gateway(WebSocketServer):
                  rcvhwm: int = 100_000, drain_budget: int = 4096,
                  zmq_context: Optional[zmq.Context] = None, page: Optional[str] = "index.html",
                  static_dir: Optional[str] = None, max_static_size: int = 16 << 20,
+                 static_cache_size: int = 64 << 20,
                  cors_origins: Sequence[str] = (), sse_heartbeat: float = 15.0,
                  poll_timeout: float = 25.0, poll_max_messages: int = 100,
                  poll_max_bytes: int = 1 << 20, metrics: bool = True,
@@ -168,7 +172,8 @@ class Gateway(WebSocketServer):
         # Files are served from the user's folder first, then the package's (page, zmqws.js).
         self._files = FileCache([d for d in (static_dir, _STATIC) if d],
                                 lambda callback: self.loop.call_soon_threadsafe(callback),
-                                time.monotonic, max_file_size=max_static_size)
+                                time.monotonic, max_file_size=max_static_size,
+                                max_total=static_cache_size)
         self.max_static_size = max_static_size
         self.cors_origins = list(cors_origins)
         self.sse_heartbeat = sse_heartbeat
