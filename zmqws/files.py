@@ -12,6 +12,7 @@ worker thread; the result comes back to the loop through
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 import os
 from collections import OrderedDict
@@ -19,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence
 
 __all__ = ["FileCache", "StaticFile"]
+
+log = logging.getLogger("zmqws")
 
 
 class StaticFile:
@@ -117,7 +120,8 @@ class FileCache:
     def _read(self, relative: str, known: Optional[StaticFile]) -> None:
         try:
             found = self._find(relative, known)
-        except Exception:  # pragma: no cover - reported as "not found", never lost
+        except Exception:  # noqa: BLE001  # pragma: no cover - the waiting clients get 404, not silence
+            log.exception("cannot read static file %r", relative)
             found = None
         try:
             self._call_soon(lambda: self._loaded(relative, known, found))
