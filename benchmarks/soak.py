@@ -500,7 +500,7 @@ def rss_of(pid: int) -> int:
 
 def metrics(port: int) -> Dict[str, float]:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         data = b""
         while True:
             chunk = sock.recv(65536)

@@ -192,7 +192,7 @@ def test_signal_right_after_startup_is_a_clean_stop(signum):
 def test_demo_page_is_served(spawn, http_exchange):
     process = spawn(sys.executable, "-m", "zmqws", "--demo", "--port", "0")
     port = int(process.wait_for_line("stderr", LISTENING).group(1))
-    status, headers, body = http_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = http_exchange(port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert status == 200 and b"WebSocket" in body
     process.popen.send_signal(signal.SIGTERM)
     assert process.popen.wait(timeout=5) == 0

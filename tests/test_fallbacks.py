@@ -512,15 +512,15 @@ def test_sse_topic_filtering_and_gap_event(make_gateway, sse_client):
 
 def test_sse_bad_query_is_400(make_gateway, http_exchange):
     gw = make_gateway(None)
-    assert http_exchange(gw.port, b"GET /events?since=abc HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 400
-    assert http_exchange(gw.port, b"GET /events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: x1\r\n\r\n")[0] == 400
-    assert http_exchange(gw.port, b"GET /events?format=xml HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 400
+    assert http_exchange(gw.port, b"GET /events?since=abc HTTP/1.1\r\nHost: localhost\r\n\r\n")[0] == 400
+    assert http_exchange(gw.port, b"GET /events HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: x1\r\n\r\n")[0] == 400
+    assert http_exchange(gw.port, b"GET /events?format=xml HTTP/1.1\r\nHost: localhost\r\n\r\n")[0] == 400
     assert gw.stats.sse_connections == 0
 
 
 def test_sse_head_is_headers_only(make_gateway, http_exchange):
     gw = make_gateway(None)
-    status, headers, body = http_exchange(gw.port, b"HEAD /events?format=json HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = http_exchange(gw.port, b"HEAD /events?format=json HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert status == 200
     assert headers["content-type"].startswith("text/event-stream")
     assert body == b""
@@ -744,7 +744,7 @@ def test_many_parked_polls_cost_no_thread_and_one_publish_answers_all(make_gatew
         for _ in range(n):
             sock = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
             socks.append(sock)
-            sock.sendall(b"GET /poll?topic=many.&format=json HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.sendall(b"GET /poll?topic=many.&format=json HTTP/1.1\r\nHost: localhost\r\n\r\n")
         wait_until(lambda: gw.stats.polls_held == n, message=f"{n} parked polls")
         assert threading.active_count() == threads_before
         time.sleep(0.2)
@@ -770,7 +770,7 @@ def test_parked_poll_closed_by_the_client_is_forgotten(make_gateway):
     gw = make_gateway(None, poll_timeout=30, linger=0)
     socks = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(3)]
     for sock in socks:
-        sock.sendall(b"GET /poll?topic=gone. HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(b"GET /poll?topic=gone. HTTP/1.1\r\nHost: localhost\r\n\r\n")
     wait_until(lambda: gw.stats.polls_held == 3)
     assert gw.subscriptions() == [b"gone."]
     for sock in socks:
@@ -916,7 +916,7 @@ def test_client_script_and_page(make_gateway, http_conn):
 @pytest.mark.parametrize("path", ["/nope", "/zmqws.jsx", "/events/", "/poll/x", "/static/", "/index.htm"])
 def test_unknown_path_is_404(make_gateway, http_exchange, path):
     gw = make_gateway(None)
-    status, _, _ = http_exchange(gw.port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    status, _, _ = http_exchange(gw.port, f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
     assert status == 404
 
 
@@ -1017,7 +1017,7 @@ TRAVERSALS = [
 def test_path_traversal_is_404(make_gateway, http_exchange, tmp_path, target):
     (tmp_path / "ok.txt").write_text("fine")
     gw = make_gateway(None, static_dir=str(tmp_path))
-    status, _, body = http_exchange(gw.port, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    status, _, body = http_exchange(gw.port, f"GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
     assert status in (400, 404), status
     assert b"root:" not in body and b"import" not in body and b"fine" not in body
 
@@ -1034,10 +1034,10 @@ def test_symlinks_out_of_the_static_dir_are_404(make_gateway, http_exchange, tmp
     os.symlink(static / "inside.txt", static / "alias.txt")  # a link that stays inside is fine
     gw = make_gateway(None, static_dir=str(static))
     for path in ("/link.txt", "/up/secret.txt", "/passwd.txt"):
-        status, _, body = http_exchange(gw.port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        status, _, body = http_exchange(gw.port, f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
         assert status == 404, path
         assert b"secret" not in body and b"root:" not in body
-    assert http_exchange(gw.port, b"GET /alias.txt HTTP/1.1\r\nHost: x\r\n\r\n")[2] == b"public"
+    assert http_exchange(gw.port, b"GET /alias.txt HTTP/1.1\r\nHost: localhost\r\n\r\n")[2] == b"public"
 
 
 def test_static_dir_files_with_their_types(make_gateway, http_conn, tmp_path):
@@ -1071,7 +1071,7 @@ def test_static_dir_files_with_their_types(make_gateway, http_conn, tmp_path):
 def test_static_file_over_the_size_limit_is_404(make_gateway, http_exchange, tmp_path):
     (tmp_path / "big.txt").write_bytes(b"x" * 2000)
     gw = make_gateway(None, static_dir=str(tmp_path), max_static_size=1000)
-    assert http_exchange(gw.port, b"GET /big.txt HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 404
+    assert http_exchange(gw.port, b"GET /big.txt HTTP/1.1\r\nHost: localhost\r\n\r\n")[0] == 404
 
 
 @pytest.mark.parametrize("limit", [None, 1024])
@@ -1079,10 +1079,10 @@ def test_request_head_over_the_limit_is_431(make_gateway, http_exchange, limit):
     options = {} if limit is None else {"max_header_size": limit}
     gw = make_gateway(None, **options)
     size = (limit or 8192) + 100
-    request = b"GET /poll HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n"
+    request = b"GET /poll HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * size + b"\r\n\r\n"
     status, _, _ = http_exchange(gw.port, request)
     assert status == 431
-    many = b"GET /poll HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(200)) + b"\r\n"
+    many = b"GET /poll HTTP/1.1\r\nHost: localhost\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(200)) + b"\r\n"
     assert http_exchange(gw.port, many)[0] == 431
     assert gw.stats.polls_held == 0
 

@@ -258,7 +258,7 @@ def plain_gateway(make_gateway):
 @pytest.mark.parametrize("path", ["/", "/index.html"])
 def test_get_page(plain_gateway, http_exchange, path):
     status, headers, body = http_exchange(plain_gateway.port,
-                                          f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                                          f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
     assert status == 200
     assert headers["content-type"].startswith("text/html")
     assert int(headers["content-length"]) == len(body)
@@ -268,8 +268,8 @@ def test_get_page(plain_gateway, http_exchange, path):
 
 def test_head_page_returns_headers_only(plain_gateway, http_exchange):
     _status, get_headers, get_body = http_exchange(plain_gateway.port,
-                                                   b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    status, headers, body = http_exchange(plain_gateway.port, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+                                                   b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    status, headers, body = http_exchange(plain_gateway.port, b"HEAD / HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert status == 200
     assert body == b""
     assert headers["content-type"].startswith("text/html")
@@ -277,10 +277,10 @@ def test_head_page_returns_headers_only(plain_gateway, http_exchange):
 
 
 @pytest.mark.parametrize("request_bytes, status", [
-    (b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n", 404),
-    (b"GET /../zmqws/gateway.py HTTP/1.1\r\nHost: x\r\n\r\n", 404),
-    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405),
-    (b"HEAD /other HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+    (b"GET /other HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+    (b"GET /../zmqws/gateway.py HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+    (b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n", 405),
+    (b"HEAD /other HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
 ], ids=["other", "traversal", "post", "head-other"])
 def test_other_http_requests(plain_gateway, http_exchange, request_bytes, status):
     got, _headers, body = http_exchange(plain_gateway.port, request_bytes)
@@ -292,7 +292,7 @@ def test_other_http_requests(plain_gateway, http_exchange, request_bytes, status
 
 def test_page_disabled(make_gateway, http_exchange):
     gw = make_gateway(None, page=None)
-    assert http_exchange(gw.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 404
+    assert http_exchange(gw.port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")[0] == 404
 
 
 # -- slow consumers -------------------------------------------------------------------------------

@@ -454,8 +454,8 @@ def test_authenticate_hook_limits_topics(make_gateway):
     assert request_status(gw.port, upgrade_request("/?user=reader&topic=news.a&topic=prices")) == 403
     assert request_status(gw.port, upgrade_request("/")) == 401
     assert request_status(gw.port, upgrade_request("/?user=mallory")) == 401
-    assert request_status(gw.port, b"GET /events?user=reader&topic=prices HTTP/1.1\r\nHost: x\r\n\r\n") == 403
-    status, headers, _ = http_exchange(gw.port, b"GET /poll?user=nobody HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert request_status(gw.port, b"GET /events?user=reader&topic=prices HTTP/1.1\r\nHost: localhost\r\n\r\n") == 403
+    status, headers, _ = http_exchange(gw.port, b"GET /poll?user=nobody HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert status == 401 and headers["www-authenticate"] == 'Bearer realm="test"'
 
     async def main():
@@ -486,8 +486,8 @@ def test_token_authenticator(make_gateway):
     assert request_status(gw.port, upgrade_request(extra=(("Authorization", "Bearer s3cret"),))) == 101
     assert request_status(gw.port, upgrade_request("/?token=s3creT")) == 401
     assert request_status(gw.port, upgrade_request(extra=(("Authorization", "Bearer nope"),))) == 401
-    assert request_status(gw.port, b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n") == 401
-    assert request_status(gw.port, b"GET /events?token=s3cret HTTP/1.1\r\nHost: x\r\n\r\n") == 200
+    assert request_status(gw.port, b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n") == 401
+    assert request_status(gw.port, b"GET /events?token=s3cret HTTP/1.1\r\nHost: localhost\r\n\r\n") == 200
 
 
 @pytest.mark.parametrize("how", ["--token", "ZMQWS_TOKEN"])
@@ -719,7 +719,7 @@ TYPE_LINE = re.compile(r"^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histo
 
 def scrape(port: int) -> dict:
     """GET /metrics, check the text format line by line: {(name, labels): value}."""
-    status, headers, body = http_exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = http_exchange(port, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert status == 200
     assert headers["content-type"].startswith("text/plain; version=0.0.4")
     samples = {}
@@ -748,7 +748,7 @@ def scrape(port: int) -> dict:
 
 def test_metrics_and_healthz(make_gateway):
     gw = make_gateway(None, poll_timeout=10, client_rate=3, sse_heartbeat=0)
-    status, _, body = http_exchange(gw.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, _, body = http_exchange(gw.port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert (status, body) == (200, b"ok\n")
     first = scrape(gw.port)
     for name in ("zmqws_messages_out_total", "zmqws_loop_turns_total", "zmqws_connections_total"):
@@ -757,9 +757,9 @@ def test_metrics_and_healthz(make_gateway):
     sse = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
     poll = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
     try:
-        sse.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        sse.sendall(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert response_head(sse)[0] == 200
-        poll.sendall(b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n")
+        poll.sendall(b"GET /poll HTTP/1.1\r\nHost: localhost\r\n\r\n")
 
         async def main():
             url = f"ws://127.0.0.1:{gw.port}/"

@@ -321,11 +321,11 @@ def test_bad_handshake_gets_http_status(echo_server, http_exchange, upgrade_requ
 
 
 @pytest.mark.parametrize("request_bytes, status", [
-    (b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", 404),
-    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 404),
-    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", 405),
+    (b"GET /nope HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+    (b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+    (b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n", 405),
     (b"hello there\r\n\r\n", 400),
-    (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    (b"GET / HTTP/2.0\r\nHost: localhost\r\n\r\n", 505),
 ], ids=["get-unknown", "get-root", "post", "garbage", "http2"])
 def test_plain_http_on_plain_server(echo_server, http_exchange, request_bytes, status):
     got, headers, body = http_exchange(echo_server.port, request_bytes)
@@ -337,7 +337,7 @@ def test_plain_http_on_plain_server(echo_server, http_exchange, request_bytes, s
 
 
 def test_head_error_response_has_no_body(echo_server, http_exchange):
-    status, headers, body = http_exchange(echo_server.port, b"HEAD /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = http_exchange(echo_server.port, b"HEAD /nope HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert status == 404
     assert body == b""  # RFC 9110 §9.3.2
     assert int(headers["content-length"]) > 0  # the length a GET would have had
@@ -590,7 +590,7 @@ def test_no_tls_no_openssl_loaded():
         "g.start()\n"
         "import socket, base64\n"
         "s = socket.create_connection(('127.0.0.1', g.port))\n"
-        "s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n'\n"
+        "s.sendall(b'GET / HTTP/1.1\\r\\nHost: localhost\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n'\n"
         "          b'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n')\n"
         "head = s.recv(4096)\n"
         "assert b's3pPLMBiTxaQ9kYGzzhZRbK+xOo=' in head, head\n"  # RFC 6455 §1.3's example

@@ -104,7 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="zlib memory level for compression (default: %(default)s)")
     web.add_argument("--static-dir", metavar="DIR",
                      help="also serve the files of this folder over HTTP (before the built-in page "
-                          "and /zmqws.js); nothing outside it is ever served")
+                          "and /zmqws.js); nothing outside it, and no dotfile, is ever served")
+    web.add_argument("--max-static-size", type=_size, default=16 << 20, metavar="BYTES",
+                     help="largest file served; larger ones are 404 (default: 16M)")
+    web.add_argument("--static-cache-size", type=_size, default=64 << 20, metavar="BYTES",
+                     help="files are served from memory: at most this many bytes of them (default: 64M)")
     web.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                      help="send CORS headers to pages from this origin (repeatable; * for any) "
                           "on HTTP responses (/events, /poll, files); none by default")
@@ -135,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     sec.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                      help="accept browser pages from this origin only (repeatable), e.g. "
                           "https://example.com; others get 403; default: any origin")
+    sec.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                     help="answer requests whose Host header is NAME (any port) or NAME:PORT "
+                          "(repeatable); others get 403. Default: listening on a loopback address, "
+                          "localhost, 127.0.0.1 and [::1] only (DNS rebinding); elsewhere any Host")
     sec.add_argument("--token", metavar="TOKEN",
                      help="require this shared token as ?token=TOKEN or 'Authorization: Bearer TOKEN' "
                           "(compared in constant time); else 401. Prefer the ZMQWS_TOKEN environment "
@@ -143,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="per-client rights: one 'TOKEN READ-PREFIXES [WRITE-PREFIXES]' per line "
                           "(prefixes comma-separated, * every topic, - none; no write column: none); "
                           "reloaded on SIGHUP; see docs/usage.md. With --token too, that token has every right")
+    sec.add_argument("--metrics-token", metavar="TOKEN",
+                     help="require this token (Bearer header or ?token=) for GET /metrics, and only "
+                          "this one; default: the --token, if any (env ZMQWS_METRICS_TOKEN)")
     sec.add_argument("--no-metrics", action="store_true", help="do not serve GET /metrics")
     lim = p.add_argument_group("limits and timeouts")
     lim.add_argument("--max-connections", type=int, default=10000, metavar="N",
@@ -158,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument("--max-upstream-prefixes", type=int, default=10_000, metavar="N",
                      help="distinct prefixes the SUB socket subscribes to at most; a client that "
                           "would add one more is refused (503); 0 = no limit (default: %(default)s)")
+    lim.add_argument("--max-requests-per-connection", type=int, default=1000, metavar="N",
+                     help="HTTP requests answered on one keep-alive connection; the last response "
+                          "says 'Connection: close'; 0 = no limit (default: %(default)s)")
     lim.add_argument("--max-fragments", type=int, default=4096, metavar="N",
                      help="frames in one client message at most; more → close 1009 (default: %(default)s)")
     lim.add_argument("--idle-timeout", type=_seconds, default=0.0, metavar="S",
@@ -189,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "own SUB socket and loop, behind an id-stamping forwarder so that a "
                             "client may resume on any worker; the parent restarts crashed workers "
                             "(default: %(default)s)")
+    scale.add_argument("--worker-timeout", type=_seconds, default=10.0, metavar="S",
+                       help="with --workers: kill (SIGKILL) and restart a worker whose loop has not "
+                            "answered for this long; 0 = never (default: %(default)s)")
     scale.add_argument("--upstream-ids", action="store_true",
                        help="take message ids from upstream: messages are [first part, 8-byte id, "
                             "...] as stamped by 'python -m zmqws.proxy --stamp'")
@@ -236,12 +253,15 @@ def build_gateway(args: argparse.Namespace, endpoints: List[str], **overrides: A
         upstream_topic=args.upstream_topic.encode("utf-8"), client_rate=args.client_rate,
         deflate=not args.no_deflate, deflate_threshold=args.deflate_threshold,
         deflate_mem_level=args.deflate_mem_level, static_dir=args.static_dir,
+        max_static_size=args.max_static_size, static_cache_size=args.static_cache_size,
         cors_origins=args.cors_origin, sse_heartbeat=args.sse_heartbeat,
         poll_timeout=args.poll_timeout, ssl_context=ssl_context,
-        allow_origins=args.allow_origin, authenticate=authenticate, metrics=not args.no_metrics,
+        allow_origins=args.allow_origin, allow_hosts=args.allow_host, authenticate=authenticate, metrics=not args.no_metrics,
+        metrics_token=args.metrics_token or os.environ.get("ZMQWS_METRICS_TOKEN") or token,
         upstream_ids=args.upstream_ids,
         max_connections=args.max_connections,
         max_connections_per_address=args.max_connections_per_address,
+        max_requests_per_connection=args.max_requests_per_connection,
         max_fragments=args.max_fragments, idle_timeout=args.idle_timeout,
         max_message_size=args.max_message_size, max_queue=args.max_queue,
         slow_client=args.slow_client, max_header_size=args.max_header_size,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import mimetypes
 import os
 import time
 from collections import deque
@@ -31,7 +30,8 @@ import zmq
 
 from .protocol.connection import Message
 from .protocol.frames import CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, frame_header
-from .protocol.handshake import HTTPError, Request, http_response
+from .protocol.handshake import HTTPError, Request, error_response, http_response
+from .files import FileCache, StaticFile
 from . import metrics as prometheus
 from .protocol import sse
 from .rights import (DEFAULT_MAX_TOPIC_LENGTH, DEFAULT_MAX_TOPICS, Rights, TopicRefused, check_count,
@@ -46,7 +46,6 @@ __all__ = ["Gateway", "ENVELOPES"]
 log = logging.getLogger("zmqws")
 
 _STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
-_PACKAGE_STATIC = os.path.realpath(_STATIC)
 
 PAYLOAD_MODES = ("auto", "text", "binary")
 ENVELOPES = ("payload", "topic", "json")
@@ -110,6 +109,12 @@ class Gateway(WebSocketServer):
       ids keep growing across restarts).
     * ``stats_dir``: write this process's counters there every second and
       sum every file found there at ``/metrics`` (set by ``--workers``).
+    * ``static_dir``: serve its files too (never a dotfile, nothing outside
+      it); files up to ``max_static_size`` bytes, kept in memory within
+      ``static_cache_size`` bytes (see :mod:`zmqws.files`).
+    * ``metrics``: serve ``GET /metrics``; ``metrics_token``: the token it
+      then requires (Bearer header or ``?token=``, else 401); without one,
+      ``/metrics`` asks what the ``authenticate`` hook asks of clients.
     * ``socketio``: serve Socket.IO (Engine.IO v4) clients under ``sio_path``;
       ``sio_event``: the event name of messages (``"topic"``: the topic);
       ``sio_ping_interval``/``sio_ping_timeout``: Engine.IO heartbeats.
@@ -135,9 +140,11 @@ class Gateway(WebSocketServer):
                  rcvhwm: int = 100_000, drain_budget: int = 4096,
                  zmq_context: Optional[zmq.Context] = None, page: Optional[str] = "index.html",
                  static_dir: Optional[str] = None, max_static_size: int = 16 << 20,
+                 static_cache_size: int = 64 << 20,
                  cors_origins: Sequence[str] = (), sse_heartbeat: float = 15.0,
                  poll_timeout: float = 25.0, poll_max_messages: int = 100,
-                 poll_max_bytes: int = 1 << 20, metrics: bool = True, upstream_ids: bool = False,
+                 poll_max_bytes: int = 1 << 20, metrics: bool = True,
+                 metrics_token: Optional[str] = None, upstream_ids: bool = False,
                  stats_dir: Optional[str] = None, first_id: Optional[int] = None,
                  socketio: bool = True,
                  sio_path: str = "/socket.io/", sio_event: str = "message",
@@ -175,8 +182,10 @@ class Gateway(WebSocketServer):
         self.drain_budget = drain_budget
         self.page = page
         # Files are served from the user's folder first, then the package's (page, zmqws.js).
-        self._static_roots = [os.path.realpath(d) for d in (static_dir, _STATIC) if d]
-        self._package_files: Dict[str, Tuple[bytes, str]] = {}
+        self._files = FileCache([d for d in (static_dir, _STATIC) if d],
+                                lambda callback: self.loop.call_soon_threadsafe(callback),
+                                time.monotonic, max_file_size=max_static_size,
+                                max_total=static_cache_size)
         self.max_static_size = max_static_size
         self.cors_origins = list(cors_origins)
         self.sse_heartbeat = sse_heartbeat
@@ -184,6 +193,10 @@ class Gateway(WebSocketServer):
         self.poll_max_messages = poll_max_messages
         self.poll_max_bytes = poll_max_bytes
         self.metrics = metrics
+        self._metrics_auth = self.authenticate
+        if metrics_token:
+            from .auth import token_authenticator  # hmac loads OpenSSL's libcrypto: only when needed
+            self._metrics_auth = token_authenticator(metrics_token)
         self.upstream_ids = upstream_ids
         self.sio = (SocketIOEndpoint(self, path=sio_path, event=sio_event,
                                      ping_interval=sio_ping_interval, ping_timeout=sio_ping_timeout)
@@ -293,6 +306,7 @@ class Gateway(WebSocketServer):
         if self._own_context and self._context is not None:
             self._context.term()
             self._context = None
+        self._files.close()
         super()._teardown()
 
     # -- upstream subscriptions -----------------------------------------------------
@@ -617,6 +631,7 @@ class Gateway(WebSocketServer):
             # just started, or one a little behind the one the client came from): it waits off
             # the routes until the gateway has, then resumes (no duplicate, no silent gap).
             self._behind[client] = since
+            self.loop.call_later(self.handshake_timeout, lambda: self._behind_too_long(client))
             return
         self._resume(client, state, since)
 
@@ -639,6 +654,15 @@ class Gateway(WebSocketServer):
                 self._queued(client)
         self.router.add(client, state.prefixes, state.envelope, state.wire)
 
+    def _behind_too_long(self, client: Client) -> None:
+        """upstream_ids: the id a client saw did not come within ``handshake_timeout``: resume it
+        from the last id with a gap notice (see ``_missed``) rather than let it wait for ever."""
+        since = self._behind.pop(client, None)
+        state = self._states.get(client)
+        if since is not None and state is not None:
+            self._send_batch()
+            self._resume(client, state, since)
+
     def _catch_up(self) -> None:
         """upstream_ids: resume the clients that waited for the gateway to take the id they saw."""
         ready = [client for client, since in self._behind.items() if self._last_id >= since]
@@ -655,6 +679,11 @@ class Gateway(WebSocketServer):
         """Resume: a gap notice if the ids after ``since`` are not all known, and the
         messages in the history after ``since`` for the client's topics."""
         ranges = []
+        if since > self._last_id:
+            # Ids this gateway never gave (another run's, or a gateway far ahead): resume from
+            # the last one, and say which ids are unknown here.
+            ranges.append((self._last_id + 1, since))
+            since = self._last_id
         if since < self.history.first_missing:
             ranges.append((since + 1, self.history.first_missing))  # evicted from the history
         for prefix in state.prefixes:
@@ -836,6 +865,7 @@ class Gateway(WebSocketServer):
         if path == "/healthz":
             return http_response(200, b"ok\n", keep_alive=False)
         if path == "/metrics" and self.metrics:
+            self._check_metrics_access(request)
             return http_response(200, prometheus.render(self, self.stats_dir), prometheus.CONTENT_TYPE)
         if path == "/events":
             self._start_sse(client, request, cors)
@@ -845,14 +875,44 @@ class Gateway(WebSocketServer):
             return None
         if path in ("/", "/index.html") and not self.page:
             raise HTTPError(404, "not found")
-        found = self._static_file("/" + self.page if path == "/" else path)
-        if found is None:
+        relative = self._files.relative("/" + self.page if path == "/" else path)
+        if relative is None:
             raise HTTPError(404, "not found")
-        body, content_type = found
-        self.http_reply(client, http_response(200, body, content_type,
-                                              [("Cache-Control", "no-cache")] + cors,
-                                              keep_alive=request.keep_alive), keep_alive=True)
+        found = self._files.get(relative)
+        if found is not None:
+            self.http_reply(client, self._file_response(request, found, cors), keep_alive=True)
+            return None
+        self.reply_later(client)  # read off the loop, then _file_loaded
+        self._files.load(relative, lambda found: self._file_loaded(client, request, found, cors))
         return None
+
+    def _file_loaded(self, client: Client, request: Request, found: Optional[StaticFile],
+                     cors: List[Tuple[str, str]]) -> None:
+        if found is None:
+            self.stats.http_errors += 1
+            self.reply_now(client, error_response(HTTPError(404, "not found")))
+        else:
+            self.reply_now(client, self._file_response(request, found, cors), keep_alive=True)
+
+    @staticmethod
+    def _file_response(request: Request, found: StaticFile, cors: List[Tuple[str, str]]) -> bytes:
+        return http_response(200, found.body, found.content_type, [("Cache-Control", "no-cache")] + cors,
+                             keep_alive=request.keep_alive)
+
+    def body_limit(self, request: Request) -> int:
+        """Only Engine.IO's POST carries a body (packets, up to ``max_message_size``)."""
+        if request.method == "POST" and self.sio is not None and self.sio.matches(request):
+            return self.max_message_size
+        return super().body_limit(request)
+
+    def _check_metrics_access(self, request: Request) -> None:
+        """``/metrics`` needs ``metrics_token`` if set, else what clients need (401/403)."""
+        if self._metrics_auth is not None:
+            try:
+                self._metrics_auth(request)
+            except HTTPError:
+                self.stats.forbidden += 1
+                raise
 
     def _cors_headers(self, request: Request) -> List[Tuple[str, str]]:
         """``Access-Control-Allow-Origin`` only for an ``Origin`` that ``cors_origins`` names."""
@@ -864,38 +924,6 @@ class Gateway(WebSocketServer):
         if origin in self.cors_origins:
             return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
         return []
-
-    def _static_file(self, path: str) -> Optional[Tuple[bytes, str]]:
-        """A file under one of the static folders, never outside them (no ``..``, no links out)."""
-        relative = path.lstrip("/")
-        if not relative or "\0" in relative or "\\" in relative:
-            return None
-        if any(part in ("", ".", "..") for part in relative.split("/")):
-            return None
-        for root in self._static_roots:
-            full = os.path.realpath(os.path.join(root, relative))
-            if not full.startswith(root + os.sep) or not os.path.isfile(full):
-                continue
-            cached = self._package_files.get(full)
-            if cached is not None:
-                return cached
-            try:
-                with open(full, "rb") as f:
-                    body = f.read(self.max_static_size + 1)
-            except OSError:
-                continue
-            if len(body) > self.max_static_size:
-                raise HTTPError(404, "not found")
-            content_type = mimetypes.guess_type(full)[0] or "application/octet-stream"
-            if content_type.startswith("text/") or content_type in ("application/javascript",
-                                                                     "application/json"):
-                content_type += "; charset=utf-8"
-            if root == _PACKAGE_STATIC:
-                # The package's own files (the page, zmqws.js) do not change: read them once,
-                # not on every request in the loop.
-                self._package_files[full] = (body, content_type)
-            return body, content_type
-        return None
 
     def _start_sse(self, client: Client, request: Request, cors: List[Tuple[str, str]]) -> None:
         """``GET /events``: the response becomes an endless event stream (phase STREAM)."""

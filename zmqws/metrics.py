@@ -42,12 +42,19 @@ _COUNTERS = [
     ("forbidden", "zmqws_forbidden_total", "requests refused by origin or authentication"),
     ("topics_refused", "zmqws_topics_refused_total", "topic requests refused (rights, topic caps)"),
     ("writes_refused", "zmqws_writes_refused_total", "client messages refused: no write right on the topic"),
+    ("host_refused", "zmqws_host_refused_total", "requests refused for their Host (see --allow-host)"),
     ("handshake_timeouts", "zmqws_handshake_timeouts_total", "requests not complete in time"),
     ("ping_timeouts", "zmqws_ping_timeouts_total", "clients closed for not answering a ping"),
     ("protocol_errors", "zmqws_protocol_errors_total", "WebSocket protocol violations by clients"),
     ("tls_errors", "zmqws_tls_errors_total", "failed TLS handshakes"),
     ("accept_errors", "zmqws_accept_errors_total", "accept() failures"),
     ("drops", "zmqws_dropped_messages_total", "deliveries not made (slow consumers)"),
+    ("pipeline_paused", "zmqws_pipeline_paused_total",
+     "times reading a connection's pipelined requests paused (responses over --max-queue)"),
+    ("bodies_refused", "zmqws_bodies_refused_total",
+     "requests refused (413) for a body where none is taken, or a larger one than allowed"),
+    ("requests_capped", "zmqws_requests_capped_total",
+     "keep-alive connections closed after --max-requests-per-connection requests"),
 ]
 
 _DROP_CAUSES = [

@@ -19,12 +19,14 @@ Hooks run on the loop thread and must not block.  The :class:`Gateway
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
+import os
 import socket
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from .protocol import handshake
 from .protocol.deflate import DeflateConfig
@@ -55,6 +57,9 @@ STREAM = 4       # an endless HTTP response (Server-Sent Events); input is ignor
 TLS = 5          # the TLS handshake, run non-blocking in the loop
 
 _IOV_MAX = 1024
+FD_RESERVE = 32        # descriptors kept for the rest (ZeroMQ, the poller, files) under the fd limit
+ACCEPT_PAUSE = 0.1     # seconds the listener rests after accept() hit the descriptor limit
+LOG_INTERVAL = 5.0     # seconds between two log lines of one kind of refusal
 _RECV_SIZE = 262144
 
 
@@ -69,7 +74,7 @@ class Client:
     __slots__ = ("server", "sock", "fd", "address", "id", "phase", "parser", "request", "path", "ws",
                  "session", "close_after_flush", "want_write", "connected_at",
                  "last_seen", "ping_sent_at", "deadline", "subprotocol", "data", "transport",
-                 "parked", "tls", "rights", "__weakref__")
+                 "parked", "tls", "rights", "paused", "waiting", "requests", "__weakref__")
 
     def __init__(self, server: "WebSocketServer", sock: socket.socket, address: Any, client_id: int,
                  now: float) -> None:
@@ -98,6 +103,9 @@ class Client:
         self.parked = False  # an HTTP request held open (long-polling) until messages come
         self.tls = server.ssl_context is not None
         self.rights: Rights = ALL_RIGHTS  # what check_access found it may read and write
+        self.paused = False  # reading stopped: pipelined responses fill the output queue
+        self.waiting = False  # reading stopped: the response comes later (see reply_later)
+        self.requests = 0  # HTTP requests read on this connection
 
     def __call__(self, revents: int) -> None:
         """The loop's handler of this client's socket (one object less per connection than a closure)."""
@@ -122,6 +130,23 @@ class Client:
 
 
 MessageHook = Callable[[Client, Union[str, bytes]], Any]
+
+
+def _is_loopback(host: str) -> bool:
+    """``localhost`` or an address in 127.0.0.0/8 or ``::1``."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(value: str) -> str:
+    """The name part of a ``Host`` value (RFC 9110 §7.2: ``uri-host [ ":" port ]``)."""
+    if value.startswith("["):
+        return value[:value.find("]") + 1]
+    return value.partition(":")[0]
 
 
 def _address(address: Any) -> str:
@@ -159,9 +184,20 @@ class WebSocketServer:
       non-blocking in the loop (see :func:`zmqws.tls.server_context`).
     * ``max_connections``: beyond it new connections get 503 and are closed;
       ``max_connections_per_address``: the same per client IP address (0 = no limit).
+    * ``max_requests_per_connection``: HTTP requests answered on one
+      keep-alive connection; the last one's response says ``Connection:
+      close`` (RFC 9112 §9.6).  Pipelined requests are read no further while
+      the connection's responses fill more than ``max_queue`` bytes.
     * ``idle_timeout``: close (1000) a WebSocket client silent this long (0 = never).
     * ``allow_origins``: if given, a browser request (it has ``Origin``) from
       any other origin is refused with 403.
+    * ``allow_hosts``: the ``Host`` values accepted (``NAME`` with any port,
+      or ``NAME:PORT``); others get 403 on every request.  Listening on a
+      loopback address, ``localhost``, ``127.0.0.1`` and ``[::1]`` are
+      accepted too, and nothing else by default: a page of another site whose
+      name was rebound to 127.0.0.1 (DNS rebinding) sends its own name.  (Any
+      port: a browser sends another port only to another port, which a local
+      proxy may forward here.)  Elsewhere no check by default.
     * ``authenticate(request)``: called for every upgrade and streaming request;
       return None (allowed, every topic), the topic prefixes the client may
       read and write, a :class:`~zmqws.rights.Rights` (read and write prefixes
@@ -178,7 +214,9 @@ class WebSocketServer:
                  handshake_timeout: float = 10.0, close_timeout: float = 3.0,
                  backlog: int = 1024, reuse_port: bool = False, ssl_context: Optional[ssl.SSLContext] = None,
                  max_connections: int = 10000, max_connections_per_address: int = 0,
+                 max_requests_per_connection: int = 1000,
                  idle_timeout: float = 0.0, allow_origins: Sequence[str] = (),
+                 allow_hosts: Sequence[str] = (),
                  authenticate: Optional[Callable[[Request], Optional[Iterable[str]]]] = None,
                  deflate: bool = True, deflate_threshold: int = 128,
                  deflate_level: int = 6, deflate_mem_level: int = 8,
@@ -212,8 +250,12 @@ class WebSocketServer:
         self._would_block: tuple = (BlockingIOError, InterruptedError)
         self.max_connections = max_connections
         self.max_connections_per_address = max_connections_per_address
+        self.max_requests_per_connection = max_requests_per_connection
         self.idle_timeout = idle_timeout
         self.allow_origins = list(allow_origins)
+        self.allow_hosts = [h.strip().lower() for h in allow_hosts]
+        self._hosts: Optional[frozenset] = None      # accepted Host values (None: no check)
+        self._any_port_hosts: frozenset = frozenset()  # accepted names, whatever the port
         self.authenticate = authenticate
         self._per_address: Dict[Any, int] = {}
         self.on_connect = on_connect
@@ -231,6 +273,8 @@ class WebSocketServer:
         self._stopped = threading.Event()
         self._started = False
         self._housekeeping_timer = None
+        self._reserve_fd: Optional[int] = None  # given up to accept (and refuse) at the fd limit
+        self._log_marks: Dict[str, Tuple[float, int]] = {}  # kind -> (last line, lines held back)
 
     # -- public API -------------------------------------------------------------
 
@@ -251,6 +295,7 @@ class WebSocketServer:
         self.loop = Loop()
         try:
             self._listen()
+            self._fit_fd_limit()
             self._setup()
         except BaseException:
             if self._listener is not None:  # do not leak the bound port
@@ -327,6 +372,10 @@ class WebSocketServer:
             raise HTTPError(405, "method not allowed", [("Allow", "GET, HEAD")])
         raise HTTPError(404, "not found")
 
+    def body_limit(self, request: Request) -> int:
+        """The largest body ``request`` (its head) may carry; 0: none (413 for any, unread)."""
+        return 0
+
     def accept_websocket(self, client: Client, request: Request) -> None:
         """Hook before the 101 response: raise :class:`HTTPError` to refuse the upgrade."""
 
@@ -360,6 +409,9 @@ class WebSocketServer:
 
     def _teardown(self) -> None:
         """Subclasses release what ``_setup`` made (loop stopped)."""
+        if self._reserve_fd is not None:
+            os.close(self._reserve_fd)
+            self._reserve_fd = None
         if self.loop is not None:
             self.loop.close()
 
@@ -383,7 +435,61 @@ class WebSocketServer:
         sock.setblocking(False)
         self._listener = sock
         self.port = sock.getsockname()[1]
+        self._allowed_hosts()
         self.loop.register(sock.fileno(), POLLIN, self._on_accept)
+
+    def _allowed_hosts(self) -> None:
+        """The ``Host`` values to accept (see ``allow_hosts``), once the port is known."""
+        exact = {h for h in self.allow_hosts if _host_name(h) != h}
+        any_port = {h for h in self.allow_hosts if _host_name(h) == h}
+        if _is_loopback(self.host):
+            any_port.update(("localhost", "127.0.0.1", "[::1]",
+                             f"[{self.host}]" if ":" in self.host else self.host.lower()))
+        if exact or any_port:
+            self._hosts = frozenset(exact)
+            self._any_port_hosts = frozenset(any_port)
+
+    def check_host(self, request: Request) -> None:
+        """403 for a ``Host`` the server does not answer to (DNS rebinding; see ``allow_hosts``)."""
+        if self._hosts is None:
+            return
+        value = request.header("host")
+        if value is None:
+            return  # browsers always send Host; a request without one is no rebinding
+        value = value.strip().lower()
+        if value in self._hosts or _host_name(value) in self._any_port_hosts:
+            return
+        self.stats.host_refused += 1
+        raise HTTPError(403, "host not allowed")
+
+    def _fit_fd_limit(self) -> None:
+        """Keep ``max_connections`` under the descriptor limit (``ulimit -n``) less a reserve,
+        and hold one descriptor to give up when ``accept()`` hits the limit anyway."""
+        try:
+            import resource
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (ImportError, OSError, ValueError):  # pragma: no cover - not a Unix
+            soft = -1
+        if soft != -1 and soft != getattr(resource, "RLIM_INFINITY", -1):
+            usable = max(1, soft - FD_RESERVE)
+            if self.max_connections > usable:
+                log.info("max_connections lowered from %d to %d: the file descriptor limit "
+                         "(ulimit -n) is %d", self.max_connections, usable, soft)
+                self.max_connections = usable
+        self._reserve_fd = os.open(os.devnull, os.O_RDONLY)
+
+    def _log_limited(self, level: int, kind: str, message: str, *args: Any) -> None:
+        """At most one line of a ``kind`` every ``LOG_INTERVAL`` seconds, saying how many it held back."""
+        now = time.monotonic()
+        last, held = self._log_marks.get(kind, (-LOG_INTERVAL, 0))
+        if now - last < LOG_INTERVAL:
+            self._log_marks[kind] = (last, held + 1)
+            return
+        self._log_marks[kind] = (now, 0)
+        if held:
+            message += " (and %d more like it since the last line)"
+            args += (held,)
+        log.log(level, message, *args)
 
     def _configure_listener(self, sock: socket.socket) -> None:
         """Socket options on the listening socket before bind: ``SO_REUSEPORT`` for workers."""
@@ -403,8 +509,10 @@ class WebSocketServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE, ENFILE, ECONNABORTED...
-                log.warning("accept failed: %s", exc)
                 self.stats.accept_errors += 1
+                self._log_limited(logging.WARNING, "accept", "accept failed: %s", exc)
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self._out_of_descriptors(listener)
                 return
             sock.setblocking(False)
             try:
@@ -433,7 +541,7 @@ class WebSocketServer:
                     continue
             client = Client(self, sock, address, self._next_id, now)
             self._next_id += 1
-            client.parser = RequestParser(self.max_header_size)
+            client.parser = RequestParser(self.max_header_size, body_limit=self.body_limit)
             if client.tls:
                 client.phase = TLS
             self._per_address[host] = self._per_address.get(host, 0) + 1
@@ -441,10 +549,36 @@ class WebSocketServer:
             self.stats.connections += 1
             self.loop.register(client.fd, POLLIN, client)  # the client is its own handler
 
+    def _out_of_descriptors(self, listener: socket.socket) -> None:
+        """``accept()`` hit the descriptor limit: the pending connection stays ready and the
+        listener would wake the loop at once, forever.  Give up the reserve descriptor to take
+        one peer and refuse it (503), and rest the listener for ``ACCEPT_PAUSE`` seconds."""
+        if self._reserve_fd is not None:
+            os.close(self._reserve_fd)
+            self._reserve_fd = None
+            try:
+                sock, address = listener.accept()
+            except OSError:
+                pass
+            else:
+                self._refuse(sock, address[0] if isinstance(address, tuple) else address)
+        self.loop.unregister(listener.fileno())
+        self.loop.call_later(ACCEPT_PAUSE, self._accept_again)
+
+    def _accept_again(self) -> None:
+        """The listener's rest is over: take the reserve descriptor back, then accept again."""
+        if self._reserve_fd is None:
+            try:
+                self._reserve_fd = os.open(os.devnull, os.O_RDONLY)
+            except OSError:
+                pass  # still at the limit: the next accept() failure only rests the listener
+        if self._listener is not None and not self._stopping:
+            self.loop.register(self._listener.fileno(), POLLIN, self._on_accept)
+
     def _refuse(self, sock: socket.socket, host: Any) -> None:
         """Over a connection limit (or stopping): 503, best effort, and close (no TLS is spoken)."""
         self.stats.refused += 1
-        log.info("refusing a connection from %s: connection limit", host)
+        self._log_limited(logging.INFO, "refuse", "refusing a connection from %s: connection limit", host)
         try:
             if self.ssl_context is None:
                 sock.send(handshake.error_response(HTTPError(
@@ -490,7 +624,12 @@ class WebSocketServer:
     def _want_write(self, client: Client, want: bool) -> None:
         if client.want_write != want:
             client.want_write = want
-            self.loop.modify(client.fd, POLLIN | POLLOUT if want else POLLIN)
+            self._poll_events(client)
+
+    def _poll_events(self, client: Client) -> None:
+        """Poll for input unless reading is paused, for output while some is pending."""
+        reading = not (client.paused or client.waiting)
+        self.loop.modify(client.fd, (POLLIN if reading else 0) | (POLLOUT if client.want_write else 0))
 
     def _read(self, client: Client) -> None:
         sock = client.sock
@@ -513,6 +652,10 @@ class WebSocketServer:
             return
         client.last_seen = time.monotonic()
         self.stats.bytes_in += len(data)
+        self._input(client, data)
+
+    def _input(self, client: Client, data: bytes) -> None:
+        """Bytes from the client to its phase's parser; an exception ends this client only."""
         try:
             if client.phase == WEBSOCKET:
                 self._ws_data(client, data)
@@ -529,27 +672,73 @@ class WebSocketServer:
     def _http_data(self, client: Client, data: bytes) -> None:
         if client.close_after_flush:
             return  # an answer is on its way; ignore the rest
+        if client.paused or client.waiting:
+            client.parser.rest += data  # read with a hang-up: parsed after what came before it
+            return
         try:
             request = client.parser.feed(data)
             while request is not None:
                 request.peer = client.address
                 client.request = request
                 client.path = request.path
+                self.check_host(request)
                 if handshake.is_websocket_upgrade(request):
                     self._upgrade(client, request)
                     return
                 self.stats.http_requests += 1
+                client.requests += 1
+                if client.requests >= self.max_requests_per_connection > 0:
+                    request.last = True  # its response says "Connection: close"
+                    self.stats.requests_capped += 1
                 response = self.handle_http(client, request)
                 if response is not None:
                     self.http_reply(client, response)
-                if client.phase != HTTP or client.parked or client.close_after_flush:
+                if client.phase != HTTP or client.parked or client.close_after_flush or client.waiting:
+                    return
+                if client.session.out_bytes > self.max_queue:
+                    self._pause_reading(client)  # the rest waits in the parser (see _sent)
                     return
                 request = client.parser.feed(client.parser.reset())
         except HTTPError as exc:
             self.stats.http_errors += 1
+            if exc.status == 413:
+                self.stats.bodies_refused += 1
             log.debug("client %s: HTTP %s %s", client.id, exc.status, exc.reason)
             response = handshake.error_response(exc)
             self.http_reply(client, response)
+
+    def _pause_reading(self, client: Client) -> None:
+        """Pipelined requests: their responses fill more than ``max_queue`` bytes; read and
+        parse no more until the peer has taken them (RFC 9112 §9.3.2 lets a server do so)."""
+        if not client.paused:
+            client.paused = True
+            self.stats.pipeline_paused += 1
+            self._poll_events(client)
+
+    def _resume_reading(self, client: Client) -> None:
+        """The queue drained below ``max_queue``: answer the requests already read, then read on."""
+        client.paused = False
+        self._poll_events(client)
+        self._input(client, client.parser.reset())
+        if client.session.out and client.phase != GONE:
+            self._want_write(client, True)  # flushed when writable, not after some later turn
+
+    def reply_later(self, client: Client) -> None:
+        """From ``handle_http``: the response to this request comes later (from another thread's
+        work); the client's further requests wait, unread, for :meth:`reply_now` (loop thread)."""
+        client.waiting = True
+        self._poll_events(client)
+
+    def reply_now(self, client: Client, response: bytes, keep_alive: bool = False) -> None:
+        """The response :meth:`reply_later` announced (see :meth:`http_reply`); then the next requests."""
+        if client.phase != HTTP or not client.waiting:
+            return  # gone meanwhile
+        client.waiting = False
+        self.http_reply(client, response, keep_alive)
+        if client.session.out_bytes > self.max_queue:
+            self._pause_reading(client)
+        else:
+            self._resume_reading(client)
 
     @staticmethod
     def _head_length(response: bytes) -> int:
@@ -739,6 +928,11 @@ class WebSocketServer:
             else:
                 out[i] = memoryview(out[i])[sent:]
             del out[:i]
+        if client.paused and session.out_bytes <= self.max_queue and client.phase == HTTP and not client.waiting:
+            self._resume_reading(client)
+            if client.phase == GONE:
+                return
+            out = client.session.out
         if out:
             self._want_write(client, True)
             return

@@ -86,6 +86,10 @@ class EngineSession:
         self.closed = False
         self.client_id = client_id
 
+    def __str__(self) -> str:
+        """The session in log lines: its client id (``PID.sioN``), never the sid, which is a credential."""
+        return self.client_id.decode("ascii")
+
     @property
     def member(self) -> Any:
         """What the gateway routes to: the WebSocket client, or the session itself when polling."""
@@ -148,6 +152,7 @@ class SocketIOEndpoint:
             session = self.sessions.get(sid)
             if session is None:
                 raise eio.EngineIOError(eio.UNKNOWN_SID)
+            self._check_access(client, request)  # every request of a session, not the handshake only
             if session.transport != POLLING:
                 raise eio.EngineIOError(eio.BAD_REQUEST, "Bad request: transport mismatch")
             if request.method == "GET":
@@ -184,8 +189,16 @@ class SocketIOEndpoint:
         gateway.stats.sio_sessions += 1
         if len(self.sessions) == 1:
             self._schedule_tick()
-        log.debug("socket.io session %s opened over %s", session.sid, transport)
+        log.debug("socket.io session %s opened over %s", session, transport)
         return session
+
+    def _check_access(self, client: "Client", request: Request) -> None:
+        """The gateway's origin and token checks, as Engine.IO errors (403, or 400)."""
+        try:
+            self.gateway.check_access(client, request)
+        except HTTPError as exc:
+            code = eio.FORBIDDEN if exc.status in (401, 403) else eio.BAD_REQUEST
+            raise eio.EngineIOError(code, exc.reason) from None
 
     def _handshake_polling(self, client: "Client", request: Request, cors: list) -> bytes:
         try:
@@ -243,7 +256,7 @@ class SocketIOEndpoint:
                     break
         except eio.SocketIOError as exc:
             self.gateway.stats.protocol_errors += 1
-            log.info("socket.io session %s: %s", session.sid, exc)
+            log.info("socket.io session %s: %s", session, exc)
             self.close_session(session, "parse error")
             raise eio.EngineIOError(eio.BAD_REQUEST, f"Bad request: {exc}") from None
         return http_response(200, b"ok", "text/html", cors, keep_alive=request.keep_alive)
@@ -335,7 +348,7 @@ class SocketIOEndpoint:
                 session.packets.append((eio.NOOP, ""))
                 self._answer_poll(session.poll_client, session)
             gateway._move_member(old_member, client, self._ws_wire(client))
-            log.debug("socket.io session %s upgraded to websocket", session.sid)
+            log.debug("socket.io session %s upgraded to websocket", session)
             return
         raise eio.SocketIOError("unexpected packet during the upgrade")
 
@@ -520,7 +533,7 @@ class SocketIOEndpoint:
         self.send(session, packets)
         gateway.stats.messages_out += len(replay)
         gateway.router.add(session.member, prefixes, "sio", wire)
-        log.debug("socket.io session %s connected (%s), topics %s", session.sid,
+        log.debug("socket.io session %s connected (%s), topics %s", session,
                   "recovered" if recovered else "new", prefixes)
 
     def _leave(self, session: EngineSession) -> None:
@@ -546,7 +559,7 @@ class SocketIOEndpoint:
             return
         gateway.stats.messages_in += 1
         if not gateway._rate_ok(state):
-            log.info("socket.io session %s: over %s messages/s, closing", session.sid, gateway.client_rate)
+            log.info("socket.io session %s: over %s messages/s, closing", session, gateway.client_rate)
             self.close_session(session, "message rate limit")
             return
         name, args = packet.data[0], packet.data[1:]
@@ -614,7 +627,7 @@ class SocketIOEndpoint:
         self._leave(session)
         session.closed = True
         self.sessions.pop(session.sid, None)
-        log.debug("socket.io session %s closed: %s", session.sid, reason)
+        log.debug("socket.io session %s closed: %s", session, reason)
         if session.transport == WEBSOCKET and session.ws_client is not None:
             client = session.ws_client
             if notify and client.open:

@@ -28,7 +28,9 @@ class Stats:
                  "handshake_timeouts", "accept_errors", "gaps", "rate_limited",
                  "upstream_messages", "upstream_drops", "sse_connections", "polls_held",
                  "refused", "forbidden", "tls_errors", "idle_closed", "malformed", "sio_sessions",
-                 "topics_refused", "writes_refused", "closes")
+                 "topics_refused", "writes_refused",
+                 "pipeline_paused", "requests_capped", "host_refused",
+                 "bodies_refused", "closes")
 
     # every counter is an int (set to 0 in __init__); closes maps a close code to a count
     connections: int
@@ -61,6 +63,10 @@ class Stats:
     sio_sessions: int
     topics_refused: int
     writes_refused: int
+    pipeline_paused: int
+    requests_capped: int
+    host_refused: int
+    bodies_refused: int
     closes: Dict[int, int]
 
     def __init__(self) -> None:

@@ -14,7 +14,9 @@ One Python thread serves one core.  With ``--workers N`` the parent:
    loop, restarts a worker that dies, forwards SIGTERM/SIGINT to them and
    exits once they have stopped;
 4. gives them a folder where each writes its counters every second; any
-   worker's ``/metrics`` reports them summed and per worker.
+   worker's ``/metrics`` reports them summed and per worker;
+5. kills (SIGKILL) and restarts a hung worker: one whose loop has not written
+   its counters for ``--worker-timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -116,6 +118,11 @@ class Supervisor:
                             self._procs[i] = self._spawn(endpoint, folder)
                             started[i] = now
                         continue
+                    if proc is not None and proc.is_alive() and self._hung(proc, folder, now - started[i]):
+                        log.warning("worker %d (pid %s) is hung (its loop wrote no counters for %.0f s); "
+                                    "killing it", i, proc.pid, args.worker_timeout)
+                        proc.kill()
+                        proc.join(1)
                     if proc is not None and not proc.is_alive():
                         # Restart after a pause: the dead worker's clients reconnect to the
                         # others (which hold the history they resume from) rather than to a
@@ -137,6 +144,18 @@ class Supervisor:
             shutil.rmtree(folder, ignore_errors=True)
         log.info("all workers stopped")
         return 0
+
+    def _hung(self, proc: multiprocessing.process.BaseProcess, folder: str, running: float) -> bool:
+        """True when the worker's loop has not written its snapshot (every second, see
+        :meth:`Gateway._write_snapshot`) for ``--worker-timeout`` seconds (0: never checked)."""
+        timeout = self.args.worker_timeout
+        if not timeout:
+            return False
+        try:
+            age = time.time() - os.stat(os.path.join(folder, f"worker-{proc.pid}.json")).st_mtime
+        except OSError:
+            age = running  # none yet: the worker is starting (or hung before its first one)
+        return age > timeout and running > timeout
 
     def _wait_listening(self, host: str, folder: str, timeout: float = 10.0) -> None:
         """Announce the port only once every worker listens on it (each writes its first

@@ -2,8 +2,9 @@
 
 * :class:`RequestParser`: incremental HTTP/1.1 request parser (RFC 9112 §2-§6)
   with limits: the request line and headers must fit in ``max_header_size``
-  bytes (431 beyond), a body (``Content-Length`` only) in ``max_body_size``
-  (413 beyond).
+  bytes (431 beyond), a body (``Content-Length`` only) in ``max_body_size``,
+  or in what ``body_limit(request)`` says for that request (413 beyond,
+  before any of it is read).
 * :func:`websocket_accept`: validates an upgrade request as §4.2.1 says and
   builds the 101 response (§4.2.2), or raises :class:`HTTPError` with the
   status to answer: 400 with a short reason, 426 with
@@ -46,7 +47,7 @@ _TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZab
 class Request:
     """A parsed HTTP/1.1 request.  Header names are lower-case; repeated headers keep every value."""
 
-    __slots__ = ("method", "target", "version", "headers", "body", "path", "query", "peer")
+    __slots__ = ("method", "target", "version", "headers", "body", "path", "query", "peer", "last")
 
     def __init__(self, method: str, target: str, version: str,
                  headers: Dict[str, List[str]], body: bytes = b"") -> None:
@@ -59,6 +60,7 @@ class Request:
         self.path = unquote(parts.path) or "/"
         self.query: Dict[str, List[str]] = parse_qs(parts.query, keep_blank_values=True)
         self.peer: Optional[Tuple[str, int]] = None
+        self.last = False  # the server closes the connection after this one (RFC 9112 §9.6)
 
     def header(self, name: str) -> Optional[str]:
         """All values of a header joined by ", " (RFC 9110 §5.3), or None."""
@@ -80,7 +82,10 @@ class Request:
 
     @property
     def keep_alive(self) -> bool:
-        """RFC 9112 §9.3: persistent unless ``Connection: close`` (or HTTP/1.0 without keep-alive)."""
+        """RFC 9112 §9.3: persistent unless ``Connection: close`` (or HTTP/1.0 without keep-alive),
+        or the server made it the connection's ``last`` request."""
+        if self.last:
+            return False
         tokens = self.tokens("connection")
         if self.version == "HTTP/1.0":
             return "keep-alive" in tokens
@@ -99,13 +104,15 @@ class RequestParser:
     handshake).  Malformed input raises :class:`HTTPError`.
     """
 
-    __slots__ = ("max_header_size", "max_body_size", "max_headers", "_buf", "_head", "_need", "rest")
+    __slots__ = ("max_header_size", "max_body_size", "max_headers", "body_limit", "_buf", "_head",
+                 "_need", "rest")
 
     def __init__(self, max_header_size: int = 8192, max_body_size: int = 1 << 20,
-                 max_headers: int = 100) -> None:
+                 max_headers: int = 100, body_limit: Optional[Callable[[Request], int]] = None) -> None:
         self.max_header_size = max_header_size
         self.max_body_size = max_body_size
         self.max_headers = max_headers
+        self.body_limit = body_limit  # the largest body a request may have (0: none), by its head
         self._buf = bytearray()
         self._head: Optional[Request] = None
         self._need = 0
@@ -181,6 +188,10 @@ class RequestParser:
             raise HTTPError(400, "malformed request target") from None
 
     def _body_length(self, request: Request) -> int:
+        limit = self.max_body_size if self.body_limit is None else self.body_limit(request)
+        if not limit and ("transfer-encoding" in request.headers
+                          or request.headers.get("content-length", ["0"]) != ["0"]):
+            raise HTTPError(413, "this request takes no body")
         if "transfer-encoding" in request.headers:
             raise HTTPError(501, "transfer codings are not supported; send Content-Length")
         values = request.headers.get("content-length")
@@ -191,7 +202,7 @@ class RequestParser:
             raise HTTPError(400, "malformed Content-Length")
         # int() refuses strings of more than 4300 digits: check the digit count first.
         digits = values[0].lstrip("0") or "0"
-        if len(digits) > 18 or int(digits) > self.max_body_size:
+        if len(digits) > 18 or int(digits) > limit:
             raise HTTPError(413, "request body too large")
         return int(digits)
 

@@ -181,7 +181,12 @@
   /** One object from the server: a gap notice, a message (deduplicated) or an ack (ignored). */
   ZmqWs.prototype._receive = function (obj) {
     if (!obj || typeof obj !== "object") return;
-    if (obj.gap) { emit(this, "ongap", [obj.gap[0], obj.gap[1]]); return; }
+    if (obj.gap) {
+      // A gap from past our last id: ids of another run; take the server's from here on.
+      if (this.lastId !== null && obj.gap[0] - 1 < this.lastId) this.lastId = obj.gap[0] - 1;
+      emit(this, "ongap", [obj.gap[0], obj.gap[1]]);
+      return;
+    }
     if (typeof obj.id !== "number") return;
     if (this.lastId !== null && obj.id <= this.lastId) return;
     this.lastId = obj.id;
