@@ -268,6 +268,35 @@ def test_8_a_bad_recovery_offset_leaks_nothing(make_gateway, raw_ws, caplog):
     assert_no_traceback(caplog)
 
 
+def test_8_an_error_in_a_packet_closes_only_its_session(make_gateway, raw_ws, caplog, monkeypatch):
+    """Whatever fails in a packet's work (here: the resume, made to fail) ends that session in
+    one log line and leaves nothing behind; the others are served."""
+    caplog.set_level(logging.INFO, logger="zmqws")
+    gw = make_gateway(None, linger=0)
+    other = sio_ws(raw_ws, gw.port)
+    other.send_frame(OP_TEXT, b'40{"topics":["ok."]}')
+    assert sio_packet(other).startswith("0{")
+    first = sio_ws(raw_ws, gw.port)
+    first.send_frame(OP_TEXT, b'40{"topics":["a."]}')
+    pid = json.loads(sio_packet(first)[1:])["pid"]
+    first.send_frame(OP_TEXT, b"41")
+    wait_until(lambda: gw.subscriptions() == [b"ok."])
+
+    def failing(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(gw, "_missed", failing)
+    ws = sio_ws(raw_ws, gw.port)
+    ws.send_frame(OP_TEXT, b"40" + json.dumps({"pid": pid, "offset": "1"}).encode())
+    assert ws.recv_frame()[2] == b"1"  # Engine.IO close, then the WebSocket closes
+    assert ws.recv_frame()[1] == OP_CLOSE
+    assert gw.subscriptions() == [b"ok."] and len(gw.sio.sessions) == 2
+    gw.publish("served", topic="ok.")
+    assert json.loads(sio_packet(other)[1:])[1] == "served"
+    assert_no_traceback(caplog)
+    assert "RuntimeError('boom')" in caplog.text
+
+
 # -- 9. Malformed input and tracebacks -------------------------------------------------------
 
 # not ASCII digits ("²" passes str.isdigit() and fails int()), past int()'s 4300 digits, past 20

@@ -667,7 +667,9 @@ class SocketIOEndpoint:
             client.data.pop("eio", None)
             client.close(1000, "")
         elif session.poll_client is not None:
-            session.packets.append((eio.CLOSE, ""))
+            # The held poll ends with a close packet, or with a noop when the client itself
+            # closed (engine.io's polling transport does the same).
+            session.packets.append((eio.CLOSE if notify else eio.NOOP, ""))
             self._answer_poll(session.poll_client, session)
         if session.probe_client is not None:
             session.probe_client.close(1000, "")
