@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import http.client
 import json
+import logging
 import os
 import re
 import signal
@@ -27,7 +29,7 @@ import zmq
 
 from conftest import RawWebSocket, http_exchange, upgrade_request, wait_until
 from zmqws.auth import token_authenticator
-from zmqws.protocol.frames import OP_TEXT
+from zmqws.protocol.frames import OP_CLOSE, OP_TEXT
 from zmqws.rights import Rights, TopicRefused, parse_token_file, resolve_topics
 
 
@@ -181,6 +183,68 @@ def test_2_pipelining_client_gets_every_answer_then_the_cap_closes(make_gateway)
 # -- 4. Engine.IO sessions without bound -----------------------------------------------------
 
 
+def sio_handshakes(port: int, count: int) -> List[int]:
+    """``count`` polling handshakes on one keep-alive connection, until one is refused (the
+    refusal closes the connection); the statuses."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    statuses = []
+    try:
+        for _ in range(count):
+            conn.request("GET", "/socket.io/?EIO=4&transport=polling")
+            response = conn.getresponse()
+            response.read()
+            statuses.append(response.status)
+            if response.status != 200:
+                break
+    finally:
+        conn.close()
+    return statuses
+
+
+def metric(port: int, name: str) -> int:
+    status, _, body = http_exchange(port, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert status == 200
+    return int(re.search(rf"^{name} (\d+)$", body.decode(), re.M).group(1))
+
+
+def test_4_polling_sessions_count_as_connections(make_gateway):
+    gw = make_gateway(None, max_connections=20)
+    statuses = sio_handshakes(gw.port, 100)
+    # the connection itself and 19 sessions make 20 connections: the 20th session is refused
+    assert statuses == [200] * 19 + [503]
+    assert len(gw.sio.sessions) == 19 and metric(gw.port, "zmqws_refused_total") == 1
+    wait_until(lambda: not gw._clients)
+    assert sio_handshakes(gw.port, 1) == [503]  # the 20th connection would be the 21st
+    assert len(gw.sio.sessions) == 19 and gw.stats.refused == 2
+
+
+def test_4_polling_sessions_count_per_address(make_gateway):
+    gw = make_gateway(None, max_connections_per_address=3)
+    assert sio_handshakes(gw.port, 10) == [200, 200, 503]
+    assert len(gw.sio.sessions) == 2 and gw.stats.refused == 1
+
+
+def test_4_a_session_that_never_polls_is_closed_after_the_handshake_timeout(make_gateway):
+    gw = make_gateway(None, handshake_timeout=0.5)
+    idle, active = (json.loads(http_exchange(gw.port, b"GET /socket.io/?EIO=4&transport=polling "
+                                             b"HTTP/1.1\r\nHost: localhost\r\n\r\n")[2][1:])["sid"]
+                    for _ in range(2))
+    query = f"/socket.io/?EIO=4&transport=polling&sid={active}"
+    post = f"POST {query} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n40"
+    assert http_exchange(gw.port, post.encode())[2] == b"ok"
+    poll = f"GET {query} HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    assert http_exchange(gw.port, poll.encode())[2].startswith(b"40{")  # connected
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as held:
+        held.sendall(poll.encode())  # the active session polls again (and waits)
+        wait_until(lambda: gw.sio.sessions[active].poll_client is not None)
+        wait_until(lambda: idle not in gw.sio.sessions, timeout=3, message="the idle session's end")
+        status, _, body = http_exchange(gw.port, poll.replace(active, idle).encode())
+        assert status == 400 and json.loads(body)["code"] == 1  # Session ID unknown
+        assert active in gw.sio.sessions and gw.stats.handshake_timeouts >= 1
+        gw.publish("still served")
+        assert b"still served" in held.recv(4096)
+
+
 # -- 5. Topics per client without bound, quadratic bookkeeping -------------------------------
 
 
@@ -303,7 +367,144 @@ def test_7_accept_at_the_limit_refuses_and_rests(make_gateway):
 # -- 8. A bad Socket.IO recovery offset ------------------------------------------------------
 
 
+def assert_no_traceback(caplog, worst: int = logging.INFO) -> None:
+    """Bad input is logged in one line each, at ``worst`` at most: no traceback."""
+    assert not [r for r in caplog.records if r.levelno > worst or r.exc_info], caplog.text
+    assert "Traceback" not in caplog.text
+
+
+def test_8_a_bad_recovery_offset_leaks_nothing(make_gateway, raw_ws, caplog):
+    caplog.set_level(logging.INFO, logger="zmqws")
+    gw = make_gateway(None, linger=0)
+    first = sio_ws(raw_ws, gw.port)
+    first.send_frame(OP_TEXT, b'40{"topics":["a."]}')
+    pid = json.loads(sio_packet(first)[1:])["pid"]
+    first.send_frame(OP_TEXT, b"41")  # leaves: its state is kept for recovery
+    wait_until(lambda: not gw.subscriptions())
+    for offset in ("\u00b2", "1" * 5000, "-1", " 1", "1" * 21):
+        ws = sio_ws(raw_ws, gw.port)
+        ws.send_frame(OP_TEXT, b"40" + json.dumps({"pid": pid, "offset": offset, "topics": ["b."]}).encode())
+        connect = json.loads(sio_packet(ws)[1:])
+        assert connect["pid"] != pid  # a fresh session, not a recovery
+        assert gw.subscriptions() == [b"b."]
+        ws.send_frame(OP_TEXT, b"41")
+        wait_until(lambda: not gw.subscriptions(), message="the upstream subscription's end")
+    assert_no_traceback(caplog)
+
+
+def test_8_an_error_in_a_packet_closes_only_its_session(make_gateway, raw_ws, caplog, monkeypatch):
+    """Whatever fails in a packet's work (here: the resume, made to fail) ends that session in
+    one log line and leaves nothing behind; the others are served."""
+    caplog.set_level(logging.INFO, logger="zmqws")
+    gw = make_gateway(None, linger=0)
+    other = sio_ws(raw_ws, gw.port)
+    other.send_frame(OP_TEXT, b'40{"topics":["ok."]}')
+    assert sio_packet(other).startswith("0{")
+    first = sio_ws(raw_ws, gw.port)
+    first.send_frame(OP_TEXT, b'40{"topics":["a."]}')
+    pid = json.loads(sio_packet(first)[1:])["pid"]
+    first.send_frame(OP_TEXT, b"41")
+    wait_until(lambda: gw.subscriptions() == [b"ok."])
+
+    def failing(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(gw, "_missed", failing)
+    ws = sio_ws(raw_ws, gw.port)
+    ws.send_frame(OP_TEXT, b"40" + json.dumps({"pid": pid, "offset": "1"}).encode())
+    assert ws.recv_frame()[2] == b"1"  # Engine.IO close, then the WebSocket closes
+    assert ws.recv_frame()[1] == OP_CLOSE
+    assert gw.subscriptions() == [b"ok."] and len(gw.sio.sessions) == 2
+    gw.publish("served", topic="ok.")
+    assert json.loads(sio_packet(other)[1:])[1] == "served"
+    assert_no_traceback(caplog, logging.WARNING)  # not bad input: a warning, in one line
+    assert "RuntimeError('boom')" in caplog.text
+
+
 # -- 9. Malformed input and tracebacks -------------------------------------------------------
+
+# not ASCII digits ("²" passes str.isdigit() and fails int()), past int()'s 4300 digits, past 20
+BAD_IDS = ["%C2%B2", "1" * 4301, "1" * 21, "-1", "0x10", ""]
+
+
+class Bystander:
+    """A gateway with a well-behaved WebSocket client on topic ``ok.``."""
+
+    def __init__(self, gw, ws) -> None:
+        self.gw = gw
+        self.ws = ws
+
+    def check(self) -> None:
+        """The client still gets its messages."""
+        self.gw.publish("still here", topic="ok.")
+        assert self.ws.recv() == "still here"
+
+
+@pytest.fixture
+def bystander_ws(make_gateway, ws_client_sync):
+    gw = make_gateway(None)
+    ws = ws_client_sync(gw.port, "/?topic=ok.")
+    wait_until(lambda: gw.subscriptions() == [b"ok."])
+    return Bystander(gw, ws)
+
+
+def test_9_malformed_since_is_a_400_on_every_transport(bystander_ws, caplog):
+    caplog.set_level(logging.INFO, logger="zmqws")
+    port = bystander_ws.gw.port
+    for since in BAD_IDS:
+        assert status_of(port, upgrade_request(f"/?since={since}")) == 400, since
+        for path in ("/events", "/poll"):
+            request = f"GET {path}?since={since} HTTP/1.1\r\nHost: localhost\r\n\r\n"
+            assert status_of(port, request.encode()) == 400, (path, since)
+            header = since.replace("%C2%B2", "\u00b2").encode("latin-1")  # the byte 0xB2: "²" in Latin-1
+            request = f"GET {path} HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: ".encode() + header + b"\r\n\r\n"
+            assert status_of(port, request) == 400, (path, "Last-Event-ID", since)
+    bystander_ws.check()
+    assert_no_traceback(caplog)
+
+
+@pytest.mark.parametrize("path, message", [
+    ("/?topic=ok.", b'{"subscribe":' * 10_000),             # a control message
+    ("/?topic=ok.&format=json", b"[" * 10_000),             # a JSON-envelope send
+    ("/?topic=ok.&format=json", b'{"topic":"\\ud800","data":1}'),  # a topic with a lone surrogate
+], ids=["deep-control", "deep-envelope", "surrogate-topic"])
+def test_9_deep_json_and_lone_surrogates_close_1008(path, message, bystander_ws, raw_ws, caplog):
+    caplog.set_level(logging.INFO, logger="zmqws")
+    ws = raw_ws(bystander_ws.gw.port, path=path)
+    ws.send_frame(OP_TEXT, message)
+    _fin, opcode, data = ws.recv_frame()
+    assert opcode == OP_CLOSE and int.from_bytes(data[:2], "big") == 1008, data
+    bystander_ws.check()
+    assert_no_traceback(caplog)
+
+
+def test_9_socketio_junk_gets_error_answers(bystander_ws, raw_ws, caplog):
+    caplog.set_level(logging.INFO, logger="zmqws")
+    ws = sio_ws(raw_ws, bystander_ws.gw.port)
+    ws.send_frame(OP_TEXT, b'40{"topics":["\\ud800"]}')
+    assert sio_packet(ws).startswith("4{")  # CONNECT_ERROR
+    ws.send_frame(OP_TEXT, b'40{"topics":["s."],"pid":"x","offset":"\\u00b2"}')
+    assert sio_packet(ws).startswith("0{")
+    for event in (b'["x.\\ud800",1]', b'["x.","\\ud800"]'):  # lone surrogates: not forwarded
+        ws.send_frame(OP_TEXT, b"421" + event)
+        assert json.loads(sio_packet(ws)[2:]) == [{"ok": False, "error": "event name and data must be UTF-8"}]
+    for event in (b'["subscribe","\\ud800"]', b'["subscribe",{"a":1}]', b'["subscribe",[null,2]]',
+                  b'["subscribe"]', b'["unsubscribe",["\\udfff"]]', b'["subscribe",[["a."]]]'):
+        ws.send_frame(OP_TEXT, b"422" + event)
+        ack = sio_packet(ws)
+        assert ack.startswith("32[") and "error" in json.loads(ack[2:])[0], (event, ack)
+    assert bystander_ws.gw.subscriptions() == [b"ok.", b"s."]
+    ws.send_frame(OP_TEXT, b'423["subscribe","s2."]')  # the session still works
+    assert json.loads(sio_packet(ws)[2:]) == [{"topics": ["s.", "s2."]}]
+    for packet in (b"42" + b"1" * 5000 + b'["x"]', b"45" + b"1" * 5000 + b'-["x"]'):  # past int()
+        junk = sio_ws(raw_ws, bystander_ws.gw.port)
+        junk.send_frame(OP_TEXT, b'40{"topics":["j."]}')
+        assert sio_packet(junk).startswith("0{")
+        junk.send_frame(OP_TEXT, packet)
+        assert junk.recv_frame()[2] == b"1"  # the session is closed
+    assert len(bystander_ws.gw.sio.sessions) == 1
+    bystander_ws.check()
+    assert_no_traceback(caplog)
 
 
 # -- 10. Writing upstream outside one's rights ----------------------------------------------

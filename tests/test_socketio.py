@@ -678,6 +678,24 @@ def test_overlapping_polls_close_the_session(bystander):
     bystander.check()
 
 
+def test_a_client_close_releases_the_pending_poll_with_a_noop(bystander):
+    port = bystander.gw.port
+    client = RawPolling(port)
+    session = bystander.gw.sio.sessions[client.sid]
+    held: List[Any] = []
+    holder = threading.Thread(target=lambda: held.append(client.get()), daemon=True)
+    holder.start()
+    try:
+        wait_until(lambda: session.poll_client is not None, message="the poll to be held")
+        assert client.post(b"1") == (200, b"ok")
+    finally:
+        holder.join(5)
+    assert held == [(200, b"6")]
+    assert_engineio_error(http_request(port, "GET", f"EIO=4&transport=polling&sid={client.sid}"), 1)
+    assert client.sid not in bystander.gw.sio.sessions
+    bystander.check()
+
+
 @pytest.mark.parametrize("body", [b"4" + bytes(range(0x80, 0x90)), b"9hello", b"b!!!", b"",
                                   b"2\x1e\x1e3", b"40\x1e42[", b"4{", b"45-[\"x\"]"])
 def test_malformed_post_bodies_close_the_session(body, bystander):

@@ -157,9 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     sec.add_argument("--no-metrics", action="store_true", help="do not serve GET /metrics")
     lim = p.add_argument_group("limits and timeouts")
     lim.add_argument("--max-connections", type=int, default=10000, metavar="N",
-                     help="connections at most; beyond, new ones get 503 (default: %(default)s)")
+                     help="connections at most, Socket.IO polling sessions included; beyond, new "
+                          "ones get 503 (default: %(default)s)")
     lim.add_argument("--max-connections-per-address", type=int, default=0, metavar="N",
-                     help="connections at most from one client IP address; 0 = no limit (default; "
+                     help="connections at most from one client IP address, Socket.IO polling sessions "
+                          "included; 0 = no limit (default; "
                           "behind a reverse proxy every client has the proxy's address)")
     lim.add_argument("--max-topics", type=int, default=256, metavar="N",
                      help="topic prefixes one client may have at most; more → 400 or an error "
@@ -194,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument("--ping-timeout", type=_seconds, default=20.0, metavar="S",
                      help="close (1011) a client that does not answer a ping within this (default: %(default)s)")
     lim.add_argument("--handshake-timeout", type=_seconds, default=10.0, metavar="S",
-                     help="time allowed to send the HTTP request (default: %(default)s)")
+                     help="time allowed to send the HTTP request, and for a new Socket.IO polling "
+                          "session's first poll (default: %(default)s)")
     lim.add_argument("--close-timeout", type=_seconds, default=3.0, metavar="S",
                      help="time to wait for the peer during a close (default: %(default)s)")
     scale = p.add_argument_group("scale-out")

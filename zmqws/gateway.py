@@ -36,7 +36,7 @@ from . import metrics as prometheus
 from .protocol import sse
 from .rights import (DEFAULT_MAX_TOPIC_LENGTH, DEFAULT_MAX_TOPICS, Rights, TopicRefused, check_count,
                      check_read, resolve_topics, topic_matches)
-from .routing import History, Route, Router, Stored, Upstream
+from .routing import MAX_ID_DIGITS, History, Route, Router, Stored, Upstream, parse_id
 from .server import STREAM, Client, WebSocketServer
 from .socketio import SIO_POLL_WIRE, SocketIOEndpoint
 from .protocol.utf8 import is_utf8
@@ -502,17 +502,22 @@ class Gateway(WebSocketServer):
             raise HTTPError(400, f"format must be one of {', '.join(ENVELOPES)}")
         if self.require_topic and not any(request.query.get("topic", [])):
             raise HTTPError(400, "name at least one topic (?topic=prefix)")
-        since = self._since(request)
-        if since is not None and not since.isdigit():
-            raise HTTPError(400, "since must be a message id (a non-negative integer)")
+        self._since(request)
 
     @staticmethod
-    def _since(request: Request) -> Optional[str]:
-        """``?since=ID``, else the ``Last-Event-ID`` header an EventSource sends when it reconnects."""
-        since = request.query_value("since")
+    def _since(request: Request) -> Optional[int]:
+        """``?since=ID``, else the ``Last-Event-ID`` header an EventSource sends when it
+        reconnects; 400 when it is not a message id (:func:`~zmqws.routing.parse_id`)."""
+        text = request.query_value("since")
+        if text is None:
+            text = request.header("last-event-id")
+        if text is None:
+            return None
+        since = parse_id(text.strip())
         if since is None:
-            since = request.header("last-event-id")
-        return since.strip() if since is not None else None
+            log.info("refusing since=%.40r: not a message id", text)
+            raise HTTPError(400, f"since must be a message id ({MAX_ID_DIGITS} digits at most)")
+        return since
 
     def accept_websocket(self, client: Client, request: Request) -> None:
         """Check the query before the 101: ``topic``, ``format``, ``since`` (or Engine.IO's)."""
@@ -624,8 +629,7 @@ class Gateway(WebSocketServer):
         self._send_batch()  # this turn's messages go to those already there, not to the newcomer
         self._subscribe(prefixes)
         if wire != POLL:
-            text = self._since(request)
-            since = int(text) if text is not None else None
+            since = self._since(request)
         if since is not None and self.upstream_ids and since > self._last_id:
             # The client saw ids this gateway has not taken yet (a gateway or worker that has
             # just started, or one a little behind the one the client came from): it waits off
@@ -962,10 +966,10 @@ class Gateway(WebSocketServer):
         # and reports the ids the gateway may have been blind for.
         for prefix in prefixes_state.prefixes:
             self._want(prefix)
-        behind = since is not None and self.upstream_ids and int(since) > self._last_id
+        behind = since is not None and self.upstream_ids and since > self._last_id
         try:
             if since is not None and not behind:
-                notice, missed = self._missed(prefixes_state, int(since))
+                notice, missed = self._missed(prefixes_state, since)
                 if notice is not None or missed:
                     self._poll_response(client, ([notice] if notice else []) + missed)
                     return
@@ -974,7 +978,7 @@ class Gateway(WebSocketServer):
             client.parked = True
             client.transport = POLL
             client.deadline = time.monotonic() + self.poll_timeout
-            self._join(client, "json", POLL, int(since) if behind else None)
+            self._join(client, "json", POLL, since if behind else None)
         finally:
             for prefix in prefixes_state.prefixes:
                 self._release(prefix)

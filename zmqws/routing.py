@@ -23,7 +23,20 @@ from typing import Any, Deque, Dict, FrozenSet, Iterable, Iterator, List, Option
 
 from .rights import topic_matches
 
-__all__ = ["Route", "Router", "Upstream", "History", "Stored", "topic_matches"]
+__all__ = ["Route", "Router", "Upstream", "History", "Stored", "topic_matches", "parse_id", "MAX_ID_DIGITS"]
+
+MAX_ID_DIGITS = 20  # 2**64 - 1, the largest id an upstream sequencer stamps, has 20 digits
+
+
+def parse_id(text: str) -> Optional[int]:
+    """A message id a client sent (``?since=``, ``Last-Event-ID``, a Socket.IO recovery
+    offset): 1 to :data:`MAX_ID_DIGITS` ASCII digits, else None (the caller refuses it).
+
+    Checked before ``int()``, which takes "²" and other Unicode digits for ``str.isdigit()``
+    but refuses them, and refuses strings over 4300 digits (``sys.int_info``'s limit)."""
+    if 0 < len(text) <= MAX_ID_DIGITS and text.isascii() and text.isdigit():
+        return int(text)
+    return None
 
 
 class Route:

@@ -44,7 +44,7 @@ from .stats import Stats
 if TYPE_CHECKING:  # ssl (and the OpenSSL libraries, megabytes of RSS) loads only with TLS
     import ssl
 
-__all__ = ["WebSocketServer", "Client"]
+__all__ = ["WebSocketServer", "Client", "peer_host"]
 
 log = logging.getLogger("zmqws")
 
@@ -149,6 +149,12 @@ def _host_name(value: str) -> str:
     return value.partition(":")[0]
 
 
+def peer_host(address: Any) -> Any:
+    """The host of a peer address (``(host, port)``, or a Unix socket's name): what the
+    per-address connection limit counts."""
+    return address[0] if isinstance(address, tuple) else address
+
+
 def _address(address: Any) -> str:
     """``host:port`` of a peer address, for log lines."""
     if isinstance(address, tuple) and len(address) >= 2:
@@ -184,6 +190,8 @@ class WebSocketServer:
       non-blocking in the loop (see :func:`zmqws.tls.server_context`).
     * ``max_connections``: beyond it new connections get 503 and are closed;
       ``max_connections_per_address``: the same per client IP address (0 = no limit).
+      Sessions that outlive their TCP connection (Engine.IO polling) count as
+      connections too (:meth:`take_slot`).
     * ``max_requests_per_connection``: HTTP requests answered on one
       keep-alive connection; the last one's response says ``Connection:
       close`` (RFC 9112 §9.6).  Pipelined requests are read no further while
@@ -258,6 +266,7 @@ class WebSocketServer:
         self._any_port_hosts: frozenset = frozenset()  # accepted names, whatever the port
         self.authenticate = authenticate
         self._per_address: Dict[Any, int] = {}
+        self._held_slots = 0  # connections counted for sessions without one (take_slot)
         self.on_connect = on_connect
         self.on_message = on_message
         self.on_disconnect = on_disconnect
@@ -526,9 +535,7 @@ class WebSocketServer:
                 address = (host, address[1])
             else:
                 host = address
-            if self._stopping or len(self._clients) >= self.max_connections or (
-                    self.max_connections_per_address
-                    and self._per_address.get(host, 0) >= self.max_connections_per_address):
+            if self._over_limit(host):
                 self._refuse(sock, host)
                 continue
             if self.ssl_context is not None:
@@ -561,7 +568,7 @@ class WebSocketServer:
             except OSError:
                 pass
             else:
-                self._refuse(sock, address[0] if isinstance(address, tuple) else address)
+                self._refuse(sock, peer_host(address))
         self.loop.unregister(listener.fileno())
         self.loop.call_later(ACCEPT_PAUSE, self._accept_again)
 
@@ -574,6 +581,36 @@ class WebSocketServer:
                 pass  # still at the limit: the next accept() failure only rests the listener
         if self._listener is not None and not self._stopping:
             self.loop.register(self._listener.fileno(), POLLIN, self._on_accept)
+
+    def _over_limit(self, host: Any) -> bool:
+        """One more connection from ``host`` would pass a connection limit (or we are stopping)."""
+        return self._stopping or len(self._clients) + self._held_slots >= self.max_connections or bool(
+            self.max_connections_per_address
+            and self._per_address.get(host, 0) >= self.max_connections_per_address)
+
+    def take_slot(self, host: Any) -> bool:
+        """Count a session that outlives its TCP connection (an Engine.IO polling session) as
+        one more connection from ``host`` (:func:`peer_host`) until :meth:`release_slot`;
+        False, counted in ``refused``, when that would pass ``max_connections`` or
+        ``max_connections_per_address``."""
+        if self._over_limit(host):
+            self.stats.refused += 1
+            return False
+        self._held_slots += 1
+        self._per_address[host] = self._per_address.get(host, 0) + 1
+        return True
+
+    def release_slot(self, host: Any) -> None:
+        """Give back a slot of :meth:`take_slot`."""
+        self._held_slots -= 1
+        self._address_gone(host)
+
+    def _address_gone(self, host: Any) -> None:
+        left = self._per_address.get(host, 1) - 1
+        if left > 0:
+            self._per_address[host] = left
+        else:
+            self._per_address.pop(host, None)
 
     def _refuse(self, sock: socket.socket, host: Any) -> None:
         """Over a connection limit (or stopping): 503, best effort, and close (no TLS is spoken)."""
@@ -984,12 +1021,7 @@ class WebSocketServer:
         if self._clients.pop(client.fd, None) is not None:
             if self.loop is not None:
                 self.loop.unregister(client.fd)
-            host = client.address[0] if isinstance(client.address, tuple) else client.address
-            left = self._per_address.get(host, 1) - 1
-            if left > 0:
-                self._per_address[host] = left
-            else:
-                self._per_address.pop(host, None)
+            self._address_gone(peer_host(client.address))
         try:
             client.sock.close()
         except OSError:  # pragma: no cover

@@ -37,7 +37,8 @@ from .protocol import engineio as eio
 from .protocol.frames import CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, frame_header
 from .protocol.handshake import HTTPError, Request, http_response
 from .rights import Rights, TopicRefused
-from .routing import Stored
+from .routing import Stored, parse_id
+from .server import peer_host
 
 if TYPE_CHECKING:  # pragma: no cover
     from .gateway import Gateway
@@ -62,10 +63,11 @@ class EngineSession:
     """One Engine.IO session (and its Socket.IO socket on the main namespace)."""
 
     __slots__ = ("sid", "transport", "ws_client", "poll_client", "probe_client", "packets",
-                 "packet_bytes", "last_seen", "ping_sent_at", "next_ping", "request", "rights",
-                 "sio_sid", "pid", "connected", "reassembler", "closed", "client_id", "__weakref__")
+                 "packet_bytes", "last_seen", "ping_sent_at", "next_ping", "topics", "rights",
+                 "sio_sid", "pid", "connected", "reassembler", "closed", "client_id", "slot",
+                 "first_poll_by", "__weakref__")
 
-    def __init__(self, sid: str, transport: str, request: Request, rights: Rights, now: float,
+    def __init__(self, sid: str, transport: str, topics: Tuple[str, ...], rights: Rights, now: float,
                  client_id: bytes) -> None:
         self.sid = sid
         self.transport = transport
@@ -77,7 +79,7 @@ class EngineSession:
         self.last_seen = now
         self.ping_sent_at = 0.0
         self.next_ping = 0.0
-        self.request = request
+        self.topics = topics  # the handshake's ?topics= values (the rest of its request is not kept)
         self.rights = rights  # what the client may read and write (its authentication)
         self.sio_sid: Optional[str] = None
         self.pid: Optional[str] = None
@@ -85,6 +87,8 @@ class EngineSession:
         self.reassembler: Optional[eio.Reassembler] = None
         self.closed = False
         self.client_id = client_id
+        self.slot: Optional[str] = None  # a polling session counts as a connection of this address
+        self.first_poll_by = 0.0         # a polling session's first GET must come before (0: came)
 
     def __str__(self) -> str:
         """The session in log lines: its client id (``PID.sioN``), never the sid, which is a credential."""
@@ -177,16 +181,16 @@ class SocketIOEndpoint:
             "maxPayload": self.gateway.max_message_size}, separators=(",", ":"))
 
     def _new_session(self, client: "Client", request: Request, transport: str) -> EngineSession:
-        gateway = self.gateway
-        gateway.check_access(client, request)
+        """A session for a client whose access was checked; only the handshake's ``topics``
+        are kept of its request."""
         now = time.monotonic()
         self._next_client += 1
-        session = EngineSession(_new_sid(), transport, request,
+        session = EngineSession(_new_sid(), transport, tuple(request.query.get("topics", ())),
                                 client.rights, now,
                                 f"{os.getpid()}.sio{self._next_client}".encode())
         session.next_ping = now + self.ping_interval
         self.sessions[session.sid] = session
-        gateway.stats.sio_sessions += 1
+        self.gateway.stats.sio_sessions += 1
         if len(self.sessions) == 1:
             self._schedule_tick()
         log.debug("socket.io session %s opened over %s", session, transport)
@@ -201,12 +205,29 @@ class SocketIOEndpoint:
             raise eio.EngineIOError(code, exc.reason) from None
 
     def _handshake_polling(self, client: "Client", request: Request, cors: list) -> bytes:
+        """A polling session counts as a connection of the handshake's address (503 over the
+        connection limits) and must poll within ``handshake_timeout`` (else :meth:`_tick` closes it)."""
+        gateway = self.gateway
         try:
-            session = self._new_session(client, request, POLLING)
+            gateway.check_access(client, request)
         except HTTPError as exc:
             code = eio.FORBIDDEN if exc.status in (401, 403) else eio.BAD_REQUEST
             raise eio.EngineIOError(code, exc.reason) from None
+        host = peer_host(client.address)
+        if not gateway.take_slot(host):
+            log.info("refusing a socket.io session from %s: connection limit", host)
+            raise HTTPError(503, "too many connections", [("Retry-After", "5")])
+        session = self._new_session(client, request, POLLING)
+        session.slot = host
+        session.first_poll_by = time.monotonic() + gateway.handshake_timeout
         return self._payload_response(request, [(eio.OPEN, self._open_packet(session, [WEBSOCKET])[1:])], cors)
+
+    def _release_slot(self, session: EngineSession) -> None:
+        """The session no longer counts as a connection (closed, or carried by a WebSocket now)."""
+        if session.slot is not None:
+            self.gateway.release_slot(session.slot)
+            session.slot = None
+        session.first_poll_by = 0.0
 
     def _payload_response(self, request: Request, packets: List[eio.Packet], cors: list) -> bytes:
         return http_response(200, eio.encode_payload(packets), "text/plain; charset=UTF-8",
@@ -218,6 +239,7 @@ class SocketIOEndpoint:
             self.close_session(session, "overlapping polls")
             raise eio.EngineIOError(eio.BAD_REQUEST, "Bad request: overlapping polls")
         session.last_seen = time.monotonic()
+        session.first_poll_by = 0.0
         client.data["cors"] = cors
         probe = session.probe_client
         if not session.packets and probe is not None and probe.data.get("eio_probed"):
@@ -254,11 +276,11 @@ class SocketIOEndpoint:
                 self._packet(session, kind, data)
                 if session.closed:
                     break
-        except eio.SocketIOError as exc:
-            self.gateway.stats.protocol_errors += 1
-            log.info("socket.io session %s: %s", session, exc)
-            self.close_session(session, "parse error")
-            raise eio.EngineIOError(eio.BAD_REQUEST, f"Bad request: {exc}") from None
+        except Exception as exc:  # one bad packet ends its session, never the loop
+            self._bad_packet(session.client_id.decode(), exc)
+            self.close_session(session, "bad packet")
+            reason = str(exc) if isinstance(exc, eio.SocketIOError) else "invalid packet"
+            raise eio.EngineIOError(eio.BAD_REQUEST, f"Bad request: {reason}") from None
         return http_response(200, b"ok", "text/html", cors, keep_alive=request.keep_alive)
 
     def poll_deadline(self, client: "Client") -> None:
@@ -296,11 +318,7 @@ class SocketIOEndpoint:
             session.probe_client = client
             client.data["eio_probe"] = session
             return
-        try:
-            session = self._new_session(client, request, WEBSOCKET)
-        except HTTPError as exc:  # pragma: no cover - check_access ran before the 101 already
-            client.close(CLOSE_POLICY_VIOLATION, exc.reason)
-            return
+        session = self._new_session(client, request, WEBSOCKET)  # check_access ran before the 101
         session.ws_client = client
         client.data["eio"] = session
         client.send(self._open_packet(session, []))
@@ -316,13 +334,21 @@ class SocketIOEndpoint:
             kind, payload = eio.decode_ws_frame(data)
             session.last_seen = time.monotonic()
             self._packet(session, kind, payload)
-        except eio.SocketIOError as exc:
-            self.gateway.stats.protocol_errors += 1
-            log.info("socket.io client %s: %s", client.id, exc)
+        except Exception as exc:  # one bad packet ends its session, never the loop
+            self._bad_packet(client.id, exc)
             if session is not None:
-                self.close_session(session, "parse error")
+                self.close_session(session, "bad packet")
             else:
                 client.close(CLOSE_POLICY_VIOLATION, "parse error")
+
+    def _bad_packet(self, who: Any, exc: Exception) -> None:
+        """Count and log (one line, no traceback) a packet that ends its session: malformed
+        (:class:`~zmqws.protocol.errors.SocketIOError`), or one this module failed on."""
+        self.gateway.stats.protocol_errors += 1
+        if isinstance(exc, eio.SocketIOError):
+            log.info("socket.io client %s: %s", who, exc)
+        else:
+            log.warning("socket.io client %s: closed after an error in its packet: %r", who, exc)
 
     def _probe(self, client: "Client", session: EngineSession, data: Union[str, bytes]) -> None:
         """The upgrade of a polling session: 2probe → 3probe (and a noop to the poll), then 5."""
@@ -337,6 +363,7 @@ class SocketIOEndpoint:
             gateway = self.gateway
             old_member = session.member
             session.transport = WEBSOCKET
+            self._release_slot(session)  # its WebSocket is a connection of its own
             session.ws_client = client
             session.probe_client = None
             client.data.pop("eio_probe", None)
@@ -481,8 +508,7 @@ class SocketIOEndpoint:
         checked against the client's rights and the caps by the gateway (:class:`TopicRefused`)."""
         wanted = auth.get("topics")
         if wanted is None:
-            query = session.request.query.get("topics", [])
-            wanted = [t for value in query for t in value.split(",") if t]
+            wanted = [t for value in session.topics for t in value.split(",") if t]
         if isinstance(wanted, str):
             wanted = [wanted]
         if not isinstance(wanted, list) or not all(isinstance(t, str) for t in wanted):
@@ -497,11 +523,12 @@ class SocketIOEndpoint:
         replay: List[Stored] = []
         recovered = None
         pid, offset = auth.get("pid"), auth.get("offset")
-        if isinstance(pid, str) and isinstance(offset, str) and offset.isdigit() and pid in self._recoverable:
+        since = parse_id(offset) if isinstance(offset, str) else None  # checked before any change
+        if isinstance(pid, str) and since is not None and pid in self._recoverable:
             sio_sid, prefixes, _until = self._recoverable.pop(pid)
             state = gateway._new_state(session.member, prefixes, "sio", session.client_id)
             gateway._subscribe(prefixes)
-            notice, missed = gateway._missed(state, int(offset))
+            notice, missed = gateway._missed(state, since)
             if notice is None:
                 recovered = (sio_sid, pid)
                 replay = missed
@@ -566,25 +593,35 @@ class SocketIOEndpoint:
         if name in ("subscribe", "unsubscribe"):
             reply = self._change_topics(session, state, name, args[0] if args else None)
         else:
-            value = args[0] if args else None
-            if isinstance(value, bytes):
-                payload = value
-            elif isinstance(value, str):
-                payload = value.encode("utf-8")
-            else:
-                payload = json.dumps(value).encode("utf-8")
-            topic = str(name).encode("utf-8", "replace")
-            if not session.rights.may_write(topic):
+            parts = self._upstream_parts(name, args[0] if args else None)
+            if parts is None:
+                log.info("socket.io client %s: event name or data not UTF-8", session.client_id.decode())
+                reply = {"ok": False, "error": "event name and data must be UTF-8"}
+            elif not session.rights.may_write(parts[0]):
                 gateway.stats.writes_refused += 1
                 reply = {"ok": False, "error": "topic not allowed for writing"}
             elif gateway._out is None:
                 reply = {"ok": False, "error": "no upstream socket"}
-            elif gateway._forward(topic, session.client_id, payload):
+            elif gateway._forward(parts[0], session.client_id, parts[1]):
                 reply = {"ok": True}
             else:
                 reply = {"ok": False, "error": "upstream full"}
         if packet.id is not None:
             self.send(session, [(eio.MESSAGE, eio.encode_sio(eio.ACK, [reply], ack_id=packet.id))])
+
+    @staticmethod
+    def _upstream_parts(name: Any, value: Any) -> Optional[Tuple[bytes, bytes]]:
+        """An event's topic (its name) and payload (its first argument) upstream; None when
+        either is not UTF-8 (a lone surrogate such as ``"\\ud800"`` is valid JSON, not UTF-8)."""
+        try:
+            topic = str(name).encode("utf-8")
+            if isinstance(value, bytes):
+                return topic, value
+            if isinstance(value, str):
+                return topic, value.encode("utf-8")
+            return topic, json.dumps(value).encode("utf-8")
+        except UnicodeError:
+            return None
 
     def _change_topics(self, session: EngineSession, state: Any, action: str, value: Any) -> Dict[str, Any]:
         topics = [value] if isinstance(value, str) else value
@@ -604,14 +641,20 @@ class SocketIOEndpoint:
     def _schedule_tick(self) -> None:
         # Fine enough that a ping goes out well within the client's pingInterval + pingTimeout
         # (a client that hears no ping by then closes the session with "ping timeout").
-        step = max(0.01, min(1.0, self.ping_interval / 2, self.ping_timeout / 2))
+        # Fine enough too that a session that never polls goes soon after handshake_timeout.
+        step = max(0.01, min(1.0, self.ping_interval / 2, self.ping_timeout / 2,
+                             self.gateway.handshake_timeout / 2 or 1.0))
         self.gateway.loop.call_later(step, self._tick)
 
     def _tick(self) -> None:
-        """Heartbeats: a ping every ping_interval; no pong (or poll) within ping_timeout closes."""
+        """Heartbeats: a ping every ping_interval; no pong (or poll) within ping_timeout closes;
+        a polling session without its first GET within handshake_timeout closes."""
         now = time.monotonic()
         for session in list(self.sessions.values()):
-            if session.ping_sent_at and now - session.ping_sent_at > self.ping_timeout:
+            if session.first_poll_by and now >= session.first_poll_by:
+                self.gateway.stats.handshake_timeouts += 1
+                self.close_session(session, "no poll after the handshake")
+            elif session.ping_sent_at and now - session.ping_sent_at > self.ping_timeout:
                 self.gateway.stats.ping_timeouts += 1
                 self.close_session(session, "ping timeout")
             elif not session.ping_sent_at and now >= session.next_ping:
@@ -625,6 +668,8 @@ class SocketIOEndpoint:
         if session.closed:
             return
         self._leave(session)
+        self.gateway._forget(session.member)  # a CONNECT cut short keeps no state either
+        self._release_slot(session)
         session.closed = True
         self.sessions.pop(session.sid, None)
         log.debug("socket.io session %s closed: %s", session, reason)
@@ -635,7 +680,9 @@ class SocketIOEndpoint:
             client.data.pop("eio", None)
             client.close(1000, "")
         elif session.poll_client is not None:
-            session.packets.append((eio.CLOSE, ""))
+            # The held poll ends with a close packet, or with a noop when the client itself
+            # closed (engine.io's polling transport does the same).
+            session.packets.append((eio.CLOSE if notify else eio.NOOP, ""))
             self._answer_poll(session.poll_client, session)
         if session.probe_client is not None:
             session.probe_client.close(1000, "")

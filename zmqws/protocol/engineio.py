@@ -76,6 +76,7 @@ class SioPacketType(IntEnum):
 CONNECT, DISCONNECT, EVENT, ACK, CONNECT_ERROR, BINARY_EVENT, BINARY_ACK = (int(t) for t in SioPacketType)
 
 MAX_ATTACHMENTS = 10
+MAX_ACK_ID = 2 ** 53  # a JavaScript number stays exact up to here (16 digits)
 
 
 class EngineIOError(ZmqwsError):
@@ -170,7 +171,7 @@ def decode_sio(text: str, max_attachments: int = MAX_ATTACHMENTS) -> SioPacket:
     if kind in (BINARY_EVENT, BINARY_ACK):
         dash = text.find("-", 1)
         count = text[1:dash] if dash > 0 else ""
-        if not count.isdigit() or not count.isascii():
+        if not count.isdigit() or not count.isascii() or len(count) > len(str(max_attachments)):
             raise SocketIOError("illegal attachments")
         attachments = int(count)
         if attachments < 1 or attachments > max_attachments:
@@ -185,8 +186,10 @@ def decode_sio(text: str, max_attachments: int = MAX_ATTACHMENTS) -> SioPacket:
     start = i
     while i < len(text) and text[i].isdigit() and text[i].isascii():
         i += 1
+    if i - start > len(str(MAX_ACK_ID)):  # before int(), which refuses more than 4300 digits
+        raise SocketIOError("ack id too large")
     ack_id = int(text[start:i]) if i > start else None
-    if ack_id is not None and ack_id > 2 ** 53:
+    if ack_id is not None and ack_id > MAX_ACK_ID:
         raise SocketIOError("ack id too large")
     data = None
     if i < len(text):
