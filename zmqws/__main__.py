@@ -258,7 +258,7 @@ def serve(gateway: "Gateway", args: argparse.Namespace, endpoints: List[str], de
         ws_scheme, http_scheme = ("wss", "https") if gateway.ssl_context else ("ws", "http")
         log.info("zmqws %s listening on %s://%s:%d/ (page: %s://%s:%d/), SUB %s %s",
                  __version__, ws_scheme, args.host, gateway.port, http_scheme, shown_host, gateway.port,
-                 "bound to" if gateway.bind else "connected to", ", ".join(endpoints))
+                 "bound to" if gateway.bind else "connecting to", ", ".join(endpoints))
         if args.demo and demo is not None:
             print(f"zmqws demo: open {http_scheme}://{shown_host}:{gateway.port}/ in a browser "
                   "(Ctrl-C to stop)", flush=True)
