@@ -743,7 +743,9 @@ class Gateway(WebSocketServer):
         if state is None:
             return
         if not self._rate_ok(state):
-            log.info("client %s: over %s messages/s, closing with 1008", client.id, self.client_rate)
+            log.info("client %s: over %s messages/s, closing with 1008", client.id, self.client_rate,
+                     extra={"client": client.id, "code": CLOSE_POLICY_VIOLATION,
+                            "reason": "message rate limit"})
             self._close_client(client, CLOSE_POLICY_VIOLATION, "message rate limit")
             return
         data = message.data
@@ -768,7 +770,9 @@ class Gateway(WebSocketServer):
         """A ping counts against ``client_rate`` like a message: a ping flood is a flood."""
         state = self._states.get(client)
         if state is not None and not self._rate_ok(state):
-            log.info("client %s: over %s messages/s (pings), closing with 1008", client.id, self.client_rate)
+            log.info("client %s: over %s messages/s (pings), closing with 1008", client.id,
+                     self.client_rate, extra={"client": client.id, "code": CLOSE_POLICY_VIOLATION,
+                                              "reason": "message rate limit"})
             self._close_client(client, CLOSE_POLICY_VIOLATION, "message rate limit")
 
     def _rate_ok(self, state: _ClientState) -> bool:

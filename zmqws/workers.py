@@ -44,7 +44,7 @@ def _worker_main(args: argparse.Namespace, endpoint: str, port: int, stats_dir: 
     from .__main__ import _setup_logging, build_gateway, serve
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends SIGTERM
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, args.log_format)
     gateway = build_gateway(args, [endpoint], port=port, bind=False, reuse_port=True,
                             upstream_ids=True, stats_dir=stats_dir)
     raise SystemExit(serve(gateway, args, [endpoint]))
@@ -62,11 +62,11 @@ class Supervisor:
         self._procs: List[Optional[multiprocessing.process.BaseProcess]] = []
 
     def run(self) -> int:
-        if not hasattr(socket, "SO_REUSEPORT"):
-            print("zmqws: error: --workers needs SO_REUSEPORT, which this system lacks",
-                  flush=True)
-            return 1
+        from .__main__ import _fail, listen_error
         from .proxy import Sequencer
+
+        if not hasattr(socket, "SO_REUSEPORT"):
+            return _fail("--workers needs SO_REUSEPORT, which this system lacks")
 
         args = self.args
         family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
@@ -76,10 +76,8 @@ class Supervisor:
         try:
             reserve.bind((args.host, args.port))
         except OSError as exc:
-            print(f"zmqws: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
-                  flush=True)
             reserve.close()
-            return 1
+            return _fail(listen_error(args.host, args.port, exc))
         self.port = reserve.getsockname()[1]
         folder = tempfile.mkdtemp(prefix="zmqws-workers-")
         endpoint = f"ipc://{folder}/messages.ipc"
@@ -89,10 +87,9 @@ class Supervisor:
             sequencer = Sequencer(self.endpoints, [endpoint], stamp=not args.upstream_ids,
                                   connect_xsub=not args.bind or args.demo)
         except ValueError as exc:
-            print(f"zmqws: error: {exc}", flush=True)
             reserve.close()
             shutil.rmtree(folder, ignore_errors=True)
-            return 1
+            return _fail(str(exc))
         sequencer.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
