@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import socket
+import sys
 import time
 
 import pytest
@@ -199,3 +201,29 @@ def test_upstream_id_jump_under_topic_filtering_is_no_gap(make_gateway, pub, raw
     wait_until(lambda: gw.last_id == next_id + 3, message="the message after the jump")
     assert gw.stats.upstream_gaps == 0
     client.close()
+
+
+def test_workers_report_the_real_upstream_endpoints(spawn, pub_socket, http_exchange, wait_until):
+    """With --workers, the parent's forwarder watches the --sub endpoints: a worker's /readyz and
+    gauge speak of them (not of the worker's IPC link to the parent), and the lines come once."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    process = spawn(sys.executable, "-m", "zmqws", "--workers", "2", "--sub", endpoint,
+                    "--port", "0", "--close-timeout", "0.5")
+    try:
+        port = int(process.wait_for_line("stderr", r"listening on port (\d+) with 2 workers").group(1))
+        status, body = readyz(http_exchange, port)
+        assert status == 503 and endpoint in body and "ipc://" not in body, body
+        assert gauge(http_exchange, port, endpoint) == 0
+        retry = rf"upstream {re.escape(endpoint)}: not connected \(connection refused"
+        if not any(re.search(retry, line) for line in process.seen["stderr"]):  # not yet read
+            process.wait_for_line("stderr", retry)
+        pub_socket.bind(endpoint)
+        wait_until(lambda: readyz(http_exchange, port)[0] == 200, timeout=10, message="ready")
+        # the other worker's figures come from its snapshot, written once a second
+        wait_until(lambda: gauge(http_exchange, port, endpoint) == 1, timeout=5, interval=0.1,
+                   message="the gauge of both workers")
+    finally:
+        process.popen.send_signal(signal.SIGTERM)
+        assert process.popen.wait(timeout=15) == 0
+    lines = process.rest("stderr").splitlines()
+    assert len([line for line in lines if f"upstream {endpoint}: connected" in line]) == 1, lines

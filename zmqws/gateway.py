@@ -137,7 +137,10 @@ class Gateway(WebSocketServer):
       ``sio_ping_interval``/``sio_ping_timeout``: Engine.IO heartbeats.
     * ``ready_any``: ``GET /readyz`` answers 200 once any SUB endpoint is
       connected (default: once every one is); ``upstream_log_interval``:
-      seconds between two "still not connected" lines of one endpoint.
+      seconds between two "still not connected" lines of one endpoint;
+      ``upstream_status_file``: the upstream endpoints' state as a forwarder
+      in front of this gateway sees it (``{endpoint: connected}`` in JSON, kept
+      by :class:`zmqws.proxy.Sequencer`; set by ``--workers``).
     * ``rcvhwm``: the SUB socket's receive high-water mark (messages).
     * ``drain_budget``: most messages taken from ZeroMQ per loop turn.
     * ``zmq_context``: a context to use (default: a new one, terminated on stop).
@@ -166,6 +169,7 @@ class Gateway(WebSocketServer):
                  sio_path: str = "/socket.io/", sio_event: str = "message",
                  sio_ping_interval: float = 25.0, sio_ping_timeout: float = 20.0,
                  ready_any: bool = False, upstream_log_interval: float = RETRY_LOG_INTERVAL,
+                 upstream_status_file: Optional[str] = None,
                  **server_options: Any) -> None:
         super().__init__(port, host=host, **server_options)
         if payload_mode not in PAYLOAD_MODES:
@@ -212,6 +216,7 @@ class Gateway(WebSocketServer):
         self.stats_dir = stats_dir
         self.ready_any = ready_any
         self.upstream_log_interval = upstream_log_interval
+        self.upstream_status_file = upstream_status_file
         self._monitor: Optional[UpstreamMonitor] = None
         self._catch_all_since: Optional[float] = None  # when b"" was subscribed (gap detection)
         self._gap_logged_at = float("-inf")
@@ -258,10 +263,21 @@ class Gateway(WebSocketServer):
             self.loop.call_soon_threadsafe(self._take_published)
 
     def upstream_status(self) -> Dict[str, bool]:
-        """Each SUB endpoint: connected now (bound: at least one peer), from the socket monitor."""
-        if self._monitor is None:
-            return {endpoint: False for endpoint in self.sub_endpoints}
-        return self._monitor.status()
+        """Each SUB endpoint: connected now (bound: at least one peer), from the socket monitor.
+
+        With ``upstream_status_file``: each endpoint of the forwarder in front, connected
+        when the forwarder is connected to it and this gateway to the forwarder."""
+        own = (self._monitor.status() if self._monitor is not None
+               else {endpoint: False for endpoint in self.sub_endpoints})
+        if self.upstream_status_file is None:
+            return own
+        try:
+            with open(self.upstream_status_file) as f:
+                forwarder = json.load(f)
+        except (OSError, ValueError):
+            return own
+        linked = all(own.values())
+        return {endpoint: bool(connected) and linked for endpoint, connected in forwarder.items()}
 
     def subscriptions(self) -> List[bytes]:
         """The prefixes the SUB socket is subscribed to now (loop thread, or a snapshot)."""

@@ -99,16 +99,19 @@ class UpstreamMonitor:
     before the socket connects or binds; ``add(endpoint, reported)`` for each
     endpoint (``reported``: the name libzmq uses in events, the socket's
     ``LAST_ENDPOINT`` after a bind); ``call_soon_threadsafe`` to hand a name
-    lookup's result back to the loop.
+    lookup's result back to the loop; ``on_change()`` is called when an
+    endpoint becomes connected or not connected.
     """
 
     def __init__(self, monitor: zmq.Socket, bind: bool,
                  call_soon_threadsafe: Callable[[Callable[[], None]], None],
-                 log_interval: float = RETRY_LOG_INTERVAL) -> None:
+                 log_interval: float = RETRY_LOG_INTERVAL,
+                 on_change: Optional[Callable[[], None]] = None) -> None:
         self.socket = monitor
         self.bind = bind
         self.log_interval = log_interval
         self._call_soon_threadsafe = call_soon_threadsafe
+        self._on_change = on_change
         self._endpoints: Dict[str, _Endpoint] = {}   # configured name -> state
         self._by_reported: Dict[str, _Endpoint] = {}  # name in events -> state
         self.closed = False
@@ -146,11 +149,14 @@ class UpstreamMonitor:
                 self._event(state, event["event"], event["value"])
 
     def _event(self, state: _Endpoint, kind: int, value: int) -> None:
+        connected = state.connected
         if self.bind:
             self._bind_event(state, kind, value)
         else:
             self._connect_event(state, kind, value)
         state.last_event = kind
+        if state.connected != connected and self._on_change is not None:
+            self._on_change()
 
     def _connect_event(self, state: _Endpoint, kind: int, value: int) -> None:
         now = time.monotonic()

@@ -14,7 +14,11 @@ One Python thread serves one core.  With ``--workers N`` the parent:
    loop, restarts a worker that dies, forwards SIGTERM/SIGINT to them and
    exits once they have stopped;
 4. gives them a folder where each writes its counters every second; any
-   worker's ``/metrics`` reports them summed and per worker.
+   worker's ``/metrics`` reports them summed and per worker;
+5. watches the ``--sub`` endpoints with the forwarder's socket monitor (the
+   upstream log lines come from the parent) and keeps their state in that
+   folder, so that every worker's ``/readyz`` and ``zmqws_upstream_connected``
+   speak of the real upstream endpoints, not of the worker's IPC link.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ __all__ = ["Supervisor"]
 
 log = logging.getLogger("zmqws")
 
+STATUS_FILE = "upstream.json"  # the forwarder's upstream endpoints, for the workers' /readyz
 RESTART_DELAY = 1.0       # seconds before a dead worker is replaced
 MAX_RESTART_DELAY = 30.0  # ... doubling while it keeps dying within 10 s of its start
 
@@ -46,7 +51,8 @@ def _worker_main(args: argparse.Namespace, endpoint: str, port: int, stats_dir: 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends SIGTERM
     _setup_logging(args.verbose, args.log_format)
     gateway = build_gateway(args, [endpoint], port=port, bind=False, reuse_port=True,
-                            upstream_ids=True, stats_dir=stats_dir)
+                            upstream_ids=True, stats_dir=stats_dir,
+                            upstream_status_file=os.path.join(stats_dir, STATUS_FILE))
     raise SystemExit(serve(gateway, args, [endpoint]))
 
 
@@ -85,7 +91,8 @@ class Supervisor:
             # With --upstream-ids the messages carry the ids of a stamping proxy upstream: pass
             # them on (the workers then agree with every other gateway behind that proxy).
             sequencer = Sequencer(self.endpoints, [endpoint], stamp=not args.upstream_ids,
-                                  connect_xsub=not args.bind or args.demo)
+                                  connect_xsub=not args.bind or args.demo,
+                                  status_file=os.path.join(folder, STATUS_FILE))
         except ValueError as exc:
             reserve.close()
             shutil.rmtree(folder, ignore_errors=True)
