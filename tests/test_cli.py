@@ -392,3 +392,12 @@ def test_json_logs_and_a_short_stop_line(spawn, run_async):
     stop = docs[-1]["event"]
     assert stop.startswith("stopped after ") and len(stop) < 200, stop
     assert re.search(r"connections \d+, messages in \d+, deliveries \d+", stop), stop
+
+
+def test_the_example_config_file_of_the_docs_is_valid(tmp_path):
+    usage = (ROOT / "docs" / "usage.md").read_text()
+    example = re.search(r"```toml\n(# /etc/zmqws/zmqws.toml\n.*?)```", usage, re.S).group(1)
+    path = tmp_path / "zmqws.toml"
+    path.write_text(example)
+    result = run_cli("--config", str(path), "--port", "0", "--check")
+    assert result.returncode == 0 and result.stdout == "zmqws: configuration OK\n", result.stderr
