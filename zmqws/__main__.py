@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from . import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
+    import ssl
+
     from .gateway import Gateway
 
 log = logging.getLogger("zmqws")
@@ -241,7 +243,7 @@ def _config_scalar(action: argparse.Action, value: Any, where: str) -> Any:
     if isinstance(value, (bool, dict, list)) or (action.type is None and not isinstance(value, str)):
         raise ConfigError(f"{where}: expected {'a string' if action.type is None else 'a value'} "
                           f"like {action.metavar or action.dest.upper()}, not {value!r}")
-    if action.type is not None:
+    if callable(action.type):
         try:
             value = action.type(str(value))
         except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
@@ -367,7 +369,7 @@ def _read_pem(flag: str, path: str) -> bytes:
         raise ValueError(f"{flag} {path}: {exc.strerror or exc}") from None
 
 
-def _tls_context(certfile: str, keyfile: Optional[str]) -> Any:
+def _tls_context(certfile: str, keyfile: Optional[str]) -> "ssl.SSLContext":
     """The server's SSL context, each file opened and checked first so that an error names
     the flag and the file: missing, unreadable, not PEM, encrypted, or a key that does not
     match the certificate."""
@@ -406,7 +408,7 @@ _LISTEN_REASONS = {
 
 def listen_error(host: str, port: int, exc: OSError) -> str:
     """The one line for a port that cannot be listened on, naming the flag at fault."""
-    known = _LISTEN_REASONS.get(exc.errno)
+    known = _LISTEN_REASONS.get(exc.errno or 0)
     if known is not None:
         flag, reason = known
         return f"{flag} {port if flag == '--port' else host}: {reason}"

@@ -31,9 +31,9 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
 import zmq
 
 from .connection import Message
-from .monitor import RETRY_LOG_INTERVAL, UpstreamMonitor
 from .frames import CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, frame_header
 from .handshake import HTTPError, Request, http_response
+from .monitor import RETRY_LOG_INTERVAL, UpstreamMonitor
 from . import metrics as prometheus
 from . import sse
 from .routing import History, Route, Router, Stored, Upstream, topic_matches

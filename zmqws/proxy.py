@@ -102,6 +102,8 @@ class Sequencer:
 
     def _write_status(self) -> None:
         """``{endpoint: connected}`` to ``status_file`` (atomically: write, then rename)."""
+        if self.monitor is None or self.status_file is None:
+            return
         tmp = self.status_file + ".tmp"
         try:
             with open(tmp, "w") as f:
