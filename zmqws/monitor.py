@@ -179,7 +179,8 @@ class UpstreamMonitor:
                 log.warning("upstream %s: disconnected; reconnecting", state.name,
                             extra={"endpoint": state.name, "reason": "disconnected"})
         elif kind in _HANDSHAKE_FAILED:
-            state.reason = f"ZeroMQ handshake failed ({(_E(kind).name or "").lower()}, errno {value})"
+            name = (_E(kind).name or "").lower()
+            state.reason = f"ZeroMQ handshake failed ({name}, errno {value})"
         elif kind == _E.CONNECT_RETRIED:
             self._retried(state, now)
 
