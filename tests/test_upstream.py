@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 import time
 
 import pytest
@@ -227,3 +228,38 @@ def test_workers_report_the_real_upstream_endpoints(spawn, pub_socket, http_exch
         assert process.popen.wait(timeout=15) == 0
     lines = process.rest("stderr").splitlines()
     assert len([line for line in lines if f"upstream {endpoint}: connected" in line]) == 1, lines
+
+
+def test_a_listener_that_is_not_zeromq_is_not_connected(make_gateway, http_exchange, wait_until,
+                                                         caplog):
+    """TCP connects, the ZeroMQ handshake fails: not connected, and the line says why."""
+    caplog.set_level(logging.INFO, logger="zmqws")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.1)
+    endpoint = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    stop = threading.Event()
+
+    def answer_http():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=answer_http, daemon=True)
+    thread.start()
+    try:
+        gw = make_gateway(endpoint)
+        wait_until(lambda: upstream_lines(caplog, endpoint), message="a line for the endpoint")
+        line = upstream_lines(caplog, endpoint)[0]
+        assert "not connected (ZeroMQ handshake failed" in line, line
+        assert readyz(http_exchange, gw.port)[0] == 503
+        assert gauge(http_exchange, gw.port, endpoint) == 0
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()

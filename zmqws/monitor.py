@@ -17,6 +17,10 @@ What libzmq 4.3.5 reports (checked with pyzmq 27):
   ``CONNECT_RETRIED`` alone, with no errno at all; so the monitor looks the
   name up once on a helper thread (never on the loop) to give the reason.
 * connect, an ``ipc://`` path nobody listens on: ``CLOSED``, ``CONNECT_RETRIED``.
+* connect, a TCP listener that is not ZeroMQ: ``CONNECTED``, then
+  ``HANDSHAKE_FAILED_NO_DETAIL`` (value: an errno), ``DISCONNECTED`` and
+  retries; or ``HANDSHAKE_FAILED_PROTOCOL`` (value: the ZMTP error) and, in
+  that case, no retry at all.
 * a peer that goes away: ``DISCONNECTED``, then retries as above.
 * bind: ``LISTENING``; per peer ``ACCEPTED`` (value: its fd) and
   ``HANDSHAKE_SUCCEEDED``; ``DISCONNECTED`` (value: the fd) when it leaves.
@@ -26,6 +30,7 @@ What libzmq 4.3.5 reports (checked with pyzmq 27):
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
 import threading
@@ -43,9 +48,8 @@ RETRY_LOG_INTERVAL = 60.0  # seconds between two "still not connected" lines of 
 _DRAIN_BUDGET = 1000       # monitor events handled per loop turn at most
 
 _E = zmq.Event
-_HANDSHAKE_FAILED = {getattr(_E, name) for name in ("HANDSHAKE_FAILED_NO_DETAIL",
-                                                       "HANDSHAKE_FAILED_PROTOCOL",
-                                                       "HANDSHAKE_FAILED_AUTH") if hasattr(_E, name)}
+_HANDSHAKE_FAILED = {_E.HANDSHAKE_FAILED_NO_DETAIL, _E.HANDSHAKE_FAILED_PROTOCOL,
+                     _E.HANDSHAKE_FAILED_AUTH}
 _TCP_HOST = re.compile(r"tcp://(?:[^;/]*;)?\[?([^\]]*?)\]?:(\d+|\*)$")
 
 
@@ -64,6 +68,20 @@ class _Endpoint:
         self.logged_at = 0.0           # when the last "not connected" line was logged
         self.reason = ""
         self.last_event = 0            # the previous event (0: none yet)
+
+
+def _handshake_detail(kind: int, value: int) -> str:
+    """The value of a ``HANDSHAKE_FAILED_*`` event in words: a ZMTP protocol error, an errno
+    or a ZAP status code."""
+    if kind == _E.HANDSHAKE_FAILED_PROTOCOL:
+        try:
+            name = _E(value).name or ""
+        except ValueError:
+            return f"protocol error {value:#x} (not a ZeroMQ peer?)"
+        return f"{name.lower().replace('protocol_error_', '')} (not a ZeroMQ peer, or other security?)"
+    if kind == _E.HANDSHAKE_FAILED_NO_DETAIL:
+        return f"{os.strerror(value).lower() if value else 'no detail'} (not a ZeroMQ peer?)"
+    return f"authentication refused (status {value})"
 
 
 def _host_of(endpoint: str) -> Optional[str]:
@@ -179,18 +197,20 @@ class UpstreamMonitor:
                 log.warning("upstream %s: disconnected; reconnecting", state.name,
                             extra={"endpoint": state.name, "reason": "disconnected"})
         elif kind in _HANDSHAKE_FAILED:
-            name = (_E(kind).name or "").lower()
-            state.reason = f"ZeroMQ handshake failed ({name}, errno {value})"
+            # libzmq may not retry after this (it did not after a protocol error here): say it now.
+            state.reason = f"ZeroMQ handshake failed: {_handshake_detail(kind, value)}"
+            self._failed(state, now)
         elif kind == _E.CONNECT_RETRIED:
-            self._retried(state, now)
+            if state.last_event == _E.CLOSED:
+                state.reason = "connection refused or closed, nobody listening?"
+            elif not state.reason:
+                state.reason = "cannot connect"
+            state.retries += 1
+            self._failed(state, now)
 
-    def _retried(self, state: _Endpoint, now: float) -> None:
-        if state.last_event == _E.CLOSED:
-            state.reason = "connection refused or closed, nobody listening?"
-        elif not state.reason:
-            state.reason = "cannot connect"
-        state.retries += 1
-        if state.logged_at:  # a streak already announced: at most one line per log_interval
+    def _failed(self, state: _Endpoint, now: float) -> None:
+        """An attempt failed: the first of a streak is logged, then one line per log_interval."""
+        if state.logged_at:  # a streak already announced
             if now - state.logged_at >= self.log_interval:
                 self._log_retrying(state, now)
             return
@@ -206,7 +226,8 @@ class UpstreamMonitor:
     def _log_retrying(self, state: _Endpoint, now: float) -> None:
         state.logged_at = now
         if state.retries <= 1:
-            log.warning("upstream %s: not connected (%s); retrying", state.name, state.reason,
+            log.warning("upstream %s: not connected (%s)%s", state.name, state.reason,
+                        "; retrying" if state.retries else "",
                         extra={"endpoint": state.name, "reason": state.reason})
         else:
             log.warning("upstream %s: still not connected after %d retries in %.0f s (%s)",
