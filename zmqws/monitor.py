@@ -33,12 +33,12 @@ import logging
 import os
 import re
 import socket
+import struct
 import threading
 import time
 from typing import Callable, Dict, List, Optional, Set
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 __all__ = ["UpstreamMonitor", "RETRY_LOG_INTERVAL"]
 
@@ -46,6 +46,9 @@ log = logging.getLogger("zmqws")
 
 RETRY_LOG_INTERVAL = 60.0  # seconds between two "still not connected" lines of one endpoint
 _DRAIN_BUDGET = 1000       # monitor events handled per loop turn at most
+# A monitor event (zmq_socket_monitor, version 1): [event (uint16) + value (uint32), endpoint].
+# Parsed here rather than with zmq.utils.monitor, whose import loads ssl (megabytes per process).
+_EVENT = struct.Struct("=HI")
 
 _E = zmq.Event
 _HANDSHAKE_FAILED = {_E.HANDSHAKE_FAILED_NO_DETAIL, _E.HANDSHAKE_FAILED_PROTOCOL,
@@ -156,15 +159,12 @@ class UpstreamMonitor:
                 parts = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            try:
-                event = parse_monitor_message(parts)
-            except (ValueError, IndexError):  # pragma: no cover - a malformed monitor message
+            if len(parts) != 2 or len(parts[0]) != _EVENT.size:  # pragma: no cover
                 continue
-            endpoint = event["endpoint"]
-            name = endpoint.decode("utf-8", "replace") if isinstance(endpoint, bytes) else str(endpoint)
-            state = self._by_reported.get(name)
+            kind, value = _EVENT.unpack(parts[0])
+            state = self._by_reported.get(parts[1].decode("utf-8", "replace"))
             if state is not None and not self.closed:
-                self._event(state, event["event"], event["value"])
+                self._event(state, kind, value)
 
     def _event(self, state: _Endpoint, kind: int, value: int) -> None:
         connected = state.connected
