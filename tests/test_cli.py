@@ -146,7 +146,7 @@ def test_demo_serves_messages_and_stops_on_signal(spawn, run_async, signum):
     assert time.monotonic() - sent_at < 5
     stderr = process.rest("stderr")
     assert "Traceback" not in stderr
-    assert "stopped:" in stderr
+    assert "stopped after" in stderr
 
 
 def _signal_at_listening(signum: int) -> "tuple[int, str]":
@@ -186,7 +186,7 @@ def test_signal_right_after_startup_is_a_clean_stop(signum):
         returncode, stderr = _signal_at_listening(signum)
         assert returncode == 0, stderr
         assert "Traceback" not in stderr
-        assert "stopped:" in stderr
+        assert "stopped after" in stderr
 
 
 def test_demo_page_is_served(spawn, http_exchange):
@@ -212,3 +212,192 @@ def test_echo_server_example(spawn, run_async):
     run_async(main())
     process.popen.terminate()
     process.popen.wait(timeout=5)
+
+
+# -- errors that say what to fix, --check --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pems(tmp_path_factory):
+    """Two self-signed certificates and their keys, and a file that is no PEM at all."""
+    folder = tmp_path_factory.mktemp("pems")
+    files = {}
+    for name in ("a", "b"):
+        cert, key = folder / f"{name}-cert.pem", folder / f"{name}-key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=x",
+                        "-keyout", str(key), "-out", str(cert)],
+                       check=True, capture_output=True, timeout=60)
+        files[f"{name}-cert"], files[f"{name}-key"] = str(cert), str(key)
+    files["text"] = str(folder / "text.pem")
+    Path(files["text"]).write_text("hello\n")
+    files["missing"] = str(folder / "missing.pem")
+    files["folder"] = str(folder)
+    return files
+
+
+def _one_error_line(result: subprocess.CompletedProcess, status: int = 1) -> str:
+    assert result.returncode == status, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("zmqws: error: "), result.stderr
+    return lines[0][len("zmqws: error: "):]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--certfile", "{a-cert}", "--keyfile", "{missing}"], "--keyfile {missing}: No such file or directory"),
+    (["--certfile", "{missing}"], "--certfile {missing}: No such file or directory"),
+    (["--certfile", "{text}", "--keyfile", "{a-key}"], "--certfile {text}: not a PEM certificate"),
+    (["--certfile", "{a-cert}", "--keyfile", "{text}"], "--keyfile {text}: not a PEM private key"),
+    (["--certfile", "{a-cert}"], "--certfile {a-cert}: holds no private key; give it with --keyfile"),
+    (["--certfile", "{a-cert}", "--keyfile", "{b-key}"],
+     "--keyfile {b-key}: the private key does not match the certificate of --certfile {a-cert}"),
+    (["--certfile", "{a-cert}", "--keyfile", "{folder}"], "--keyfile {folder}: Is a directory"),
+    (["--static-dir", "{missing}"], "--static-dir {missing}: no such folder"),
+    (["--static-dir", "{text}"], "--static-dir {text}: not a folder"),
+    (["--push", "tcp://nohost"], "--push tcp://nohost: invalid endpoint"),
+    (["--sub", "ftp://x:1"], "--sub ftp://x:1: unknown transport"),
+    (["--host", "192.0.2.1"], "--host 192.0.2.1: cannot assign requested address"),
+], ids=["keyfile-missing", "certfile-missing", "cert-not-pem", "key-not-pem", "no-key",
+        "key-mismatch", "key-is-folder", "static-missing", "static-not-folder", "push-invalid",
+        "sub-transport", "host-not-here"])
+@pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
+def test_startup_error_names_the_flag(pems, args, expected, check):
+    args = [arg.format(**pems) for arg in args]
+    result = run_cli("--sub", "tcp://127.0.0.1:5", "--port", "0", *args, *(["--check"] if check else []))
+    assert _one_error_line(result).startswith(expected.format(**pems)), result.stderr
+    assert result.stdout == ""
+
+
+def test_check_finds_ports_in_use(busy_port):
+    assert _one_error_line(run_cli("--sub", "tcp://127.0.0.1:5", "--port", str(busy_port), "--check")) \
+        == f"--port {busy_port}: address already in use"
+    bound = f"tcp://127.0.0.1:{busy_port}"
+    assert _one_error_line(run_cli("--sub", bound, "--bind", "--port", "0", "--check")) \
+        == f"--sub {bound}: address already in use (with --bind)"
+
+
+def test_check_ok_releases_what_it_bound(pems):
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    result = run_cli("--sub", f"tcp://127.0.0.1:{ports[0]}", "--bind", "--port", str(ports[1]),
+                     "--certfile", pems["a-cert"], "--keyfile", pems["a-key"], "--check")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "zmqws: configuration OK\n" and result.stderr == ""
+    for port in ports:  # both free again
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+
+
+# -- --config FILE ----------------------------------------------------------------------------------
+
+
+CONFIG = """\
+sub = ["tcp://127.0.0.1:5556", "tcp://127.0.0.1:5557"]
+port = 0
+host = "127.0.0.1"
+max_queue = "8M"            # a size as text, through the option's own parser
+max-message-size = 65536    # dashes or underscores
+ping-interval = 5           # seconds as an integer
+close_timeout = 0.5
+subscribe-all = true
+no_deflate = true
+ready-any = true
+cors-origin = "*"           # a single value for a repeatable option
+allow_origin = ["https://a.example", "https://b.example"]
+payload = "text"
+deflate-mem-level = 4
+"""
+
+
+def test_config_file_round_trip(tmp_path):
+    from zmqws.__main__ import build_gateway, parse_args
+
+    path = tmp_path / "zmqws.toml"
+    path.write_text(CONFIG)
+    args = parse_args(["--config", str(path)])
+    gw = build_gateway(args, args.sub)
+    assert gw.sub_endpoints == ["tcp://127.0.0.1:5556", "tcp://127.0.0.1:5557"]
+    assert (gw.max_queue, gw.max_message_size, gw.ping_interval, gw.close_timeout) == (8 << 20, 65536, 5.0, 0.5)
+    assert gw.subscribe_all and gw.ready_any and gw.deflate is None
+    assert gw.cors_origins == ["*"]
+    assert gw.allow_origins == ["https://a.example", "https://b.example"]
+    assert gw.payload_mode == "text"
+    assert args.deflate_mem_level == 4 and args.bind is False
+
+    # the command line wins; a repeatable option given there replaces the file's list
+    args = parse_args(["--config", str(path), "--sub", "tcp://x:1", "--max-queue", "1M",
+                       "--payload", "binary"])
+    gw = build_gateway(args, args.sub)
+    assert gw.sub_endpoints == ["tcp://x:1"] and gw.max_queue == 1 << 20 and gw.payload_mode == "binary"
+    assert gw.cors_origins == ["*"]  # not given on the command line: the file's
+
+    result = run_cli("--config", str(path), "--check")
+    assert result.returncode == 0 and result.stdout == "zmqws: configuration OK\n", result.stderr
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("sub = ['tcp://a:1']\nsubscribe = true\n", "unknown key 'subscribe'"),
+    ("sub = ['tcp://a:1']\nport = 'eighty'\n", "port: not a port number: 'eighty'"),
+    ("sub = ['tcp://a:1']\nbind = 'yes'\n", "bind: expected true or false"),
+    ("sub = ['tcp://a:1']\npayload = 'json'\n", "payload: 'json' is not one of auto, text, binary"),
+    ("sub = ['tcp://a:1']\nhost = 5\n", "host: expected a string"),
+    ("sub = [\n", "not valid TOML"),
+], ids=["unknown-key", "bad-port", "bad-bool", "bad-choice", "not-a-string", "not-toml"])
+def test_config_file_errors_name_the_file_and_the_key(tmp_path, text, expected):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    line = _one_error_line(run_cli("--config", str(path), "--check"), status=2)
+    assert line.startswith(f"--config {path}: {expected}"), line
+
+
+def test_config_needs_tomllib(tmp_path, monkeypatch, capsys):
+    from zmqws.__main__ import parse_args
+
+    path = tmp_path / "zmqws.toml"
+    path.write_text("port = 0\n")
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # as on Python < 3.11: the import fails
+    with pytest.raises(SystemExit) as info:
+        parse_args(["--config", str(path), "--demo"])
+    assert info.value.code == 2
+    assert "zmqws: error: --config needs Python 3.11+ (tomllib)" in capsys.readouterr().err
+
+
+# -- --log-format json and the stop summary -------------------------------------------------------
+
+
+def test_json_logs_and_a_short_stop_line(spawn, run_async):
+    process = spawn(sys.executable, "-m", "zmqws", "--demo", "--port", "0", "--log-format", "json", "-v")
+    port = int(process.wait_for_line("stderr", LISTENING).group(1))
+
+    async def main():
+        async with ws_connect(port, "/?format=json") as ws:
+            await ws.recv()
+    run_async(main())
+    process.wait_for_line("stderr", "disconnect client=")
+    process.popen.send_signal(signal.SIGTERM)
+    assert process.popen.wait(timeout=10) == 0
+    docs = [json.loads(line) for line in process.rest("stderr").splitlines()]
+    for doc in docs:
+        assert {"time", "level", "event"} <= doc.keys(), doc
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", doc["time"]), doc
+    connect = next(d for d in docs if d["event"].startswith("connect client="))
+    assert connect["transport"] == "websocket" and isinstance(connect["client"], int)
+    disconnect = next(d for d in docs if d["event"].startswith("disconnect client="))
+    assert disconnect["client"] == connect["client"] and disconnect["code"] == 1000
+    assert any(d.get("endpoint", "").startswith("tcp://127.0.0.1:") and "connected" in d["event"]
+               for d in docs)
+    stop = docs[-1]["event"]
+    assert stop.startswith("stopped after ") and len(stop) < 200, stop
+    assert re.search(r"connections \d+, messages in \d+, deliveries \d+", stop), stop
+
+
+def test_the_example_config_file_of_the_docs_is_valid(tmp_path):
+    usage = (ROOT / "docs" / "usage.md").read_text()
+    example = re.search(r"```toml\n(# /etc/zmqws/zmqws.toml\n.*?)```", usage, re.S).group(1)
+    path = tmp_path / "zmqws.toml"
+    path.write_text(example)
+    result = run_cli("--config", str(path), "--port", "0", "--check")
+    assert result.returncode == 0 and result.stdout == "zmqws: configuration OK\n", result.stderr

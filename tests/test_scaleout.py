@@ -670,7 +670,7 @@ frontend zmqws_in
 backend zmqws
     balance leastconn
     option forwardfor
-    option httpchk GET /healthz
+    option httpchk GET /readyz
     http-check expect status 200
     server gw1 127.0.0.1:{upstream_port} check inter 2s
 """

@@ -1,18 +1,29 @@
-"""The command line: ``python -m zmqws --sub ENDPOINT --port N`` (console script ``zmqws``)."""
+"""The command line: ``python -m zmqws --sub ENDPOINT --port N`` (console script ``zmqws``).
+
+Also: ``--config FILE`` (TOML, keys = the long option names), ``--check``
+(validate everything, then exit), ``--log-format text|json``.  Every start-up
+error is one line, ``zmqws: error: --FLAG VALUE: what is wrong``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import logging
 import os
 import re
 import signal
 import sys
+import time
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from . import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
+    import ssl
+
     from .gateway import Gateway
 
 log = logging.getLogger("zmqws")
@@ -212,29 +223,258 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--upstream-ids", action="store_true",
                        help="take message ids from upstream: messages are [first part, 8-byte id, "
                             "...] as stamped by 'python -m zmqws.proxy --stamp'")
+    ops = p.add_argument_group("operation")
+    ops.add_argument("--ready-any", action="store_true",
+                     help="GET /readyz answers 200 once any --sub endpoint is connected "
+                          "(default: once every one is)")
+    ops.add_argument("--config", metavar="FILE",
+                     help="read options from this TOML file (keys: the long option names, e.g. "
+                          "port = 8080, sub = [\"tcp://a:5556\"]); options given here override it")
+    ops.add_argument("--check", action="store_true",
+                     help="check the configuration (options, TLS files, endpoints, the port), "
+                          "print 'configuration OK' and exit 0, or the error and exit 1 or 2")
+    ops.add_argument("--log-format", choices=("text", "json"), default="text",
+                     help="text lines for people, or one JSON object per line (time, level, "
+                          "event, client, endpoint...) for log collectors (default: %(default)s)")
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="log more (-v: connections, -vv: debug)")
     p.add_argument("--version", action="version", version=f"zmqws {__version__}")
     return p
 
 
-def _setup_logging(verbose: int) -> None:
+# -- --config FILE ---------------------------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """A bad ``--config`` file: the message names the file and the key."""
+
+
+def _load_toml(path: str) -> Dict[str, Any]:
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        raise ConfigError("--config needs Python 3.11+ (tomllib)") from None
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path}: not valid TOML: {exc}") from None
+
+
+def _config_keys(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
+    """Every long option but --help, --version, --config and --check, by name without dashes."""
+    return {option[2:]: action for action in parser._actions for option in action.option_strings
+            if option.startswith("--") and action.dest not in ("help", "version", "config", "check")}
+
+
+def _config_scalar(action: argparse.Action, value: Any, where: str) -> Any:
+    """One TOML value for an option that takes a value: through the option's ``type`` (so
+    "4M" and 4194304 both work for a size), then its ``choices``."""
+    if isinstance(value, (bool, dict, list)) or (action.type is None and not isinstance(value, str)):
+        raise ConfigError(f"{where}: expected {'a string' if action.type is None else 'a value'} "
+                          f"like {action.metavar or action.dest.upper()}, not {value!r}")
+    if callable(action.type):
+        try:
+            value = action.type(str(value))
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    if action.choices is not None and value not in action.choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+    return value
+
+
+def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
+    """A TOML value as the option's destination holds it."""
+    if isinstance(action, argparse._StoreConstAction):  # store_true / store_false
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, not {value!r}")
+        return action.const if value else action.default
+    if isinstance(action, argparse._CountAction):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{where}: expected a count (0, 1, 2...), not {value!r}")
+        return value
+    if isinstance(action, argparse._AppendAction):
+        items = value if isinstance(value, list) else [value]
+        return [_config_scalar(action, item, where) for item in items]
+    return _config_scalar(action, value, where)
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: Optional[List[str]],
+                  path: str) -> argparse.Namespace:
+    """Parse ``argv`` again with the file's values as defaults: the command line wins (a
+    repeatable option given there replaces the file's list rather than adding to it)."""
+    keys = _config_keys(parser)
+    defaults: Dict[str, Any] = {}
+    lists: Dict[str, List[Any]] = {}
+    for key, value in _load_toml(path).items():
+        action = keys.get(key.replace("_", "-"))
+        if action is None:
+            raise ConfigError(f"--config {path}: unknown key {key!r} (keys are the long option "
+                              "names, see --help)")
+        converted = _config_value(action, value, f"--config {path}: {key}")
+        if isinstance(action, argparse._AppendAction):
+            lists[action.dest] = converted
+            defaults[action.dest] = None  # None after parsing: not given on the command line
+        else:
+            defaults[action.dest] = converted
+    parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    for dest, items in lists.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, items)
+    return args
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The options of ``argv`` (and of its ``--config`` file); usage errors exit with status 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        try:
+            args = _apply_config(parser, argv, args.config)
+        except ConfigError as exc:  # the file is at fault, not the usage: no usage text
+            _fail(str(exc))
+            raise SystemExit(2) from None
+    if not args.sub and not args.demo:
+        parser.error("give at least one --sub ENDPOINT (or --demo)")
+    if args.push and args.pub:
+        parser.error("give --push or --pub, not both")
+    if args.keyfile and not args.certfile:
+        parser.error("--keyfile needs --certfile")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if not args.sio_path.startswith("/"):
+        parser.error("--sio-path must start with /")
+    if args.sio_ping_interval <= 0 or args.sio_ping_timeout <= 0:
+        parser.error("--sio-ping-interval and --sio-ping-timeout must be more than 0")
+    return args
+
+
+# -- logging --------------------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (ISO 8601, UTC), ``level``, ``event`` (the message)
+    and the fields a log call passes with ``extra=`` (client, endpoint, code...)."""
+
+    FIELDS = ("client", "addr", "transport", "path", "code", "reason", "endpoint")
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: Dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc)
+                            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "event": record.getMessage(),
+        }
+        for field in self.FIELDS:
+            value = getattr(record, field, None)
+            if value is not None:
+                doc[field] = value
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False, default=str)
+
+
+def _setup_logging(verbose: int, log_format: str = "text") -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     log.setLevel(min(level, logging.INFO))  # startup lines are always shown
 
 
+# -- errors that say what to fix ---------------------------------------------------------------
+
+
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----")
+_PEM_KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
+
+
+def _read_pem(flag: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(1 << 20)
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: {exc.strerror or exc}") from None
+
+
+def _tls_context(certfile: str, keyfile: Optional[str]) -> "ssl.SSLContext":
+    """The server's SSL context, each file opened and checked first so that an error names
+    the flag and the file: missing, unreadable, not PEM, encrypted, or a key that does not
+    match the certificate."""
+    import ssl
+    from .tls import server_context
+
+    cert = _read_pem("--certfile", certfile)
+    if not _PEM_CERT.search(cert):
+        raise ValueError(f"--certfile {certfile}: not a PEM certificate "
+                         "(no -----BEGIN CERTIFICATE----- line)")
+    key_flag, key_path = ("--keyfile", keyfile) if keyfile else ("--certfile", certfile)
+    key = _read_pem("--keyfile", keyfile) if keyfile else cert
+    if not _PEM_KEY.search(key):
+        raise ValueError(f"--keyfile {keyfile}: not a PEM private key" if keyfile else
+                         f"--certfile {certfile}: holds no private key; give it with --keyfile")
+    if b"ENCRYPTED" in key:
+        raise ValueError(f"{key_flag} {key_path}: the private key is encrypted (passphrases are "
+                         "not supported: decrypt it, e.g. openssl pkey -in KEY -out KEY2)")
+    try:
+        return server_context(certfile, keyfile)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ValueError(f"{key_flag} {key_path}: the private key does not match the "
+                             f"certificate of --certfile {certfile}") from None
+        raise ValueError(f"--certfile {certfile}: {exc.reason or exc}") from None
+    except OSError as exc:
+        raise ValueError(f"--certfile {certfile}: {exc.strerror or exc}") from None
+
+
+_LISTEN_REASONS = {
+    errno.EADDRINUSE: ("--port", "address already in use"),
+    errno.EACCES: ("--port", "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"),
+    errno.EADDRNOTAVAIL: ("--host", "cannot assign requested address (not an address of this machine)"),
+}
+
+
+def listen_error(host: str, port: int, exc: OSError) -> str:
+    """The one line for a port that cannot be listened on, naming the flag at fault."""
+    known = _LISTEN_REASONS.get(exc.errno or 0)
+    if known is not None:
+        flag, reason = known
+        return f"{flag} {port if flag == '--port' else host}: {reason}"
+    detail = (exc.strerror or str(exc)).rsplit(": ", 1)[-1]  # the server's text ends with it
+    if exc.errno is not None and exc.errno < 0:  # from getaddrinfo: the host name
+        return f"--host {host}: unknown host name ({detail})"
+    return f"--host {host} --port {port}: {detail[:1].lower() + detail[1:]}"
+
+
+def _start_error(args: argparse.Namespace, exc: Exception) -> str:
+    """The one line for an error from ``Gateway.start()``, naming the flag."""
+    from .gateway import EndpointError
+
+    if isinstance(exc, EndpointError):
+        flag = {"SUB": "--sub", "PUSH": "--push", "PUB": "--pub"}[exc.kind]
+        return f"{flag} {exc.endpoint}: {exc.reason}{' (with --bind)' if args.bind else ''}"
+    if isinstance(exc, OSError):  # the listening socket is the only OSError start() raises
+        return listen_error(args.host, args.port, exc)
+    return str(exc)
+
+
+def _fail(message: str) -> int:
+    print(f"zmqws: error: {message}", file=sys.stderr, flush=True)
+    return 1
+
+
 def build_gateway(args: argparse.Namespace, endpoints: List[str], **overrides: Any) -> "Gateway":
-    """The Gateway the parsed arguments describe (raises ValueError/OSError on bad settings)."""
+    """The Gateway the parsed arguments describe (raises ValueError naming the flag at fault)."""
     from .gateway import Gateway
 
-    ssl_context = None
-    if args.certfile:
-        from .tls import server_context
-        try:
-            ssl_context = server_context(args.certfile, args.keyfile)
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            raise ValueError(f"cannot load the certificate: {exc}") from None
+    ssl_context = _tls_context(args.certfile, args.keyfile) if args.certfile else None
+    if args.static_dir and not os.path.isdir(args.static_dir):
+        raise ValueError(f"--static-dir {args.static_dir}: "
+                         + ("not a folder" if os.path.exists(args.static_dir) else "no such folder"))
     token = args.token or os.environ.get("ZMQWS_TOKEN")
     authenticate = None
     if args.token_file:
@@ -271,7 +511,8 @@ def build_gateway(args: argparse.Namespace, endpoints: List[str], **overrides: A
         ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,
         handshake_timeout=args.handshake_timeout, close_timeout=args.close_timeout,
         socketio=not args.no_socketio, sio_path=args.sio_path, sio_event=args.sio_event,
-        sio_ping_interval=args.sio_ping_interval, sio_ping_timeout=args.sio_ping_timeout)
+        sio_ping_interval=args.sio_ping_interval, sio_ping_timeout=args.sio_ping_timeout,
+        ready_any=args.ready_any)
     port = overrides.pop("port", args.port)
     options.update(overrides)
     return Gateway(endpoints, port, **options)
@@ -284,8 +525,8 @@ def serve(gateway: "Gateway", args: argparse.Namespace, endpoints: List[str], de
     except (OSError, ValueError) as exc:
         if demo is not None:
             demo.stop()
-        print(f"zmqws: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(_start_error(args, exc))
+    started = time.monotonic()
 
     def on_signal(signum, frame):  # noqa: ARG001
         # One graceful stop: a second SIGTERM (systemd's KillMode=control-group signals every
@@ -302,7 +543,7 @@ def serve(gateway: "Gateway", args: argparse.Namespace, endpoints: List[str], de
         ws_scheme, http_scheme = ("wss", "https") if gateway.ssl_context else ("ws", "http")
         log.info("zmqws %s listening on %s://%s:%d/ (page: %s://%s:%d/), SUB %s %s",
                  __version__, ws_scheme, args.host, gateway.port, http_scheme, shown_host, gateway.port,
-                 "bound to" if gateway.bind else "connected to", ", ".join(endpoints))
+                 "bound to" if gateway.bind else "connecting to", ", ".join(endpoints))
         if args.demo and demo is not None:
             print(f"zmqws demo: open {http_scheme}://{shown_host}:{gateway.port}/ in a browser "
                   "(Ctrl-C to stop)", flush=True)
@@ -312,33 +553,72 @@ def serve(gateway: "Gateway", args: argparse.Namespace, endpoints: List[str], de
     finally:
         if demo is not None:
             demo.stop()
-    log.info("stopped: %s", gateway.stats.as_dict())
+    log.info("stopped after %s: %s", _duration(time.monotonic() - started),
+             _summary(gateway.stats) or "nothing served")
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _summary(stats: Any) -> str:
+    """The counters an operator reads first, the non-zero ones only (all are at /metrics)."""
+    counts = [
+        ("connections", stats.connections),
+        ("messages in", stats.zmq_messages),
+        ("deliveries", stats.messages_out),
+        ("client messages", stats.messages_in),
+        ("drops", stats.drops + stats.upstream_drops),
+        ("upstream gaps", stats.upstream_gaps),
+        ("errors", stats.http_errors + stats.protocol_errors + stats.tls_errors
+         + stats.accept_errors + stats.malformed),
+    ]
+    return ", ".join(f"{name} {count}" for name, count in counts if count)
+
+
+def check(args: argparse.Namespace) -> int:
+    """``--check``: build the gateway and start it (TLS files loaded, endpoints bound or
+    connected, the port listened on), stop it at once; "configuration OK" and 0, or the
+    error line and 1.  The demo publisher is not started."""
+    try:
+        gateway = build_gateway(args, list(args.sub))
+    except ValueError as exc:
+        return _fail(str(exc))
+    level = log.level
+    log.setLevel(logging.ERROR)  # nothing about connections that live for a millisecond
+    try:
+        gateway.start()
+    except (OSError, ValueError) as exc:
+        return _fail(_start_error(args, exc))
+    finally:
+        gateway.stop(timeout=0)
+        log.setLevel(level)
+    print("zmqws: configuration OK", flush=True)
     return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
-    if not args.sub and not args.demo:
-        parser.error("give at least one --sub ENDPOINT (or --demo)")
-    if args.push and args.pub:
-        parser.error("give --push or --pub, not both")
-    if args.keyfile and not args.certfile:
-        parser.error("--keyfile needs --certfile")
-    if args.workers < 1:
-        parser.error("--workers must be at least 1")
-    if not args.sio_path.startswith("/"):
-        parser.error("--sio-path must start with /")
-    if args.sio_ping_interval <= 0 or args.sio_ping_timeout <= 0:
-        parser.error("--sio-ping-interval and --sio-ping-timeout must be more than 0")
-
+    args = parse_args(argv)
+    _setup_logging(args.verbose, args.log_format)
+    if args.check:
+        return check(args)
     demo = None
     endpoints = list(args.sub)
     if args.demo:
         from .demo import DemoPublisher
         demo = DemoPublisher().start()
         endpoints.append(demo.endpoint)
+    try:
+        gateway = build_gateway(args, endpoints)  # with --workers: the settings checked here, once
+    except ValueError as exc:
+        if demo is not None:
+            demo.stop()
+        return _fail(str(exc))
     if args.workers > 1:
         from .workers import Supervisor
         try:
@@ -346,13 +626,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         finally:
             if demo is not None:
                 demo.stop()
-    try:
-        gateway = build_gateway(args, endpoints)
-    except ValueError as exc:
-        if demo is not None:
-            demo.stop()
-        print(f"zmqws: error: {exc}", file=sys.stderr)
-        return 1
     return serve(gateway, args, endpoints, demo)
 
 

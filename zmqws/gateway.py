@@ -19,6 +19,7 @@ Client messages are forwarded upstream when a PUSH or PUB socket is set.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from .protocol.connection import Message
 from .protocol.frames import CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, frame_header
 from .protocol.handshake import HTTPError, Request, error_response, http_response
 from .files import FileCache, StaticFile
+from .monitor import RETRY_LOG_INTERVAL, UpstreamMonitor
 from . import metrics as prometheus
 from .protocol import sse
 from .rights import (DEFAULT_MAX_TOPIC_LENGTH, DEFAULT_MAX_TOPICS, Rights, TopicRefused, check_count,
@@ -41,7 +43,7 @@ from .server import STREAM, Client, WebSocketServer
 from .socketio import SIO_POLL_WIRE, SocketIOEndpoint
 from .protocol.utf8 import is_utf8
 
-__all__ = ["Gateway", "ENVELOPES"]
+__all__ = ["Gateway", "ENVELOPES", "EndpointError"]
 
 log = logging.getLogger("zmqws")
 
@@ -51,6 +53,33 @@ PAYLOAD_MODES = ("auto", "text", "binary")
 ENVELOPES = ("payload", "topic", "json")
 SSE = "sse"    # route wire format of Server-Sent Events clients
 POLL = "poll"  # route wire format of parked long-polling requests
+
+
+GAP_SETTLE = 1.0  # seconds a catch-all subscription must have held before id jumps are gaps
+
+
+class EndpointError(ValueError):
+    """A ZeroMQ endpoint the gateway cannot bind or connect (``kind``: SUB, PUSH or PUB)."""
+
+    def __init__(self, kind: str, endpoint: str, verb: str, reason: str) -> None:
+        super().__init__(f"cannot {verb} {kind} socket to {endpoint!r}: {reason}")
+        self.kind = kind
+        self.endpoint = endpoint
+        self.reason = reason
+
+
+def _endpoint_reason(exc: zmq.ZMQError) -> str:
+    """What is wrong with an endpoint libzmq refused, in words that say what to fix."""
+    if exc.errno == errno.EINVAL:
+        return "invalid endpoint (expected tcp://HOST:PORT, ipc://PATH, inproc://NAME...)"
+    if exc.errno == errno.EPROTONOSUPPORT:
+        return "unknown transport (expected tcp://, ipc://, inproc://...)"
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use"
+    if exc.errno == errno.ENODEV:
+        return "no such address or interface to bind"
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]
 
 
 class _ClientState:
@@ -118,6 +147,12 @@ class Gateway(WebSocketServer):
     * ``socketio``: serve Socket.IO (Engine.IO v4) clients under ``sio_path``;
       ``sio_event``: the event name of messages (``"topic"``: the topic);
       ``sio_ping_interval``/``sio_ping_timeout``: Engine.IO heartbeats.
+    * ``ready_any``: ``GET /readyz`` answers 200 once any SUB endpoint is
+      connected (default: once every one is); ``upstream_log_interval``:
+      seconds between two "still not connected" lines of one endpoint;
+      ``upstream_status_file``: the upstream endpoints' state as a forwarder
+      in front of this gateway sees it (``{endpoint: connected}`` in JSON, kept
+      by :class:`zmqws.proxy.Sequencer`; set by ``--workers``).
     * ``rcvhwm``: the SUB socket's receive high-water mark (messages).
     * ``drain_budget``: most messages taken from ZeroMQ per loop turn.
     * ``zmq_context``: a context to use (default: a new one, terminated on stop).
@@ -149,6 +184,8 @@ class Gateway(WebSocketServer):
                  socketio: bool = True,
                  sio_path: str = "/socket.io/", sio_event: str = "message",
                  sio_ping_interval: float = 25.0, sio_ping_timeout: float = 20.0,
+                 ready_any: bool = False, upstream_log_interval: float = RETRY_LOG_INTERVAL,
+                 upstream_status_file: Optional[str] = None,
                  **server_options: Any) -> None:
         super().__init__(port, host=host, **server_options)
         if payload_mode not in PAYLOAD_MODES:
@@ -202,6 +239,12 @@ class Gateway(WebSocketServer):
                                      ping_interval=sio_ping_interval, ping_timeout=sio_ping_timeout)
                     if socketio else None)
         self.stats_dir = stats_dir
+        self.ready_any = ready_any
+        self.upstream_log_interval = upstream_log_interval
+        self.upstream_status_file = upstream_status_file
+        self._monitor: Optional[UpstreamMonitor] = None
+        self._catch_all_since: Optional[float] = None  # when b"" was subscribed (gap detection)
+        self._gap_logged_at = float("-inf")
         self.history = History(history, history_bytes)
         self.router = Router()
         self.upstream = Upstream()
@@ -244,6 +287,23 @@ class Gateway(WebSocketServer):
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self._take_published)
 
+    def upstream_status(self) -> Dict[str, bool]:
+        """Each SUB endpoint: connected now (bound: at least one peer), from the socket monitor.
+
+        With ``upstream_status_file``: each endpoint of the forwarder in front, connected
+        when the forwarder is connected to it and this gateway to the forwarder."""
+        own = (self._monitor.status() if self._monitor is not None
+               else {endpoint: False for endpoint in self.sub_endpoints})
+        if self.upstream_status_file is None:
+            return own
+        try:
+            with open(self.upstream_status_file) as f:
+                forwarder = json.load(f)
+        except (OSError, ValueError):
+            return own
+        linked = all(own.values())
+        return {endpoint: bool(connected) and linked for endpoint, connected in forwarder.items()}
+
     def subscriptions(self) -> List[bytes]:
         """The prefixes the SUB socket is subscribed to now (loop thread, or a snapshot)."""
         return sorted(self.upstream.subscribed)
@@ -257,8 +317,14 @@ class Gateway(WebSocketServer):
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, self.rcvhwm)
         self._sub = sub
+        # The monitor exists before the first connect or bind, so it sees every event.
+        monitor = self._monitor = UpstreamMonitor(sub.get_monitor_socket(), self.bind,
+                                                  self.loop.call_soon_threadsafe,
+                                                  self.upstream_log_interval)
         for endpoint in self.sub_endpoints:
             self._attach(sub, endpoint, "SUB")
+            monitor.add(endpoint, sub.getsockopt_string(zmq.LAST_ENDPOINT) if self.bind else endpoint)
+        self.loop.register(monitor.socket, zmq.POLLIN, monitor.on_events)
         if self.push_endpoint or self.pub_endpoint:
             kind = zmq.PUSH if self.push_endpoint else zmq.PUB
             out = self._context.socket(kind)
@@ -292,10 +358,18 @@ class Gateway(WebSocketServer):
             else:
                 sock.connect(endpoint)
         except zmq.ZMQError as exc:
-            verb = "bind" if self.bind else "connect"
-            raise ValueError(f"cannot {verb} {kind} socket to {endpoint!r}: {exc}") from None
+            raise EndpointError(kind, endpoint, "bind" if self.bind else "connect",
+                                _endpoint_reason(exc)) from None
 
     def _teardown(self) -> None:
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.close()
+            if self.loop is not None:
+                self.loop.unregister(monitor.socket)
+            if self._sub is not None:
+                self._sub.disable_monitor()
+            monitor.socket.close(linger=0)
         for name in ("_sub", "_out"):
             sock = getattr(self, name)
             if sock is not None:
@@ -315,13 +389,17 @@ class Gateway(WebSocketServer):
         if self.upstream_ids:
             # Ids come from upstream and cannot be reserved: coverage starts after the last one.
             if self.upstream.want(prefix, self._last_id):
-                self._sub.setsockopt(zmq.SUBSCRIBE, prefix)
-                log.debug("upstream SUBSCRIBE %r", prefix)
+                self._subscribe_upstream(prefix)
             return
         if self.upstream.want(prefix, self._last_id + 1):
             self._last_id += 1  # the coverage marker: no message carries this id
-            self._sub.setsockopt(zmq.SUBSCRIBE, prefix)
-            log.debug("upstream SUBSCRIBE %r", prefix)
+            self._subscribe_upstream(prefix)
+
+    def _subscribe_upstream(self, prefix: bytes) -> None:
+        self._sub.setsockopt(zmq.SUBSCRIBE, prefix)
+        log.debug("upstream SUBSCRIBE %r", prefix)
+        if not prefix:
+            self._catch_all_since = time.monotonic()
 
     def _release(self, prefix: bytes) -> None:
         if self.upstream.release(prefix):
@@ -344,6 +422,8 @@ class Gateway(WebSocketServer):
         if self.upstream.expire(prefix, self._last_id) and self._sub is not None:
             self._sub.setsockopt(zmq.UNSUBSCRIBE, prefix)
             log.debug("upstream UNSUBSCRIBE %r", prefix)
+            if not prefix:
+                self._catch_all_since = None
 
     # -- messages in ------------------------------------------------------------------
 
@@ -375,6 +455,8 @@ class Gateway(WebSocketServer):
                     continue  # a duplicate (or a sequencer restart); never go back
                 if not self._last_id:
                     self.history.first_missing = msg_id - 1  # the ids before: never seen here
+                elif msg_id != self._last_id + 1 and self._catch_all_since is not None:
+                    self._upstream_gap(msg_id)
                 self._last_id = msg_id - 1
                 del parts[1]
             if len(parts) > 1:
@@ -383,6 +465,23 @@ class Gateway(WebSocketServer):
                 take(None, parts[0])
         if self._behind:
             self._catch_up()
+
+    def _upstream_gap(self, msg_id: int) -> None:
+        """upstream_ids: the ids between the last one and ``msg_id`` never came although every
+        topic is subscribed (a jump under topic filtering is the publisher filtering, not a
+        loss): messages lost upstream, at a high-water mark or in a reconnect. Counted; logged
+        once per ``upstream_log_interval``."""
+        now = time.monotonic()
+        if now - self._catch_all_since < GAP_SETTLE:
+            return  # the subscription may not have reached the publisher yet
+        missed = msg_id - self._last_id - 1
+        self.stats.upstream_gaps += 1
+        self.stats.upstream_missed += missed
+        if now - self._gap_logged_at >= self.upstream_log_interval:
+            self._gap_logged_at = now
+            log.warning("upstream message ids jump from %d to %d: %d messages lost upstream "
+                        "(%d gaps, %d messages so far)", self._last_id, msg_id, missed,
+                        self.stats.upstream_gaps, self.stats.upstream_missed)
 
     def _take_published(self) -> None:
         published = self._published
@@ -741,7 +840,9 @@ class Gateway(WebSocketServer):
         if state is None:
             return
         if not self._rate_ok(state):
-            log.info("client %s: over %s messages/s, closing with 1008", client.id, self.client_rate)
+            log.info("client %s: over %s messages/s, closing with 1008", client.id, self.client_rate,
+                     extra={"client": client.id, "code": CLOSE_POLICY_VIOLATION,
+                            "reason": "message rate limit"})
             self._close_client(client, CLOSE_POLICY_VIOLATION, "message rate limit")
             return
         try:
@@ -783,7 +884,9 @@ class Gateway(WebSocketServer):
         """A ping counts against ``client_rate`` like a message: a ping flood is a flood."""
         state = self._states.get(client)
         if state is not None and not self._rate_ok(state):
-            log.info("client %s: over %s messages/s (pings), closing with 1008", client.id, self.client_rate)
+            log.info("client %s: over %s messages/s (pings), closing with 1008", client.id,
+                     self.client_rate, extra={"client": client.id, "code": CLOSE_POLICY_VIOLATION,
+                                              "reason": "message rate limit"})
             self._close_client(client, CLOSE_POLICY_VIOLATION, "message rate limit")
 
     def _rate_ok(self, state: _ClientState) -> bool:
@@ -868,6 +971,8 @@ class Gateway(WebSocketServer):
         path = request.path
         if path == "/healthz":
             return http_response(200, b"ok\n", keep_alive=False)
+        if path == "/readyz":
+            return self._readyz()
         if path == "/metrics" and self.metrics:
             self._check_metrics_access(request)
             return http_response(200, prometheus.render(self, self.stats_dir), prometheus.CONTENT_TYPE)
@@ -917,6 +1022,17 @@ class Gateway(WebSocketServer):
             except HTTPError:
                 self.stats.forbidden += 1
                 raise
+
+    def _readyz(self) -> bytes:
+        """``GET /readyz``: 200 once the SUB endpoints are connected (every one; any one with
+        ``ready_any``; a gateway without any is ready), else 503 naming those that are not."""
+        status = self.upstream_status()
+        down = [endpoint for endpoint, connected in status.items() if not connected]
+        if not down or (self.ready_any and len(down) < len(status)):
+            return http_response(200, b"ready\n", keep_alive=False)
+        body = "not ready: not connected: " + " ".join(down) + "\n"
+        return http_response(503, body.encode("utf-8"), headers=[("Retry-After", "1")],
+                             keep_alive=False)
 
     def _cors_headers(self, request: Request) -> List[Tuple[str, str]]:
         """``Access-Control-Allow-Origin`` only for an ``Origin`` that ``cors_origins`` names."""

@@ -5,6 +5,11 @@ to a shared folder once a second (``write_snapshot``); whichever worker
 answers ``/metrics`` reads them all and reports each series summed over the
 workers (no label) and per worker (``worker="PID"``).  A snapshot older than
 five seconds (a worker that died) is left out.
+
+``zmqws_upstream_connected{endpoint=...}`` is 1 while the SUB socket is
+connected to the endpoint (bound: while at least one peer is).  Summed over
+workers it is the *minimum* of theirs: 1 only when every worker is
+connected (each worker's own value is in its ``worker="PID"`` series).
 """
 
 from __future__ import annotations
@@ -58,6 +63,9 @@ _COUNTERS = [
      "requests refused (413) for a body where none is taken, or a larger one than allowed"),
     ("requests_capped", "zmqws_requests_capped_total",
      "keep-alive connections closed after --max-requests-per-connection requests"),
+    ("upstream_gaps", "zmqws_upstream_gaps_total",
+     "jumps in upstream message ids while every topic is subscribed (--upstream-ids)"),
+    ("upstream_missed", "zmqws_upstream_missed_total", "message ids skipped by those jumps"),
 ]
 
 _DROP_CAUSES = [
@@ -84,9 +92,11 @@ def snapshot(server: "WebSocketServer") -> Dict[str, Any]:
     if sio is not None:
         by_transport.update(sio.counts())
     loop = server.loop
+    status = getattr(server, "upstream_status", None)
     return {
         "pid": os.getpid(), "time": time.time(), "stats": server.stats.as_dict(),
         "clients": by_transport, "queued": queued,
+        "upstream": {endpoint: int(up) for endpoint, up in (status() if status else {}).items()},
         "loop": {"turns": loop.turns if loop else 0,
                  "busy": loop.busy_seconds if loop else 0.0,
                  "max_turn": loop.max_turn_seconds if loop else 0.0},
@@ -147,6 +157,12 @@ def render(server: "WebSocketServer", folder: "str | None" = None) -> bytes:
     transports = sorted({t for s in snaps for t in s["clients"]})
     metric("zmqws_clients", "gauge", "connected clients by transport",
            [(f'transport="{t}"', lambda s, t=t: s["clients"].get(t, 0)) for t in transports])
+    endpoints = sorted({e for s in snaps for e in s.get("upstream", {})})
+    if endpoints:
+        metric("zmqws_upstream_connected", "gauge",
+               "1 while the SUB socket is connected to the endpoint (bound: has a peer)",
+               [(f'endpoint="{_label(e)}"', lambda s, e=e: s.get("upstream", {}).get(e, 0))
+                for e in endpoints], combine=min)
     metric("zmqws_queued_bytes", "gauge", "bytes waiting in client output queues",
            [("", lambda s: s["queued"])])
     for attr, name, help_text in _COUNTERS:
@@ -164,6 +180,11 @@ def render(server: "WebSocketServer", folder: "str | None" = None) -> bytes:
     metric("zmqws_loop_turn_max_seconds", "gauge", "longest loop turn so far",
            [("", lambda s: float(s["loop"]["max_turn"]))], combine=max)
     return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def _label(value: str) -> str:
+    """A label value escaped as the exposition format wants (backslash, quote, newline)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _sample(name: str, labels: str, value: Any) -> str:

@@ -20,14 +20,19 @@ at the publishers.
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
-from typing import List, Optional, Sequence
+from typing import Callable, Deque, List, Optional, Sequence
 
 import zmq
+
+from .monitor import UpstreamMonitor
 
 __all__ = ["Sequencer", "run_proxy", "main"]
 
@@ -41,13 +46,16 @@ class Sequencer:
     ``connect_xsub``: connect the XSUB side to publishers' bound endpoints
     instead of binding (what ``zmqws --workers`` does).  ``first_id``: the
     first id given (default: derived from the clock, so that ids keep
-    growing across restarts).
+    growing across restarts).  ``status_file``: watch the XSUB side's
+    endpoints with the socket monitor (log lines as a gateway logs them) and
+    keep ``{endpoint: connected}`` in this JSON file (what ``zmqws --workers``
+    gives its workers for ``/readyz`` and ``/metrics``).
     """
 
     def __init__(self, xsub: Sequence[str], xpub: Sequence[str], *, stamp: bool = True,
                  connect_xsub: bool = False, capture: Optional[str] = None,
                  first_id: Optional[int] = None, context: Optional[zmq.Context] = None,
-                 hwm: int = 100_000) -> None:
+                 hwm: int = 100_000, status_file: Optional[str] = None) -> None:
         self._context = context or zmq.Context.instance()
         self.stamp = stamp
         # Microseconds since the epoch: larger than any id an earlier run gave at <1 M msg/s.
@@ -62,9 +70,17 @@ class Sequencer:
             sock.setsockopt(zmq.SNDHWM, hwm)
             sock.setsockopt(zmq.RCVHWM, hwm)
         self._xpub.setsockopt(zmq.XPUB_VERBOSER, 1)  # forward every (un)subscription upstream
+        self.status_file = status_file
+        self._calls: Deque[Callable[[], None]] = collections.deque()
+        self.monitor = (UpstreamMonitor(self._xsub.get_monitor_socket(), not connect_xsub,
+                                        self._calls.append, on_change=self._write_status)
+                        if status_file else None)
         try:
             for endpoint in xsub:
                 (self._xsub.connect if connect_xsub else self._xsub.bind)(endpoint)
+                if self.monitor is not None:
+                    self.monitor.add(endpoint, endpoint if connect_xsub else
+                                     self._xsub.getsockopt_string(zmq.LAST_ENDPOINT))
             for endpoint in xpub:
                 self._xpub.bind(endpoint)
             if self._capture is not None:
@@ -74,6 +90,8 @@ class Sequencer:
             self.close()
             raise ValueError(f"zmqws.proxy: cannot set up sockets: {exc}") from None
         self.xpub_endpoints = [self._xpub.getsockopt(zmq.LAST_ENDPOINT).decode()]
+        if self.monitor is not None:
+            self._write_status()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -82,14 +100,34 @@ class Sequencer:
         self._thread.start()
         return self
 
+    def _write_status(self) -> None:
+        """``{endpoint: connected}`` to ``status_file`` (atomically: write, then rename)."""
+        if self.monitor is None or self.status_file is None:
+            return
+        tmp = self.status_file + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self.monitor.status(), f)
+            os.replace(tmp, self.status_file)
+        except OSError as exc:
+            log.warning("cannot write the upstream status to %s: %s", self.status_file, exc)
+
     def run(self) -> None:
         """Forward until :meth:`stop`: messages down (stamped), subscriptions up."""
         poller = zmq.Poller()
         poller.register(self._xsub, zmq.POLLIN)
         poller.register(self._xpub, zmq.POLLIN)
+        monitor = self.monitor
+        if monitor is not None:
+            poller.register(monitor.socket, zmq.POLLIN)
         xsub, xpub, capture = self._xsub, self._xpub, self._capture
         while not self._stop.is_set():
+            while self._calls:  # name lookups' answers (see UpstreamMonitor)
+                self._calls.popleft()()
             for sock, _ in poller.poll(200):
+                if monitor is not None and sock is monitor.socket:
+                    monitor.on_events()
+                    continue
                 if sock is xpub:
                     for _ in range(1000):
                         try:
@@ -122,6 +160,11 @@ class Sequencer:
             self._thread = None
 
     def close(self) -> None:
+        if self.monitor is not None and not self.monitor.socket.closed:
+            self.monitor.close()
+            if not self._xsub.closed:
+                self._xsub.disable_monitor()
+            self.monitor.socket.close(linger=0)
         for sock in (self._xsub, self._xpub, self._capture):
             if sock is not None and not sock.closed:
                 sock.close(linger=0)

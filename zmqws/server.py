@@ -487,7 +487,8 @@ class WebSocketServer:
                 self.max_connections = usable
         self._reserve_fd = os.open(os.devnull, os.O_RDONLY)
 
-    def _log_limited(self, level: int, kind: str, message: str, *args: Any) -> None:
+    def _log_limited(self, level: int, kind: str, message: str, *args: Any,
+                     extra: Optional[Dict[str, Any]] = None) -> None:
         """At most one line of a ``kind`` every ``LOG_INTERVAL`` seconds, saying how many it held back."""
         now = time.monotonic()
         last, held = self._log_marks.get(kind, (-LOG_INTERVAL, 0))
@@ -498,7 +499,7 @@ class WebSocketServer:
         if held:
             message += " (and %d more like it since the last line)"
             args += (held,)
-        log.log(level, message, *args)
+        log.log(level, message, *args, extra=extra)
 
     def _configure_listener(self, sock: socket.socket) -> None:
         """Socket options on the listening socket before bind: ``SO_REUSEPORT`` for workers."""
@@ -615,7 +616,8 @@ class WebSocketServer:
     def _refuse(self, sock: socket.socket, host: Any) -> None:
         """Over a connection limit (or stopping): 503, best effort, and close (no TLS is spoken)."""
         self.stats.refused += 1
-        self._log_limited(logging.INFO, "refuse", "refusing a connection from %s: connection limit", host)
+        self._log_limited(logging.INFO, "refuse", "refusing a connection from %s: connection limit", host,
+                          extra={"addr": str(host), "code": 503, "reason": "connection limit"})
         try:
             if self.ssl_context is None:
                 sock.send(handshake.error_response(HTTPError(
@@ -817,8 +819,10 @@ class WebSocketServer:
         self._ws_clients[client] = None
         client.transport = "websocket"
         self.stats.ws_connections += 1
-        log.info("connect client=%s addr=%s transport=websocket path=%s", client.id,
-                 _address(client.address), request.path)
+        address = _address(client.address)
+        log.info("connect client=%s addr=%s transport=websocket path=%s", client.id, address,
+                 request.path, extra={"client": client.id, "addr": address,
+                                      "transport": "websocket", "path": request.path})
         self._queued(client)
         self._on_open(client)
         client.request = None  # answered: its headers are a kilobyte and more per connection
@@ -853,7 +857,8 @@ class WebSocketServer:
                 log.debug("client %s: close received %s %r", client.id, event.code, event.reason)
             elif cls is ConnectionFailed:
                 self.stats.protocol_errors += 1
-                log.info("client %s: protocol error %s: %s", client.id, event.code, event.reason)
+                log.info("client %s: protocol error %s: %s", client.id, event.code, event.reason,
+                         extra={"client": client.id, "code": event.code, "reason": event.reason})
         if ws.out_bytes != before:
             if ws.out_bytes > self.max_queue and ws.state == OPEN:
                 # Pongs pile up for a peer that pings and does not read: the bound holds for them too.
@@ -929,7 +934,8 @@ class WebSocketServer:
         head = out[0] if out and isinstance(out[0], memoryview) else None
         session.discard_output(head)
         log.info("client %s: slow consumer (over %d bytes queued), closing with 1008",
-                 client.id, self.max_queue)
+                 client.id, self.max_queue,
+                 extra={"client": client.id, "code": CLOSE_POLICY_VIOLATION, "reason": "slow consumer"})
         self._close_client(client, CLOSE_POLICY_VIOLATION, "slow consumer")
 
     def _flush(self, client: Client) -> None:
@@ -1031,8 +1037,11 @@ class WebSocketServer:
             if ws is not None:
                 code = ws.close_code if ws.close_code is not None else 1006
                 self.stats.count_close(code)
-                log.info("disconnect client=%s addr=%s code=%s reason=%r", client.id,
-                         _address(client.address), code, ws.close_reason)
+                address = _address(client.address)
+                log.info("disconnect client=%s addr=%s code=%s reason=%r", client.id, address,
+                         code, ws.close_reason,
+                         extra={"client": client.id, "addr": address, "transport": client.transport,
+                                "code": code, "reason": ws.close_reason})
             self._on_close(client)
 
     def _on_close(self, client: Client) -> None:
@@ -1067,7 +1076,9 @@ class WebSocketServer:
                     continue
                 if client.ping_sent_at:
                     if now - client.ping_sent_at > ping_timeout:
-                        log.info("client %s: no pong within %.0f s, closing", client.id, ping_timeout)
+                        log.info("client %s: no pong within %.0f s, closing", client.id, ping_timeout,
+                                 extra={"client": client.id, "code": CLOSE_INTERNAL_ERROR,
+                                        "reason": "keepalive ping timeout"})
                         self.stats.ping_timeouts += 1
                         self._close_client(client, CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
                 elif now - client.last_seen >= ping_interval:

@@ -19,7 +19,9 @@ class Stats:
     ``upstream_messages``/``upstream_drops``: client messages forwarded to
     ZeroMQ, or dropped because the upstream socket was full; ``topics_refused``:
     topic requests refused (rights or caps); ``writes_refused``: client messages
-    not forwarded because the client may not write their topic.
+    not forwarded because the client may not write their topic;
+    ``upstream_gaps``/``upstream_missed``: with upstream ids, jumps in the ids
+    seen while every topic is subscribed, and the ids they skipped.
     """
 
     __slots__ = ("connections", "ws_connections", "http_requests", "http_errors",
@@ -30,7 +32,7 @@ class Stats:
                  "refused", "forbidden", "tls_errors", "idle_closed", "malformed", "sio_sessions",
                  "topics_refused", "writes_refused",
                  "pipeline_paused", "requests_capped", "host_refused",
-                 "bodies_refused", "closes")
+                 "bodies_refused", "upstream_gaps", "upstream_missed", "closes")
 
     # every counter is an int (set to 0 in __init__); closes maps a close code to a count
     connections: int
@@ -67,6 +69,8 @@ class Stats:
     requests_capped: int
     host_refused: int
     bodies_refused: int
+    upstream_gaps: int
+    upstream_missed: int
     closes: Dict[int, int]
 
     def __init__(self) -> None:

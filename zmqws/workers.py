@@ -17,6 +17,10 @@ One Python thread serves one core.  With ``--workers N`` the parent:
    worker's ``/metrics`` reports them summed and per worker;
 5. kills (SIGKILL) and restarts a hung worker: one whose loop has not written
    its counters for ``--worker-timeout`` seconds.
+6. watches the ``--sub`` endpoints with the forwarder's socket monitor (the
+   upstream log lines come from the parent) and keeps their state in that
+   folder, so that every worker's ``/readyz`` and ``zmqws_upstream_connected``
+   speak of the real upstream endpoints, not of the worker's IPC link.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ __all__ = ["Supervisor"]
 
 log = logging.getLogger("zmqws")
 
+STATUS_FILE = "upstream.json"  # the forwarder's upstream endpoints, for the workers' /readyz
 RESTART_DELAY = 1.0       # seconds before a dead worker is replaced
 MAX_RESTART_DELAY = 30.0  # ... doubling while it keeps dying within 10 s of its start
 
@@ -46,9 +51,10 @@ def _worker_main(args: argparse.Namespace, endpoint: str, port: int, stats_dir: 
     from .__main__ import _setup_logging, build_gateway, serve
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends SIGTERM
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, args.log_format)
     gateway = build_gateway(args, [endpoint], port=port, bind=False, reuse_port=True,
-                            upstream_ids=True, stats_dir=stats_dir)
+                            upstream_ids=True, stats_dir=stats_dir,
+                            upstream_status_file=os.path.join(stats_dir, STATUS_FILE))
     raise SystemExit(serve(gateway, args, [endpoint]))
 
 
@@ -64,11 +70,11 @@ class Supervisor:
         self._procs: List[Optional[multiprocessing.process.BaseProcess]] = []
 
     def run(self) -> int:
-        if not hasattr(socket, "SO_REUSEPORT"):
-            print("zmqws: error: --workers needs SO_REUSEPORT, which this system lacks",
-                  flush=True)
-            return 1
+        from .__main__ import _fail, listen_error
         from .proxy import Sequencer
+
+        if not hasattr(socket, "SO_REUSEPORT"):
+            return _fail("--workers needs SO_REUSEPORT, which this system lacks")
 
         args = self.args
         family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
@@ -78,10 +84,8 @@ class Supervisor:
         try:
             reserve.bind((args.host, args.port))
         except OSError as exc:
-            print(f"zmqws: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
-                  flush=True)
             reserve.close()
-            return 1
+            return _fail(listen_error(args.host, args.port, exc))
         self.port = reserve.getsockname()[1]
         folder = tempfile.mkdtemp(prefix="zmqws-workers-")
         endpoint = f"ipc://{folder}/messages.ipc"
@@ -89,12 +93,12 @@ class Supervisor:
             # With --upstream-ids the messages carry the ids of a stamping proxy upstream: pass
             # them on (the workers then agree with every other gateway behind that proxy).
             sequencer = Sequencer(self.endpoints, [endpoint], stamp=not args.upstream_ids,
-                                  connect_xsub=not args.bind or args.demo)
+                                  connect_xsub=not args.bind or args.demo,
+                                  status_file=os.path.join(folder, STATUS_FILE))
         except ValueError as exc:
-            print(f"zmqws: error: {exc}", flush=True)
             reserve.close()
             shutil.rmtree(folder, ignore_errors=True)
-            return 1
+            return _fail(str(exc))
         sequencer.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
