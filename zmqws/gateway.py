@@ -35,7 +35,7 @@ from .handshake import HTTPError, Request, http_response
 from . import metrics as prometheus
 from . import sse
 from .routing import History, Route, Router, Stored, Upstream, topic_matches
-from .server import STREAM, Client, WebSocketServer
+from .server import GONE, STREAM, Client, WebSocketServer
 from .socketio import SIO_POLL_WIRE, SocketIOEndpoint
 from .utf8 import is_utf8
 
@@ -55,7 +55,8 @@ POLL = "poll"  # route wire format of parked long-polling requests
 class _ClientState:
     """What the gateway keeps per WebSocket client."""
 
-    __slots__ = ("prefixes", "envelope", "wire", "tokens", "tokens_at", "client_id", "chose_topics")
+    __slots__ = ("prefixes", "envelope", "wire", "tokens", "tokens_at", "client_id", "chose_topics",
+                 "replayed")
 
     def __init__(self, prefixes: List[bytes], envelope: str, wire: Any, rate: float, now: float,
                  client_id: Optional[bytes], chose_topics: bool = False) -> None:
@@ -66,6 +67,7 @@ class _ClientState:
         self.tokens_at = now
         self.client_id = client_id  # None: "PID.CLIENT_ID", made when first needed
         self.chose_topics = chose_topics  # the request named topics (else: everything allowed)
+        self.replayed = 0  # a paced resume: the last id the replay has dealt with
 
 
 class Gateway(WebSocketServer):
@@ -192,6 +194,9 @@ class Gateway(WebSocketServer):
         clock = 0 if upstream_ids else int(time.time() * 1_000_000)
         self._last_id = clock if first_id is None else first_id - 1
         self._active: List[Route] = []  # routes with messages this turn
+        self._send_error_log_at = 0.0  # when a send error may be logged again
+        # slow_client="drop": the ids dropped for a client, [first, last], until it is told
+        self._gaps: Dict[Client, List[int]] = {}
         self._states: Dict[Client, _ClientState] = {}
         # upstream_ids: resuming clients waiting for this gateway to take the id they saw
         self._behind: Dict[Any, int] = {}
@@ -368,11 +373,9 @@ class Gateway(WebSocketServer):
         """One message in: an id, the history, and the routes that get it."""
         self._last_id += 1
         self.stats.zmq_messages += 1
-        mode = self.payload_mode
-        if mode == "auto":
-            opcode = OP_TEXT if is_utf8(payload) else OP_BINARY
-        else:
-            opcode = OP_TEXT if mode == "text" else OP_BINARY
+        # "text" is text when it can be: a payload that is not UTF-8 cannot be a text frame
+        # (RFC 6455 §5.6), a JSON string or a Socket.IO string, so it goes out as binary.
+        opcode = OP_TEXT if self.payload_mode != "binary" and is_utf8(payload) else OP_BINARY
         multipart = topic is not None
         stored = Stored(self._last_id, topic if multipart else b"", payload, opcode, multipart)
         self.history.add(stored)
@@ -385,7 +388,12 @@ class Gateway(WebSocketServer):
     # -- messages out -----------------------------------------------------------------
 
     def _send_batch(self) -> None:
-        """After each turn: per route, one joined ``bytes`` queued on every member."""
+        """After each turn: per route, one joined ``bytes`` queued on every member.
+
+        Each route is on its own: an exception in one route's work is logged (at most
+        once a minute), counted in ``stats.send_errors`` and costs that route this
+        turn's messages, never another route's nor a later turn's.
+        """
         active = self._active
         if not active:
             return
@@ -396,26 +404,73 @@ class Gateway(WebSocketServer):
             route.pending = []
             if not route.members:
                 continue
-            envelope, wire = route.envelope, route.wire
-            if wire == POLL:
-                for client in list(route.members):
-                    self._answer_poll(client, batch)
+            try:
+                self._send_route(route, batch, cache)
+            except Exception:
+                self.stats.send_errors += 1
+                now = time.monotonic()
+                if now >= self._send_error_log_at:
+                    self._send_error_log_at = now + 60.0
+                    log.exception("cannot send %d message(s) to route %s (%d client(s)); "
+                                  "further errors are counted in send_errors, logged once a minute",
+                                  len(batch), route.key[1:], len(route.members))
+
+    def _send_route(self, route: Route, batch: List[Stored],
+                    cache: Optional[Dict[Tuple[int, str, Any], bytes]]) -> None:
+        """One route's messages of this turn, encoded once, queued on every member."""
+        envelope, wire = route.envelope, route.wire
+        if wire == POLL:
+            for client in list(route.members):
+                self._answer_poll(client, batch)
+            return
+        if wire == SIO_POLL_WIRE:
+            self.sio.deliver_polling(list(route.members), batch)
+            return
+        if cache is None:
+            frames = [self._encode(m, envelope, wire) for m in batch]
+        else:
+            frames = []
+            for m in batch:
+                key = (m.id, envelope, wire)
+                frame = cache.get(key)
+                if frame is None:
+                    frame = cache[key] = self._encode(m, envelope, wire)
+                frames.append(frame)
+        blob = frames[0] if len(frames) == 1 else b"".join(frames)
+        if self._gaps:
+            self._tell_gaps(route.members, len(blob))
+        over = self.fanout(blob, route.members, len(frames))
+        if over and self.slow_client == "drop":
+            self._note_drops(over, batch[0].id, batch[-1].id)
+
+    def _note_drops(self, clients: List[Client], first: int, last: int) -> None:
+        """``slow_client="drop"``: remember the ids each client lost (ids ``first``..``last``
+        of its topics), to tell it before the next message it gets (:meth:`_tell_gaps`)."""
+        gaps = self._gaps
+        for client in clients:
+            state = self._states.get(client)
+            if state is None or client.phase == GONE:
                 continue
-            if wire == SIO_POLL_WIRE:
-                self.sio.deliver_polling(list(route.members), batch)
+            if state.envelope == "sio":
+                # Socket.IO has no gap notice: the session ends, the client recovers from the history.
+                self._slow_client(client, 0, force_close=True)
                 continue
-            if cache is None:
-                frames = [self._encode(m, envelope, wire) for m in batch]
-            else:
-                frames = []
-                for m in batch:
-                    key = (m.id, envelope, wire)
-                    frame = cache.get(key)
-                    if frame is None:
-                        frame = cache[key] = self._encode(m, envelope, wire)
-                    frames.append(frame)
-            blob = frames[0] if len(frames) == 1 else b"".join(frames)
-            self.fanout(blob, route.members, len(frames))
+            gap = gaps.get(client)
+            gaps[client] = [gap[0] if gap is not None else first, last]
+
+    def _tell_gaps(self, members: Dict[Client, None], size: int) -> None:
+        """Queue a gap notice ``{"gap": [first, last]}`` (the ids dropped) on each member that
+        lost messages, when it and the next ``size`` bytes fit in the member's queue."""
+        gaps = self._gaps
+        limit = self.max_queue
+        told = [c for c in (gaps if len(gaps) < len(members) else members) if c in gaps and c in members]
+        for client in told:
+            session = client.session
+            notice = self._encode_notice(self._states[client], {"gap": gaps[client]})
+            if session.out_bytes + len(notice) + size <= limit or not session.out_bytes:
+                session.queue(notice)
+                del gaps[client]
+                self.stats.gaps += 1
 
     def _encode(self, m: Stored, envelope: str, wire: Any) -> bytes:
         """One message on the wire: a WebSocket frame (plain, or compressed for a deflate
@@ -574,22 +629,64 @@ class Gateway(WebSocketServer):
 
     def _resume(self, client: Client, state: "_ClientState", since: Optional[int]) -> None:
         """Replay what a joining client missed after ``since`` (a gap notice first), then route it."""
-        if since is not None:
+        if since is None:
+            self.router.add(client, state.prefixes, state.envelope, state.wire)
+            return
+        if state.wire == POLL:
             notice, missed = self._missed(state, since)
-            if state.wire == POLL:
-                if notice is not None or missed:
-                    self._answer_poll(client, ([notice] if notice else []) + missed)
+            if notice is not None or missed:
+                self._answer_poll(client, ([notice] if notice else []) + missed)
+                return
+            self.router.add(client, state.prefixes, state.envelope, state.wire)
+            return
+        notice = self._gap_notice(state, since)
+        if notice is not None:
+            client.session.queue(self._encode_notice(state, notice))
+            since = max(since, self.history.first_missing)  # the evicted ids are in the notice
+        self._replay(client, state, since)
+
+    def _replay(self, client: Client, state: "_ClientState", after: int) -> None:
+        """Paced resume: the messages after id ``after`` for the client's topics, as many as
+        fit in its queue (``max_queue``; at least one into an empty queue).
+
+        When they do not all fit, the client stays off the routes and the replay goes
+        on from where it stopped once its queue drains below half of ``max_queue``
+        (:meth:`_refill_client`); what arrives meanwhile is in the history, so it comes
+        in order and once.  When the replay has caught up, the client is routed.  Ids
+        evicted from the history before the client read them are named in a gap notice.
+        """
+        self._send_batch()  # this turn's messages are in the history: the replay sends them
+        history = self.history
+        session = client.session
+        if after < history.first_missing:
+            self.stats.gaps += 1
+            session.queue(self._encode_notice(state, {"gap": [after + 1, history.first_missing]}))
+            after = history.first_missing
+        limit = self.max_queue
+        envelope, wire, prefixes = state.envelope, state.wire, state.prefixes
+        stats = self.stats
+        self._queued(client)
+        for m in history.after(after):
+            if topic_matches(m.topic if m.multipart else m.payload, prefixes):
+                frame = self._encode(m, envelope, wire)
+                if session.out_bytes + len(frame) > limit and session.out_bytes:
+                    self._refill[client] = None
+                    state.replayed = after
                     return
-            else:
-                if notice is not None:
-                    client.session.queue(self._encode_notice(state, notice))
-                for m in missed:
-                    frame = self._encode(m, state.envelope, state.wire)
-                    client.session.queue(frame)
-                    self.stats.messages_out += 1
-                    self.stats.bytes_out += len(frame)
-                self._queued(client)
-        self.router.add(client, state.prefixes, state.envelope, state.wire)
+                session.queue(frame)
+                stats.messages_out += 1
+                stats.bytes_out += len(frame)
+            after = m.id
+        self._refill.pop(client, None)
+        self.router.add(client, prefixes, envelope, wire)
+
+    def _refill_client(self, client: Client) -> None:
+        """A client's queue drained during a paced replay: go on with it."""
+        state = self._states.get(client)
+        if state is None:
+            self._refill.pop(client, None)
+        else:
+            self._replay(client, state, state.replayed)
 
     def _catch_up(self) -> None:
         """upstream_ids: resume the clients that waited for the gateway to take the id they saw."""
@@ -606,6 +703,14 @@ class Gateway(WebSocketServer):
     def _missed(self, state: "_ClientState", since: int) -> Tuple[Optional[Dict[str, Any]], List[Stored]]:
         """Resume: a gap notice if the ids after ``since`` are not all known, and the
         messages in the history after ``since`` for the client's topics."""
+        notice = self._gap_notice(state, since)
+        missed = [m for m in self.history.after(since)
+                  if topic_matches(m.topic if m.multipart else m.payload, state.prefixes)]
+        return notice, missed
+
+    def _gap_notice(self, state: "_ClientState", since: int) -> Optional[Dict[str, Any]]:
+        """Resume: a gap notice naming the ids after ``since`` the gateway cannot vouch for
+        (evicted from the history, or not subscribed upstream meanwhile), or None."""
         ranges = []
         if since < self.history.first_missing:
             ranges.append((since + 1, self.history.first_missing))  # evicted from the history
@@ -613,17 +718,16 @@ class Gateway(WebSocketServer):
             blind = self.upstream.gap(prefix, since)  # not subscribed upstream for a while
             if blind is not None:
                 ranges.append(blind)
-        notice = None
-        if ranges:
-            self.stats.gaps += 1
-            notice = {"gap": [min(r[0] for r in ranges), max(r[1] for r in ranges)]}
-        missed = [m for m in self.history.after(since)
-                  if topic_matches(m.topic if m.multipart else m.payload, state.prefixes)]
-        return notice, missed
+        if not ranges:
+            return None
+        self.stats.gaps += 1
+        return {"gap": [min(r[0] for r in ranges), max(r[1] for r in ranges)]}
 
     def _forget(self, member: Any) -> None:
         state = self._states.pop(member, None)
         self._behind.pop(member, None)
+        self._refill.pop(member, None)
+        self._gaps.pop(member, None)
         self.router.remove(member)
         if state is not None:
             self._unsubscribe(state.prefixes)
@@ -752,8 +856,8 @@ class Gateway(WebSocketServer):
             if prefix not in old:
                 self._want(prefix)
         state.prefixes = prefixes
-        if client in self._behind:
-            pass  # waiting to resume (upstream_ids): routed with these prefixes when it does
+        if client in self._behind or client in self._refill:
+            pass  # waiting to resume (upstream_ids) or resuming: routed with these prefixes after
         elif prefixes:
             self.router.add(client, prefixes, state.envelope, state.wire)
         else:

@@ -46,6 +46,7 @@ _COUNTERS = [
     ("tls_errors", "zmqws_tls_errors_total", "failed TLS handshakes"),
     ("accept_errors", "zmqws_accept_errors_total", "accept() failures"),
     ("drops", "zmqws_dropped_messages_total", "deliveries not made (slow consumers)"),
+    ("send_errors", "zmqws_send_errors_total", "routes whose messages of a loop turn could not be sent (an internal error)"),
 ]
 
 _DROP_CAUSES = [

@@ -17,7 +17,8 @@ class Stats:
     closes by close code (1006 = no close frame); ``gaps``: gap notices sent
     to resuming clients; ``rate_limited``: clients closed for flooding;
     ``upstream_messages``/``upstream_drops``: client messages forwarded to
-    ZeroMQ, or dropped because the upstream socket was full.
+    ZeroMQ, or dropped because the upstream socket was full; ``send_errors``:
+    routes whose messages of a loop turn could not be encoded or queued.
     """
 
     __slots__ = ("connections", "ws_connections", "http_requests", "http_errors",
@@ -25,7 +26,8 @@ class Stats:
                  "drops", "slow_closed", "dropped_slow", "protocol_errors", "ping_timeouts",
                  "handshake_timeouts", "accept_errors", "gaps", "rate_limited",
                  "upstream_messages", "upstream_drops", "sse_connections", "polls_held",
-                 "refused", "forbidden", "tls_errors", "idle_closed", "malformed", "sio_sessions", "closes")
+                 "refused", "forbidden", "tls_errors", "idle_closed", "malformed", "sio_sessions",
+                 "send_errors", "closes")
 
     def __init__(self) -> None:
         for name in self.__slots__:
