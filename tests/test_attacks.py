@@ -10,6 +10,22 @@ code before the fix.  The numbers follow the findings in
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json
+import socket
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+import zmq
+
+from conftest import wait_until
+from zmqws.frames import OP_BINARY, OP_TEXT
+from zmqws.gateway import Gateway
+
+KiB = 1024
+
 # -- 1. Socket.IO topic rights bypass --------------------------------------------------------
 
 
@@ -17,6 +33,132 @@ from __future__ import annotations
 
 
 # -- 3. Resume replay past --max-queue -------------------------------------------------------
+
+
+class EventStream:
+    """A Server-Sent Events client on a raw socket (``rcvbuf``: a small window, for a
+    client that does not read); events come out as (type, id, data)."""
+
+    def __init__(self, port: int, target: str, headers: Tuple[Tuple[str, str], ...] = (),
+                 rcvbuf: Optional[int] = None) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(5.0)
+        self.sock.connect(("127.0.0.1", port))
+        lines = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1"] + [f"{k}: {v}" for k, v in headers]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        self.buf = b""
+        self.head = b""
+
+    def _more(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("no event in time")
+        self.sock.settimeout(remaining)
+        chunk = self.sock.recv(262144)
+        if not chunk:
+            raise EOFError("the server closed the stream")
+        self.buf += chunk
+
+    def read_head(self, timeout: float = 5.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while b"\r\n\r\n" not in self.buf:
+            self._more(deadline)
+        self.head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        return self.head
+
+    def next_event(self, timeout: float = 5.0) -> Tuple[str, Optional[str], str]:
+        """The next event with data (fields ``retry:`` and comments are skipped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n\n" not in self.buf:
+                self._more(deadline)
+            block, _, self.buf = self.buf.partition(b"\n\n")
+            fields: Dict[str, List[str]] = {}
+            for line in block.decode("utf-8").split("\n"):
+                name, _, value = line.partition(": ")
+                fields.setdefault(name, []).append(value)
+            if "data" in fields:
+                return (fields.get("event", ["message"])[0], fields.get("id", [None])[0],
+                        "\n".join(fields["data"]))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def queue_peak(gw: Gateway) -> Dict[str, int]:
+    """The most bytes any streaming client had queued, sampled on the loop after the fan-out
+    and the replays of every turn (before the flush)."""
+    peak = {"bytes": 0}
+
+    def sample() -> None:
+        for client in list(gw._clients.values()):
+            if client.transport is not None and client.session.out_bytes > peak["bytes"]:
+                peak["bytes"] = client.session.out_bytes
+
+    gw.call_soon_threadsafe(lambda: gw.loop.after_turn.insert(1, sample))
+    return peak
+
+
+def walk_ids(docs: List[Dict[str, Any]], first: int, last: int) -> List[List[int]]:
+    """Check that messages and gap notices account for every id from ``first`` to ``last``
+    exactly once and in order; returns the gaps."""
+    expected, gaps = first, []
+    for doc in docs:
+        if "gap" in doc:
+            low, high = doc["gap"]
+            assert low == expected and high >= low, (doc, expected)
+            gaps.append([low, high])
+            expected = high + 1
+        else:
+            assert doc["id"] == expected, f"expected id {expected}, got {doc['id']}"
+            expected += 1
+    assert expected == last + 1, f"the stream ends at {expected - 1}, not {last}"
+    return gaps
+
+
+def read_docs_until(next_doc, last: int, timeout: float = 20.0) -> List[Dict[str, Any]]:
+    """JSON documents from ``next_doc(timeout)`` until the one with id ``last``."""
+    deadline = time.monotonic() + timeout
+    docs: List[Dict[str, Any]] = []
+    while not docs or docs[-1].get("id") != last:
+        docs.append(next_doc(max(0.01, deadline - time.monotonic())))
+    return docs
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+def test_3_resume_replay_is_paced_by_max_queue(make_gateway, raw_ws, transport):
+    max_queue, size, stored = 256 * KiB, 4 * KiB, 1100  # a 4.3 MiB history
+    gw = make_gateway(None, history=5000, max_queue=max_queue, subscribe_all=True)
+    for i in range(stored):
+        gw.publish(b"%06d " % i + b"x" * (size - 7))
+    wait_until(lambda: gw.last_id == stored + 1)  # id 1: the subscription's marker
+    peak = queue_peak(gw)
+    if transport == "websocket":
+        ws = raw_ws(gw.port, rcvbuf=4096, path="/?format=json&since=0")
+        next_doc = lambda timeout: json.loads(ws.recv_frame(timeout)[2])  # noqa: E731
+    else:
+        stream = EventStream(gw.port, "/events?format=json", (("Last-Event-ID", "0"),), rcvbuf=4096)
+        assert stream.read_head().startswith(b"HTTP/1.1 200 ")
+        next_doc = lambda timeout: json.loads(stream.next_event(timeout)[2])  # noqa: E731
+    try:
+        time.sleep(0.5)  # the client does not read; live messages go into the history meanwhile
+        for i in range(50):
+            gw.publish(b"live %d" % i)
+        time.sleep(0.3)
+        assert 0 < peak["bytes"] <= max_queue + size + 256, f"{peak['bytes']} bytes queued"
+        docs = read_docs_until(next_doc, stored + 51, timeout=10)
+        for i in range(50):  # and while it reads the rest of the replay
+            gw.publish(b"later %d" % i)
+        docs += read_docs_until(next_doc, stored + 101)
+    finally:
+        if transport == "sse":
+            stream.close()
+    gaps = walk_ids(docs, 1, stored + 101)
+    assert all(high < 2 for _low, high in gaps), f"stored messages reported lost: {gaps}"
+    assert peak["bytes"] <= max_queue + size + 256
+    assert gw.stats.slow_closed == 0 and gw.stats.drops == 0
 
 
 # -- 4. Engine.IO sessions without bound -----------------------------------------------------

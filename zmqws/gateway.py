@@ -240,11 +240,16 @@ class Gateway(WebSocketServer):
         for endpoint in self.sub_endpoints:
             self._attach(sub, endpoint, "SUB")
         if self.push_endpoint or self.pub_endpoint:
-            kind = zmq.PUSH if self.push_endpoint else zmq.PUB
-            out = self._context.socket(kind)
+            # --pub is an XPUB with XPUB_NODROP: to subscribers it is a PUB, but at the
+            # high-water mark its send raises Again (a PUB drops silently), so a full
+            # upstream is counted and a Socket.IO ack says so.
+            out = self._context.socket(zmq.PUSH if self.push_endpoint else zmq.XPUB)
             out.setsockopt(zmq.LINGER, 0)
             out.setsockopt(zmq.SNDHWM, self.upstream_hwm)
             self._out = out
+            if self.pub_endpoint:
+                out.setsockopt(zmq.XPUB_NODROP, 1)
+                self.loop.register(out, zmq.POLLIN, self._on_out)
             self._attach(out, self.push_endpoint or self.pub_endpoint,
                          "PUSH" if self.push_endpoint else "PUB")
         if self.subscribe_all:
@@ -279,8 +284,8 @@ class Gateway(WebSocketServer):
         for name in ("_sub", "_out"):
             sock = getattr(self, name)
             if sock is not None:
-                if self.loop is not None and name == "_sub":
-                    self.loop.unregister(sock)
+                if self.loop is not None:
+                    self.loop.unregister(sock)  # a no-op for a socket never registered
                 sock.close(linger=0)
                 setattr(self, name, None)
         if self._own_context and self._context is not None:
@@ -362,6 +367,16 @@ class Gateway(WebSocketServer):
                 take(None, parts[0])
         if self._behind:
             self._catch_up()
+
+    def _on_out(self, _revents: int) -> None:
+        """The --pub XPUB's subscription messages: not needed (the XPUB filters by itself),
+        read and dropped so that subscribers cannot make them pile up."""
+        recv = self._out.recv
+        for _ in range(self.drain_budget):
+            try:
+                recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
 
     def _take_published(self) -> None:
         published = self._published
