@@ -170,6 +170,41 @@ def test_3_resume_replay_is_paced_by_max_queue(make_gateway, raw_ws, transport):
 # -- 6. One exception in the send path wedges routes -----------------------------------------
 
 
+def test_6_a_payload_that_is_not_utf8_in_text_mode_wedges_no_route(make_gateway, raw_ws):
+    gw = make_gateway(None, payload_mode="text")
+    # The json route first: encoding it is what raised, and the routes after it never sent again.
+    clients = {fmt: raw_ws(gw.port, path=f"/?format={fmt}") for fmt in ("json", "payload", "topic")}
+    stream = EventStream(gw.port, "/events")
+    try:
+        assert stream.read_head().startswith(b"HTTP/1.1 200 ")
+        wait_until(lambda: len(gw._states) == 4)
+        bad = b"\xff\xfe not UTF-8"
+        gw.publish(bad, topic="t")
+        gw.publish("good 1", topic="t")
+        wait_until(lambda: gw.stats.zmq_messages == 2)
+        late = raw_ws(gw.port, path="/?format=json")  # joins afterwards
+        wait_until(lambda: len(gw._states) == 5)
+        gw.publish("good 2", topic="t")
+        # What cannot be text goes out as binary, in every envelope; everything after it too.
+        json_frames = [clients["json"].recv_frame()[1:] for _ in range(3)]
+        assert [op for op, _ in json_frames] == [OP_TEXT] * 3
+        docs = [json.loads(body) for _, body in json_frames]
+        first = docs[0]["id"]
+        assert docs[0] == {"id": first, "topic": "t", "data": base64.b64encode(bad).decode(), "binary": True}
+        assert [d["data"] for d in docs[1:]] == ["good 1", "good 2"]
+        assert [clients["payload"].recv_frame()[1:] for _ in range(3)] == [
+            (OP_BINARY, bad), (OP_TEXT, b"good 1"), (OP_TEXT, b"good 2")]
+        assert [clients["topic"].recv_frame()[1:] for _ in range(3)] == [
+            (OP_BINARY, b"t " + bad), (OP_TEXT, b"t good 1"), (OP_TEXT, b"t good 2")]
+        assert [stream.next_event() for _ in range(3)] == [
+            ("binary", str(first), base64.b64encode(bad).decode()),
+            ("message", str(first + 1), "good 1"), ("message", str(first + 2), "good 2")]
+        assert json.loads(late.recv_frame()[2])["data"] == "good 2"
+    finally:
+        stream.close()
+    assert gw.stats.send_errors == 0
+
+
 # -- 7. accept() at the file-descriptor limit -------------------------------------------------
 
 

@@ -247,6 +247,29 @@ def test_bad_bind_endpoint_raises_value_error(make_pub):
         gw.start()
 
 
+def test_an_exception_in_one_route_costs_that_route_one_turn_only(make_gateway, raw_ws, wait_until):
+    gw = make_gateway(None)
+    failing = raw_ws(gw.port, path="/?format=json")  # the first route of the turn
+    others = [raw_ws(gw.port, path=f"/?format={fmt}") for fmt in ("payload", "topic")]
+    wait_until(lambda: len(gw._states) == 3)
+    encode = gw._encode
+
+    def broken(m, envelope, wire):
+        if envelope == "json":
+            raise RuntimeError("a bug in one envelope")
+        return encode(m, envelope, wire)
+
+    gw._encode = broken
+    gw.publish("lost for json")
+    wait_until(lambda: gw.stats.send_errors == 1)
+    del gw._encode  # fixed: the class's method again
+    gw.publish("next")
+    for ws in others:  # single-part messages: the same in the payload and topic envelopes
+        assert [ws.recv_frame()[2] for _ in range(2)] == [b"lost for json", b"next"]
+    assert json.loads(failing.recv_frame()[2])["data"] == "next"
+    assert all(not route.pending for route in gw.router.routes()) and not gw._active
+
+
 # -- HTTP ---------------------------------------------------------------------------------------
 
 
