@@ -23,6 +23,7 @@ import zmq
 from conftest import wait_until
 from zmqws.frames import OP_BINARY, OP_TEXT
 from zmqws.gateway import Gateway
+from zmqws.proxy import Sequencer
 
 KiB = 1024
 
@@ -137,7 +138,7 @@ def test_3_resume_replay_is_paced_by_max_queue(make_gateway, raw_ws, transport):
     peak = queue_peak(gw)
     if transport == "websocket":
         ws = raw_ws(gw.port, rcvbuf=4096, path="/?format=json&since=0")
-        next_doc = lambda timeout: json.loads(ws.recv_frame(timeout)[2])  # noqa: E731
+        next_doc = lambda timeout: next_json_frame(ws, timeout)  # noqa: E731
     else:
         stream = EventStream(gw.port, "/events?format=json", (("Last-Event-ID", "0"),), rcvbuf=4096)
         assert stream.read_head().startswith(b"HTTP/1.1 200 ")
@@ -224,6 +225,135 @@ def test_6_a_payload_that_is_not_utf8_in_text_mode_wedges_no_route(make_gateway,
 
 
 # -- 13. Loss nobody is told about ------------------------------------------------------------
+
+
+def polling_request(port: int, method: str, query: str, body: Optional[bytes] = None) -> bytes:
+    """One Engine.IO long-polling request (``/socket.io/?EIO=4&transport=polling&...``); the body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, f"/socket.io/?EIO=4&transport=polling{query}", body=body,
+                     headers={"Content-Type": "text/plain;charset=UTF-8"} if body else {})
+        response = conn.getresponse()
+        assert response.status == 200, response.status
+        return response.read()
+    finally:
+        conn.close()
+
+
+def socketio_ack(port: int, event: str, data: str) -> Any:
+    """Connect a Socket.IO client by long-polling, emit ``event`` with an ack id; the ack."""
+    sid = json.loads(polling_request(port, "GET", "")[1:])["sid"]
+    polling_request(port, "POST", f"&sid={sid}", b"40")
+    assert polling_request(port, "GET", f"&sid={sid}").startswith(b"40")
+    polling_request(port, "POST", f"&sid={sid}", b"421" + json.dumps([event, data]).encode())
+    reply = polling_request(port, "GET", f"&sid={sid}").decode()
+    assert reply.startswith("431"), reply
+    return json.loads(reply[3:])[0]
+
+
+def test_13a_a_full_pub_upstream_is_counted_and_acked_not_ok(make_gateway, zmq_context, raw_ws):
+    # A subscriber that never reads: its queue (RCVHWM 1), the TCP buffers, then the
+    # gateway's send queue (upstream_hwm) fill up. A PUB then drops silently.
+    sub = zmq_context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVHWM, 1)
+    sub.setsockopt(zmq.RCVBUF, 4096)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    endpoint = f"tcp://127.0.0.1:{sub.bind_to_random_port('tcp://127.0.0.1')}"
+    gw = make_gateway(None, pub_endpoint=endpoint, upstream_hwm=10, client_rate=0)
+    sender = raw_ws(gw.port)
+    stats = gw.stats
+    sent = 0
+
+    def send(payload: bytes) -> None:
+        nonlocal sent
+        sender.send_frame(OP_BINARY, payload)
+        sent += 1
+        wait_until(lambda: stats.upstream_messages + stats.upstream_drops == sent)
+
+    deadline = time.monotonic() + 10
+    while not sub.poll(20):  # the subscription reaches the gateway: messages flow
+        assert time.monotonic() < deadline, "the SUB peer never got a message"
+        send(b"first")
+    in_a_row = 0
+    while in_a_row < 10:  # until the upstream stays full
+        assert time.monotonic() < deadline, "a full upstream was never counted"
+        drops = stats.upstream_drops
+        send(b"x" * (64 * KiB))
+        in_a_row = in_a_row + 1 if stats.upstream_drops > drops else 0
+    assert socketio_ack(gw.port, "chat", "hello") == {"ok": False, "error": "upstream full"}
+    sub.close(linger=0)
+
+
+def next_json_frame(ws, timeout: float) -> Dict[str, Any]:
+    """The next text frame's JSON (keepalive pings skipped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _fin, opcode, payload = ws.recv_frame(max(0.01, deadline - time.monotonic()))
+        if opcode == OP_TEXT:
+            return json.loads(payload)
+
+
+def test_13b_drop_policy_tells_the_client_which_ids_it_lost(make_gateway, pub, wait_subscribed, raw_ws):
+    gw = make_gateway(pub.endpoint, slow_client="drop", max_queue=64 * KiB)
+    wait_subscribed(pub, gw)
+    base = gw.stats.zmq_messages
+    slow = raw_ws(gw.port, rcvbuf=4096, path="/?format=json")  # does not read for now
+    wait_until(lambda: gw.clients == 1)
+    deadline = time.monotonic() + 10
+    sent = 0
+    while gw.stats.dropped_slow < 100:
+        assert time.monotonic() < deadline, "nothing was dropped"
+        for _ in range(20):
+            pub.send(b"%06d " % sent + b"x" * KiB)
+            sent += 1
+        time.sleep(0.002)
+    wait_until(lambda: gw.stats.zmq_messages == base + sent)
+    docs = []
+    while True:  # the backlog
+        try:
+            docs.append(next_json_frame(slow, 0.5))
+        except socket.timeout:
+            break
+    pub.send(b"after")  # its queue has room again: told of what it lost, then this
+    wait_until(lambda: gw.stats.zmq_messages == base + sent + 1)
+    last = gw.last_id
+    docs += read_docs_until(lambda timeout: next_json_frame(slow, timeout), last)
+    first = next(doc["id"] for doc in docs if "id" in doc)
+    gaps = walk_ids(docs, first, last)
+    assert gaps and docs[-1]["data"] == "after"
+    assert sum(high - low + 1 for low, high in gaps) == gw.stats.dropped_slow
+
+
+def test_13c_the_sequencer_counts_what_a_full_gateway_queue_missed(zmq_context):
+    proxy = Sequencer(["tcp://127.0.0.1:*"], ["tcp://127.0.0.1:*"], hwm=10, context=zmq_context)
+    xsub_endpoint = proxy._xsub.getsockopt(zmq.LAST_ENDPOINT).decode()
+    proxy.start()
+    stuck = zmq_context.socket(zmq.SUB)  # a gateway that does not read
+    stuck.setsockopt(zmq.LINGER, 0)
+    stuck.setsockopt(zmq.RCVHWM, 1)
+    stuck.setsockopt(zmq.RCVBUF, 4096)
+    stuck.setsockopt(zmq.SUBSCRIBE, b"")
+    stuck.connect(proxy.xpub_endpoints[0])
+    publisher = zmq_context.socket(zmq.PUB)
+    publisher.setsockopt(zmq.LINGER, 0)
+    publisher.setsockopt(zmq.SNDHWM, 0)
+    publisher.connect(xsub_endpoint)
+    try:
+        deadline = time.monotonic() + 10
+        while not stuck.poll(20):  # subscribed through the proxy
+            assert time.monotonic() < deadline, "nothing came through the proxy"
+            publisher.send(b"first")
+        stuck.recv()
+        received = proxy.forwarded + proxy.dropped
+        for _ in range(2000):
+            publisher.send(b"x" * KiB)
+        wait_until(lambda: proxy.forwarded + proxy.dropped == received + 2000, timeout=10)
+        assert proxy.dropped > 0
+    finally:
+        proxy.stop()
+        for sock in (stuck, publisher):
+            sock.close(linger=0)
 
 
 # -- 14. Bodies, dotfiles, static reads, hung workers, far-future since ---------------------
