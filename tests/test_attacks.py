@@ -162,6 +162,37 @@ def test_3_resume_replay_is_paced_by_max_queue(make_gateway, raw_ws, transport):
     assert gw.stats.slow_closed == 0 and gw.stats.drops == 0
 
 
+def socketio_ws_connect(raw_ws, port: int, auth: Dict[str, Any], rcvbuf: Optional[int] = None):
+    """A Socket.IO client over a raw WebSocket: the Engine.IO open, then CONNECT with ``auth``;
+    (the socket, the CONNECT reply's data)."""
+    ws = raw_ws(port, rcvbuf=rcvbuf, path="/socket.io/?EIO=4&transport=websocket")
+    assert ws.recv_frame()[2].startswith(b"0{")
+    ws.send_frame(OP_TEXT, b"40" + json.dumps(auth).encode())
+    reply = ws.recv_frame()[2]
+    assert reply.startswith(b"40{"), reply
+    return ws, json.loads(reply[2:])
+
+
+def test_3_socketio_recovery_past_max_queue_is_refused(make_gateway, raw_ws):
+    max_queue, size = 256 * KiB, 4 * KiB
+    gw = make_gateway(None, history=5000, max_queue=max_queue, linger=60)
+    ws, first = socketio_ws_connect(raw_ws, gw.port, {})
+    offset = gw.last_id
+    ws.close()  # the transport drops: the session may be recovered for a while
+    wait_until(lambda: not gw.sio.sessions)
+    for i in range(1100):  # 4.3 MiB it missed
+        gw.publish(b"%06d " % i + b"x" * (size - 7))
+    wait_until(lambda: gw.stats.zmq_messages == 1100)
+    peak = queue_peak(gw)
+    ws, again = socketio_ws_connect(raw_ws, gw.port, {"pid": first["pid"], "offset": str(offset)},
+                                    rcvbuf=4096)
+    assert again["pid"] != first["pid"], "recovered: the whole replay was queued at once"
+    time.sleep(0.3)
+    assert peak["bytes"] <= max_queue
+    gw.publish(b"live")  # the new session goes on from now
+    assert ws.recv_frame()[2] == b'42["message","live","%d"]' % gw.last_id
+
+
 # -- 4. Engine.IO sessions without bound -----------------------------------------------------
 
 
