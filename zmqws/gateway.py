@@ -79,8 +79,8 @@ class Gateway(WebSocketServer):
       gateway fed only by :meth:`publish`).  The SUB socket connects to each
       (``bind=True``: binds instead).
     * ``payload_mode``: ``"auto"`` (valid UTF-8 → text frame, else binary),
-      ``"text"`` or ``"binary"``.  The payload is the last part of a
-      multipart message.
+      ``"text"`` (the same: what is not UTF-8 cannot be text) or ``"binary"``.
+      The payload is the last part of a multipart message.
     * ``envelope``: what a client receives by default: ``"payload"``,
       ``"topic"`` (topic, ``separator``, payload) or ``"json"``
       (``{"id", "topic", "data"}``); ``?format=`` overrides per connection.
@@ -91,7 +91,8 @@ class Gateway(WebSocketServer):
       is kept (so a client back after a blip misses nothing).
     * ``history``, ``history_bytes``: messages kept for ``?since=`` resume.
     * ``push_endpoint`` / ``pub_endpoint``: forward client messages upstream
-      as ``[topic, client id, payload]`` on a PUSH / PUB socket (connects, or
+      as ``[topic, client id, payload]`` on a PUSH / PUB socket (an XPUB with
+      ``XPUB_NODROP``, so that a full subscriber is seen) (connects, or
       binds with ``bind=True``); ``upstream_topic``: the topic used when the
       client's message names none; ``client_rate``: messages per second a
       client may send (burst of the same size) before it is closed with 1008;
