@@ -35,7 +35,7 @@ from .handshake import HTTPError, Request, http_response
 from . import metrics as prometheus
 from . import sse
 from .routing import History, Route, Router, Stored, Upstream, topic_matches
-from .server import GONE, STREAM, Client, WebSocketServer
+from .server import STREAM, Client, WebSocketServer
 from .socketio import SIO_POLL_WIRE, SocketIOEndpoint
 from .utf8 import is_utf8
 
@@ -465,7 +465,7 @@ class Gateway(WebSocketServer):
         gaps = self._gaps
         for client in clients:
             state = self._states.get(client)
-            if state is None or client.phase == GONE:
+            if state is None:
                 continue
             if state.envelope == "sio":
                 # Socket.IO has no gap notice: the session ends, the client recovers from the history.
