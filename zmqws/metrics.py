@@ -37,7 +37,8 @@ _COUNTERS = [
     ("messages_in", "zmqws_messages_in_total", "messages received from WebSocket clients"),
     ("bytes_in", "zmqws_bytes_in_total", "bytes read from clients"),
     ("upstream_messages", "zmqws_upstream_messages_total", "client messages forwarded to ZeroMQ"),
-    ("gaps", "zmqws_resume_gaps_total", "gap notices sent to resuming clients"),
+    ("gaps", "zmqws_resume_gaps_total",
+     "gap notices sent (to resuming clients, and for messages dropped), Socket.IO recoveries refused"),
     ("refused", "zmqws_refused_total", "connections refused over a connection limit (503)"),
     ("forbidden", "zmqws_forbidden_total", "requests refused by origin or authentication"),
     ("handshake_timeouts", "zmqws_handshake_timeouts_total", "requests not complete in time"),
@@ -46,7 +47,8 @@ _COUNTERS = [
     ("tls_errors", "zmqws_tls_errors_total", "failed TLS handshakes"),
     ("accept_errors", "zmqws_accept_errors_total", "accept() failures"),
     ("drops", "zmqws_dropped_messages_total", "deliveries not made (slow consumers)"),
-    ("send_errors", "zmqws_send_errors_total", "routes whose messages of a loop turn could not be sent (an internal error)"),
+    ("send_errors", "zmqws_send_errors_total",
+     "routes whose messages of a loop turn could not be sent (an internal error)"),
 ]
 
 _DROP_CAUSES = [
