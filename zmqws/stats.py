@@ -15,7 +15,8 @@ class Stats:
     ``zmq_messages``: messages taken from the ZeroMQ side; ``drops``:
     deliveries not made because of the slow-consumer policy; ``closes``:
     closes by close code (1006 = no close frame); ``gaps``: gap notices sent
-    (to resuming clients, and for messages dropped) and Socket.IO recoveries refused; ``rate_limited``: clients closed for flooding;
+    (to resuming clients, and for messages dropped) and Socket.IO recoveries
+    refused; ``rate_limited``: clients closed for flooding;
     ``upstream_messages``/``upstream_drops``: client messages forwarded to
     ZeroMQ, or dropped because the upstream socket was full; ``send_errors``:
     routes whose messages of a loop turn could not be encoded or queued.
