@@ -11,14 +11,17 @@ code before the fix.  The numbers follow the findings in
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
+import os
 import socket
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 import zmq
+from websockets.sync.client import connect as sync_connect
 
 from conftest import wait_until
 from zmqws.frames import OP_BINARY, OP_TEXT
@@ -128,22 +131,34 @@ def read_docs_until(next_doc, last: int, timeout: float = 20.0) -> List[Dict[str
     return docs
 
 
-@pytest.mark.parametrize("transport", ["websocket", "sse"])
+def resuming_reader(stack: contextlib.ExitStack, raw_ws, port: int, transport: str):
+    """A client that resumes with ``since=0`` (``Last-Event-ID: 0`` for SSE) in the json format
+    and does not read until ``next_doc(timeout)`` reads its next JSON document."""
+    if transport == "websocket":
+        ws = raw_ws(port, rcvbuf=4096, path="/?format=json&since=0")
+        return lambda timeout: next_json_frame(ws, timeout)
+    if transport == "websocket-deflate":  # stops reading once 4 messages wait (flow control)
+        client = stack.enter_context(sync_connect(
+            f"ws://127.0.0.1:{port}/?format=json&since=0", compression="deflate",
+            proxy=None, ping_interval=None, max_queue=4))
+        assert client.protocol.extensions, "permessage-deflate not negotiated"
+        return lambda timeout: json.loads(client.recv(timeout))
+    stream = EventStream(port, "/events?format=json", (("Last-Event-ID", "0"),), rcvbuf=4096)
+    stack.callback(stream.close)
+    assert stream.read_head().startswith(b"HTTP/1.1 200 ")
+    return lambda timeout: json.loads(stream.next_event(timeout)[2])
+
+
+@pytest.mark.parametrize("transport", ["websocket", "websocket-deflate", "sse"])
 def test_3_resume_replay_is_paced_by_max_queue(make_gateway, raw_ws, transport):
-    max_queue, size, stored = 256 * KiB, 4 * KiB, 1100  # a 4.3 MiB history
+    max_queue, size, stored = 256 * KiB, 4 * KiB, 1100  # a 4.3 MiB history (2 MiB compressed)
     gw = make_gateway(None, history=5000, max_queue=max_queue, subscribe_all=True)
-    for i in range(stored):
-        gw.publish(b"%06d " % i + b"x" * (size - 7))
+    for _ in range(stored):
+        gw.publish(os.urandom(size // 2).hex())
     wait_until(lambda: gw.last_id == stored + 1)  # id 1: the subscription's marker
     peak = queue_peak(gw)
-    if transport == "websocket":
-        ws = raw_ws(gw.port, rcvbuf=4096, path="/?format=json&since=0")
-        next_doc = lambda timeout: next_json_frame(ws, timeout)  # noqa: E731
-    else:
-        stream = EventStream(gw.port, "/events?format=json", (("Last-Event-ID", "0"),), rcvbuf=4096)
-        assert stream.read_head().startswith(b"HTTP/1.1 200 ")
-        next_doc = lambda timeout: json.loads(stream.next_event(timeout)[2])  # noqa: E731
-    try:
+    with contextlib.ExitStack() as stack:
+        next_doc = resuming_reader(stack, raw_ws, gw.port, transport)
         time.sleep(0.5)  # the client does not read; live messages go into the history meanwhile
         for i in range(50):
             gw.publish(b"live %d" % i)
@@ -153,9 +168,6 @@ def test_3_resume_replay_is_paced_by_max_queue(make_gateway, raw_ws, transport):
         for i in range(50):  # and while it reads the rest of the replay
             gw.publish(b"later %d" % i)
         docs += read_docs_until(next_doc, stored + 101)
-    finally:
-        if transport == "sse":
-            stream.close()
     gaps = walk_ids(docs, 1, stored + 101)
     assert all(high < 2 for _low, high in gaps), f"stored messages reported lost: {gaps}"
     assert peak["bytes"] <= max_queue + size + 256
