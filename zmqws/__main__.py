@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="forward client messages upstream on a PUSH socket as "
                           "[topic, client id, payload] (connects, or binds with --bind)")
     src.add_argument("--pub", metavar="ENDPOINT",
-                     help="forward client messages upstream on a PUB socket instead of PUSH")
+                     help="forward client messages upstream on a PUB (an XPUB with XPUB_NODROP: "
+                          "a message a subscriber's full queue cannot take is dropped and counted) "
+                          "instead of PUSH")
     src.add_argument("--upstream-topic", default="ws", metavar="TOPIC",
                      help="topic of forwarded client messages that name none (default: %(default)s)")
     src.add_argument("--history", type=int, default=1000, metavar="N",
@@ -98,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="address to listen on (default: %(default)s; 0.0.0.0 for every interface)")
     web.add_argument("--port", type=_port, default=8080, help="port to listen on (default: %(default)s; 0 = any free port)")
     web.add_argument("--payload", choices=("auto", "text", "binary"), default="auto",
-                     help="frame type for messages: auto = text when the payload is valid UTF-8, "
-                          "else binary (default: %(default)s)")
+                     help="frame type for messages: auto (or text) = text when the payload is valid "
+                          "UTF-8, else binary; binary = always binary (default: %(default)s)")
     web.add_argument("--format", choices=("payload", "topic", "json"), default="payload",
                      help="what clients receive: the payload only, topic+separator+payload, or JSON "
                           "{id, topic, data}; a client may choose with ?format= (default: %(default)s)")
@@ -193,13 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument("--max-message-size", type=_size, default=1 << 20, metavar="BYTES",
                      help="largest message accepted from a client; larger → close 1009 (default: 1M)")
     lim.add_argument("--max-queue", type=_size, default=4 << 20, metavar="BYTES",
-                     help="bytes queued for one client before the slow-client policy applies (default: 4M)")
+                     help="bytes queued for one client before the slow-client policy applies; "
+                          "resume replays are paced to it (default: 4M)")
     lim.add_argument("--client-rate", type=float, default=100.0, metavar="N",
                      help="messages per second a client may send (bursts of as many) before it is "
                           "closed with 1008; 0 = no limit (default: %(default)s)")
     lim.add_argument("--slow-client", choices=("close", "drop"), default="close",
-                     help="slow-client policy: close it with 1008, or drop messages for it "
-                          "(default: %(default)s); both are counted")
+                     help="slow-client policy: close it with 1008, or drop messages for it and "
+                          "send it a gap notice naming their ids (default: %(default)s); both are counted")
     lim.add_argument("--max-header-size", type=_size, default=8192, metavar="BYTES",
                      help="largest HTTP request head; larger → 431 (default: 8K)")
     lim.add_argument("--ping-interval", type=_seconds, default=20.0, metavar="S",

@@ -85,7 +85,8 @@ def _endpoint_reason(exc: zmq.ZMQError) -> str:
 class _ClientState:
     """What the gateway keeps per WebSocket client."""
 
-    __slots__ = ("prefixes", "envelope", "wire", "tokens", "tokens_at", "client_id", "chose_topics")
+    __slots__ = ("prefixes", "envelope", "wire", "tokens", "tokens_at", "client_id", "chose_topics",
+                 "replayed")
 
     def __init__(self, prefixes: List[bytes], envelope: str, wire: Any, rate: float, now: float,
                  client_id: Optional[bytes], chose_topics: bool = False) -> None:
@@ -96,6 +97,7 @@ class _ClientState:
         self.tokens_at = now
         self.client_id = client_id  # None: "PID.CLIENT_ID", made when first needed
         self.chose_topics = chose_topics  # the request named topics (else: everything allowed)
+        self.replayed = 0  # a paced resume: the last id the replay has dealt with
 
 
 class Gateway(WebSocketServer):
@@ -107,8 +109,8 @@ class Gateway(WebSocketServer):
       gateway fed only by :meth:`publish`).  The SUB socket connects to each
       (``bind=True``: binds instead).
     * ``payload_mode``: ``"auto"`` (valid UTF-8 → text frame, else binary),
-      ``"text"`` or ``"binary"``.  The payload is the last part of a
-      multipart message.
+      ``"text"`` (the same: what is not UTF-8 cannot be text) or ``"binary"``.
+      The payload is the last part of a multipart message.
     * ``envelope``: what a client receives by default: ``"payload"``,
       ``"topic"`` (topic, ``separator``, payload) or ``"json"``
       (``{"id", "topic", "data"}``); ``?format=`` overrides per connection.
@@ -124,7 +126,8 @@ class Gateway(WebSocketServer):
       is kept (so a client back after a blip misses nothing).
     * ``history``, ``history_bytes``: messages kept for ``?since=`` resume.
     * ``push_endpoint`` / ``pub_endpoint``: forward client messages upstream
-      as ``[topic, client id, payload]`` on a PUSH / PUB socket (connects, or
+      as ``[topic, client id, payload]`` on a PUSH / PUB socket (an XPUB with
+      ``XPUB_NODROP``, so that a full subscriber is seen) (connects, or
       binds with ``bind=True``); ``upstream_topic``: the topic used when the
       client's message names none; ``client_rate``: messages per second a
       client may send (burst of the same size) before it is closed with 1008;
@@ -260,6 +263,9 @@ class Gateway(WebSocketServer):
         clock = 0 if upstream_ids else int(time.time() * 1_000_000)
         self._last_id = clock if first_id is None else first_id - 1
         self._active: List[Route] = []  # routes with messages this turn
+        self._send_error_log_at = 0.0  # when a send error may be logged again
+        # slow_client="drop": the ids dropped for a client, [first, last], until it is told
+        self._gaps: Dict[Client, List[int]] = {}
         self._states: Dict[Client, _ClientState] = {}
         # upstream_ids: resuming clients waiting for this gateway to take the id they saw
         self._behind: Dict[Any, int] = {}
@@ -326,11 +332,16 @@ class Gateway(WebSocketServer):
             monitor.add(endpoint, sub.getsockopt_string(zmq.LAST_ENDPOINT) if self.bind else endpoint)
         self.loop.register(monitor.socket, zmq.POLLIN, monitor.on_events)
         if self.push_endpoint or self.pub_endpoint:
-            kind = zmq.PUSH if self.push_endpoint else zmq.PUB
-            out = self._context.socket(kind)
+            # --pub is an XPUB with XPUB_NODROP: to subscribers it is a PUB, but at the
+            # high-water mark its send raises Again (a PUB drops silently), so a full
+            # upstream is counted and a Socket.IO ack says so.
+            out = self._context.socket(zmq.PUSH if self.push_endpoint else zmq.XPUB)
             out.setsockopt(zmq.LINGER, 0)
             out.setsockopt(zmq.SNDHWM, self.upstream_hwm)
             self._out = out
+            if self.pub_endpoint:
+                out.setsockopt(zmq.XPUB_NODROP, 1)
+                self.loop.register(out, zmq.POLLIN, self._on_out)
             self._attach(out, self.push_endpoint or self.pub_endpoint,
                          "PUSH" if self.push_endpoint else "PUB")
         if self.subscribe_all:
@@ -373,8 +384,8 @@ class Gateway(WebSocketServer):
         for name in ("_sub", "_out"):
             sock = getattr(self, name)
             if sock is not None:
-                if self.loop is not None and name == "_sub":
-                    self.loop.unregister(sock)
+                if self.loop is not None:
+                    self.loop.unregister(sock)  # a no-op for a socket never registered
                 sock.close(linger=0)
                 setattr(self, name, None)
         if self._own_context and self._context is not None:
@@ -483,6 +494,16 @@ class Gateway(WebSocketServer):
                         "(%d gaps, %d messages so far)", self._last_id, msg_id, missed,
                         self.stats.upstream_gaps, self.stats.upstream_missed)
 
+    def _on_out(self, _revents: int) -> None:
+        """The --pub XPUB's subscription messages: not needed (the XPUB filters by itself),
+        read and dropped so that subscribers cannot make them pile up."""
+        recv = self._out.recv
+        for _ in range(self.drain_budget):
+            try:
+                recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+
     def _take_published(self) -> None:
         published = self._published
         while published:
@@ -493,11 +514,9 @@ class Gateway(WebSocketServer):
         """One message in: an id, the history, and the routes that get it."""
         self._last_id += 1
         self.stats.zmq_messages += 1
-        mode = self.payload_mode
-        if mode == "auto":
-            opcode = OP_TEXT if is_utf8(payload) else OP_BINARY
-        else:
-            opcode = OP_TEXT if mode == "text" else OP_BINARY
+        # "text" is text when it can be: a payload that is not UTF-8 cannot be a text frame
+        # (RFC 6455 §5.6), a JSON string or a Socket.IO string, so it goes out as binary.
+        opcode = OP_TEXT if self.payload_mode != "binary" and is_utf8(payload) else OP_BINARY
         multipart = topic is not None
         stored = Stored(self._last_id, topic if multipart else b"", payload, opcode, multipart)
         self.history.add(stored)
@@ -510,7 +529,12 @@ class Gateway(WebSocketServer):
     # -- messages out -----------------------------------------------------------------
 
     def _send_batch(self) -> None:
-        """After each turn: per route, one joined ``bytes`` queued on every member."""
+        """After each turn: per route, one joined ``bytes`` queued on every member.
+
+        Each route is on its own: an exception in one route's work is logged (at most
+        once a minute), counted in ``stats.send_errors`` and costs that route this
+        turn's messages, never another route's nor a later turn's.
+        """
         active = self._active
         if not active:
             return
@@ -521,26 +545,73 @@ class Gateway(WebSocketServer):
             route.pending = []
             if not route.members:
                 continue
-            envelope, wire = route.envelope, route.wire
-            if wire == POLL:
-                for client in list(route.members):
-                    self._answer_poll(client, batch)
+            try:
+                self._send_route(route, batch, cache)
+            except Exception:
+                self.stats.send_errors += 1
+                now = time.monotonic()
+                if now >= self._send_error_log_at:
+                    self._send_error_log_at = now + 60.0
+                    log.exception("cannot send %d message(s) to route %s (%d client(s)); "
+                                  "further errors are counted in send_errors, logged once a minute",
+                                  len(batch), route.key[1:], len(route.members))
+
+    def _send_route(self, route: Route, batch: List[Stored],
+                    cache: Optional[Dict[Tuple[int, str, Any], bytes]]) -> None:
+        """One route's messages of this turn, encoded once, queued on every member."""
+        envelope, wire = route.envelope, route.wire
+        if wire == POLL:
+            for client in list(route.members):
+                self._answer_poll(client, batch)
+            return
+        if wire == SIO_POLL_WIRE:
+            self.sio.deliver_polling(list(route.members), batch)
+            return
+        if cache is None:
+            frames = [self._encode(m, envelope, wire) for m in batch]
+        else:
+            frames = []
+            for m in batch:
+                key = (m.id, envelope, wire)
+                frame = cache.get(key)
+                if frame is None:
+                    frame = cache[key] = self._encode(m, envelope, wire)
+                frames.append(frame)
+        blob = frames[0] if len(frames) == 1 else b"".join(frames)
+        if self._gaps:
+            self._tell_gaps(route.members, len(blob))
+        over = self.fanout(blob, route.members, len(frames))
+        if over and self.slow_client == "drop":
+            self._note_drops(over, batch[0].id, batch[-1].id)
+
+    def _note_drops(self, clients: List[Client], first: int, last: int) -> None:
+        """``slow_client="drop"``: remember the ids each client lost (ids ``first``..``last``
+        of its topics), to tell it before the next message it gets (:meth:`_tell_gaps`)."""
+        gaps = self._gaps
+        for client in clients:
+            state = self._states.get(client)
+            if state is None:
                 continue
-            if wire == SIO_POLL_WIRE:
-                self.sio.deliver_polling(list(route.members), batch)
+            if state.envelope == "sio":
+                # Socket.IO has no gap notice: the session ends, the client recovers from the history.
+                self._slow_client(client, 0, force_close=True)
                 continue
-            if cache is None:
-                frames = [self._encode(m, envelope, wire) for m in batch]
-            else:
-                frames = []
-                for m in batch:
-                    key = (m.id, envelope, wire)
-                    frame = cache.get(key)
-                    if frame is None:
-                        frame = cache[key] = self._encode(m, envelope, wire)
-                    frames.append(frame)
-            blob = frames[0] if len(frames) == 1 else b"".join(frames)
-            self.fanout(blob, route.members, len(frames))
+            gap = gaps.get(client)
+            gaps[client] = [gap[0] if gap is not None else first, last]
+
+    def _tell_gaps(self, members: Dict[Client, None], size: int) -> None:
+        """Queue a gap notice ``{"gap": [first, last]}`` (the ids dropped) on each member that
+        lost messages, when it and the next ``size`` bytes fit in the member's queue."""
+        gaps = self._gaps
+        limit = self.max_queue
+        told = [c for c in (gaps if len(gaps) < len(members) else members) if c in gaps and c in members]
+        for client in told:
+            session = client.session
+            notice = self._encode_notice(self._states[client], {"gap": gaps[client]})
+            if session.out_bytes + len(notice) + size <= limit or not session.out_bytes:
+                session.queue(notice)
+                del gaps[client]
+                self.stats.gaps += 1
 
     def _encode(self, m: Stored, envelope: str, wire: Any) -> bytes:
         """One message on the wire: a WebSocket frame (plain, or compressed for a deflate
@@ -740,22 +811,64 @@ class Gateway(WebSocketServer):
 
     def _resume(self, client: Client, state: "_ClientState", since: Optional[int]) -> None:
         """Replay what a joining client missed after ``since`` (a gap notice first), then route it."""
-        if since is not None:
+        if since is None:
+            self.router.add(client, state.prefixes, state.envelope, state.wire)
+            return
+        if state.wire == POLL:
             notice, missed = self._missed(state, since)
-            if state.wire == POLL:
-                if notice is not None or missed:
-                    self._answer_poll(client, ([notice] if notice else []) + missed)
+            if notice is not None or missed:
+                self._answer_poll(client, ([notice] if notice else []) + missed)
+                return
+            self.router.add(client, state.prefixes, state.envelope, state.wire)
+            return
+        notice = self._gap_notice(state, since)
+        if notice is not None:
+            client.session.queue(self._encode_notice(state, notice))
+            since = max(since, self.history.first_missing)  # the evicted ids are in the notice
+        self._replay(client, state, since)
+
+    def _replay(self, client: Client, state: "_ClientState", after: int) -> None:
+        """Paced resume: the messages after id ``after`` for the client's topics, as many as
+        fit in its queue (``max_queue``; at least one into an empty queue).
+
+        When they do not all fit, the client stays off the routes and the replay goes
+        on from where it stopped once its queue drains below half of ``max_queue``
+        (:meth:`_refill_client`); what arrives meanwhile is in the history, so it comes
+        in order and once.  When the replay has caught up, the client is routed.  Ids
+        evicted from the history before the client read them are named in a gap notice.
+        """
+        self._send_batch()  # this turn's messages are in the history: the replay sends them
+        history = self.history
+        session = client.session
+        if after < history.first_missing:
+            self.stats.gaps += 1
+            session.queue(self._encode_notice(state, {"gap": [after + 1, history.first_missing]}))
+            after = history.first_missing
+        limit = self.max_queue
+        envelope, wire, prefixes = state.envelope, state.wire, state.prefixes
+        stats = self.stats
+        self._queued(client)
+        for m in history.after(after):
+            if topic_matches(m.topic if m.multipart else m.payload, prefixes):
+                frame = self._encode(m, envelope, wire)
+                if session.out_bytes + len(frame) > limit and session.out_bytes:
+                    self._refill[client] = None
+                    state.replayed = after
                     return
-            else:
-                if notice is not None:
-                    client.session.queue(self._encode_notice(state, notice))
-                for m in missed:
-                    frame = self._encode(m, state.envelope, state.wire)
-                    client.session.queue(frame)
-                    self.stats.messages_out += 1
-                    self.stats.bytes_out += len(frame)
-                self._queued(client)
-        self.router.add(client, state.prefixes, state.envelope, state.wire)
+                session.queue(frame)
+                stats.messages_out += 1
+                stats.bytes_out += len(frame)
+            after = m.id
+        self._refill.pop(client, None)
+        self.router.add(client, prefixes, envelope, wire)
+
+    def _refill_client(self, client: Client) -> None:
+        """A client's queue drained during a paced replay: go on with it."""
+        state = self._states.get(client)
+        if state is None:
+            self._refill.pop(client, None)
+        else:
+            self._replay(client, state, state.replayed)
 
     def _behind_too_long(self, client: Client) -> None:
         """upstream_ids: the id a client saw did not come within ``handshake_timeout``: resume it
@@ -781,6 +894,14 @@ class Gateway(WebSocketServer):
     def _missed(self, state: "_ClientState", since: int) -> Tuple[Optional[Dict[str, Any]], List[Stored]]:
         """Resume: a gap notice if the ids after ``since`` are not all known, and the
         messages in the history after ``since`` for the client's topics."""
+        notice = self._gap_notice(state, since)
+        missed = [m for m in self.history.after(since)
+                  if topic_matches(m.topic if m.multipart else m.payload, state.prefixes)]
+        return notice, missed
+
+    def _gap_notice(self, state: "_ClientState", since: int) -> Optional[Dict[str, Any]]:
+        """Resume: a gap notice naming the ids after ``since`` the gateway cannot vouch for
+        (evicted from the history, or not subscribed upstream meanwhile), or None."""
         ranges = []
         if since > self._last_id:
             # Ids this gateway never gave (another run's, or a gateway far ahead): resume from
@@ -793,17 +914,16 @@ class Gateway(WebSocketServer):
             blind = self.upstream.gap(prefix, since)  # not subscribed upstream for a while
             if blind is not None:
                 ranges.append(blind)
-        notice = None
-        if ranges:
-            self.stats.gaps += 1
-            notice = {"gap": [min(r[0] for r in ranges), max(r[1] for r in ranges)]}
-        missed = [m for m in self.history.after(since)
-                  if topic_matches(m.topic if m.multipart else m.payload, state.prefixes)]
-        return notice, missed
+        if not ranges:
+            return None
+        self.stats.gaps += 1
+        return {"gap": [min(r[0] for r in ranges), max(r[1] for r in ranges)]}
 
     def _forget(self, member: Any) -> None:
         state = self._states.pop(member, None)
         self._behind.pop(member, None)
+        self._refill.pop(member, None)
+        self._gaps.pop(member, None)
         self.router.remove(member)
         if state is not None:
             self._unsubscribe(state.prefixes)
@@ -944,8 +1064,8 @@ class Gateway(WebSocketServer):
             if prefix not in old:
                 self._want(prefix)
         state.prefixes = prefixes
-        if client in self._behind:
-            pass  # waiting to resume (upstream_ids): routed with these prefixes when it does
+        if client in self._behind or client in self._refill:
+            pass  # waiting to resume (upstream_ids) or resuming: routed with these prefixes after
         elif prefixes:
             self.router.add(client, prefixes, state.envelope, state.wire)
         else:

@@ -42,7 +42,8 @@ _COUNTERS = [
     ("messages_in", "zmqws_messages_in_total", "messages received from WebSocket clients"),
     ("bytes_in", "zmqws_bytes_in_total", "bytes read from clients"),
     ("upstream_messages", "zmqws_upstream_messages_total", "client messages forwarded to ZeroMQ"),
-    ("gaps", "zmqws_resume_gaps_total", "gap notices sent to resuming clients"),
+    ("gaps", "zmqws_resume_gaps_total",
+     "gap notices sent (to resuming clients, and for messages dropped), Socket.IO recoveries refused"),
     ("refused", "zmqws_refused_total",
      "connections and Socket.IO polling sessions refused over a connection limit (503)"),
     ("forbidden", "zmqws_forbidden_total", "requests refused by origin or authentication"),
@@ -66,6 +67,8 @@ _COUNTERS = [
     ("upstream_gaps", "zmqws_upstream_gaps_total",
      "jumps in upstream message ids while every topic is subscribed (--upstream-ids)"),
     ("upstream_missed", "zmqws_upstream_missed_total", "message ids skipped by those jumps"),
+    ("send_errors", "zmqws_send_errors_total",
+     "routes whose messages of a loop turn could not be sent (an internal error)"),
 ]
 
 _DROP_CAUSES = [

@@ -14,7 +14,8 @@ at the publishers.
   big-endian) as the second part of every message, so that every gateway
   behind the proxy (``zmqws --upstream-ids``) numbers messages alike and a
   client may resume (``?since=``) on any of them.  ``--stats S`` logs the
-  counts every S seconds (also a Python forwarding mode).
+  counts every S seconds (also a Python forwarding mode): messages forwarded,
+  and messages dropped (that a gateway whose queue was full did not get).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Sequencer:
         # Microseconds since the epoch: larger than any id an earlier run gave at <1 M msg/s.
         self.next_id = first_id if first_id is not None else int(time.time() * 1_000_000)
         self.forwarded = 0
+        self.dropped = 0  # messages a gateway's full queue missed (the others still got them)
         self.subscriptions = 0
         self._xsub = self._context.socket(zmq.XSUB)
         self._xpub = self._context.socket(zmq.XPUB)
@@ -75,6 +77,9 @@ class Sequencer:
         self.monitor = (UpstreamMonitor(self._xsub.get_monitor_socket(), not connect_xsub,
                                         self._calls.append, on_change=self._write_status)
                         if status_file else None)
+        # An XPUB drops silently for a subscriber whose queue is full; with XPUB_NODROP the
+        # send raises Again instead (and sends to nobody), so a drop is seen: see _send.
+        self._xpub.setsockopt(zmq.XPUB_NODROP, 1)
         try:
             for endpoint in xsub:
                 (self._xsub.connect if connect_xsub else self._xsub.bind)(endpoint)
@@ -144,14 +149,28 @@ class Sequencer:
                     if self.stamp:
                         parts.insert(1, self.next_id.to_bytes(8, "big"))
                         self.next_id += 1
-                    try:
-                        xpub.send_multipart(parts, zmq.NOBLOCK)
-                    except zmq.Again:  # pragma: no cover - XPUB drops rather than blocks
-                        pass
+                    self._send(parts)
                     if capture is not None:
                         capture.send_multipart(parts, zmq.NOBLOCK)
-                    self.forwarded += 1
         self.close()
+
+    def _send(self, parts: List[bytes]) -> None:
+        """Forward one message; one that a gateway's full queue cannot take is counted in
+        ``dropped`` (not ``forwarded``) and still sent to the gateways that have room
+        (the proxy never waits for a slow gateway)."""
+        xpub = self._xpub
+        try:
+            xpub.send_multipart(parts, zmq.NOBLOCK)
+            self.forwarded += 1
+            return
+        except zmq.Again:
+            pass
+        self.dropped += 1
+        xpub.setsockopt(zmq.XPUB_NODROP, 0)
+        try:
+            xpub.send_multipart(parts, zmq.NOBLOCK)
+        finally:
+            xpub.setsockopt(zmq.XPUB_NODROP, 1)
 
     def stop(self) -> None:
         self._stop.set()
@@ -253,8 +272,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         while True:
             time.sleep(args.stats or 3600)
             if args.stats:
-                log.info("forwarded %d messages, %d subscription changes",
-                         proxy.forwarded, proxy.subscriptions)
+                log.info("forwarded %d messages, %d missed by a full gateway queue "
+                         "(dropped), %d subscription changes",
+                         proxy.forwarded, proxy.dropped, proxy.subscriptions)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 1

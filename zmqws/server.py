@@ -276,6 +276,7 @@ class WebSocketServer:
         self._clients: Dict[int, Client] = {}        # fd -> client
         self._ws_clients: Dict[Client, None] = {}    # open WebSocket clients, in connect order
         self._dirty: Dict[Client, None] = {}         # clients with output queued this turn
+        self._refill: Dict[Client, None] = {}        # clients to refill when their queue drains
         self._next_id = 1
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
@@ -891,12 +892,13 @@ class WebSocketServer:
                 if not client.want_write and client.phase != GONE:
                     self._flush(client)
 
-    def fanout(self, frames: bytes, clients: Iterable[Client], count: int) -> None:
+    def fanout(self, frames: bytes, clients: Iterable[Client], count: int) -> Optional[List[Client]]:
         """Queue the same encoded ``frames`` (``count`` messages) on every client (loop thread).
 
         This is the hot path: per client, an append and an addition; the
         slow-consumer policy applies past ``max_queue``; the output is flushed
-        at the end of the turn.
+        at the end of the turn.  Returns the clients the frames did not fit
+        (the policy applied to them), or None.
         """
         size = len(frames)
         limit = self.max_queue
@@ -920,6 +922,7 @@ class WebSocketServer:
         if over:
             for client in over:
                 self._slow_client(client, count)
+        return over
 
     def _slow_client(self, client: Client, count: int, force_close: bool = False) -> None:
         """The slow-consumer policy (its queue would pass ``max_queue``); ``force_close``:
@@ -976,12 +979,19 @@ class WebSocketServer:
             if client.phase == GONE:
                 return
             out = client.session.out
+        if client in self._refill and session.out_bytes <= self.max_queue >> 1:
+            self._refill_client(client)
         if out:
             self._want_write(client, True)
             return
         self._want_write(client, False)
         if client.close_after_flush:
             self._linger(client)
+
+    def _refill_client(self, client: Client) -> None:
+        """A client in ``_refill`` has drained below half of ``max_queue``: queue more
+        (subclasses pace long replays with it; see ``Gateway._replay``)."""
+        self._refill.pop(client, None)
 
     # -- closing ----------------------------------------------------------------
 

@@ -529,10 +529,12 @@ class SocketIOEndpoint:
             state = gateway._new_state(session.member, prefixes, "sio", session.client_id)
             gateway._subscribe(prefixes)
             notice, missed = gateway._missed(state, since)
-            if notice is None:
+            if notice is None and self._replay_fits(missed):
                 recovered = (sio_sid, pid)
                 replay = missed
             else:
+                if notice is None:  # too much to replay at once: no recovery (the client knows)
+                    gateway.stats.gaps += 1
                 gateway._unsubscribe(prefixes)
                 gateway._states.pop(session.member, None)
         if recovered is not None:
@@ -562,6 +564,15 @@ class SocketIOEndpoint:
         gateway.router.add(session.member, prefixes, "sio", wire)
         log.debug("socket.io session %s connected (%s), topics %s", session,
                   "recovered" if recovered else "new", prefixes)
+
+    def _replay_fits(self, replay: List[Stored]) -> bool:
+        """Whether a recovery replay's packets fit in ``max_queue`` (the bound of every queue)."""
+        size = 0
+        for m in replay:
+            size += sum(len(payload) + 1 for _, payload in self.event_packets(m))
+            if size > self.gateway.max_queue:
+                return False
+        return True
 
     def _leave(self, session: EngineSession) -> None:
         """The socket left (DISCONNECT, or the session closed): keep it recoverable for a while."""

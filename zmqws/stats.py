@@ -15,13 +15,15 @@ class Stats:
     ``zmq_messages``: messages taken from the ZeroMQ side; ``drops``:
     deliveries not made because of the slow-consumer policy; ``closes``:
     closes by close code (1006 = no close frame); ``gaps``: gap notices sent
-    to resuming clients; ``rate_limited``: clients closed for flooding;
+    (to resuming clients, and for messages dropped) and Socket.IO recoveries
+    refused; ``rate_limited``: clients closed for flooding;
     ``upstream_messages``/``upstream_drops``: client messages forwarded to
     ZeroMQ, or dropped because the upstream socket was full; ``topics_refused``:
     topic requests refused (rights or caps); ``writes_refused``: client messages
     not forwarded because the client may not write their topic;
     ``upstream_gaps``/``upstream_missed``: with upstream ids, jumps in the ids
-    seen while every topic is subscribed, and the ids they skipped.
+    seen while every topic is subscribed, and the ids they skipped;
+    ``send_errors``: routes whose messages of a loop turn could not be encoded or queued.
     """
 
     __slots__ = ("connections", "ws_connections", "http_requests", "http_errors",
@@ -32,7 +34,7 @@ class Stats:
                  "refused", "forbidden", "tls_errors", "idle_closed", "malformed", "sio_sessions",
                  "topics_refused", "writes_refused",
                  "pipeline_paused", "requests_capped", "host_refused",
-                 "bodies_refused", "upstream_gaps", "upstream_missed", "closes")
+                 "bodies_refused", "upstream_gaps", "upstream_missed", "send_errors", "closes")
 
     # every counter is an int (set to 0 in __init__); closes maps a close code to a count
     connections: int
@@ -71,6 +73,7 @@ class Stats:
     bodies_refused: int
     upstream_gaps: int
     upstream_missed: int
+    send_errors: int
     closes: Dict[int, int]
 
     def __init__(self) -> None:
