@@ -214,6 +214,28 @@ class Good(asyncio.Protocol):
             self.gone.set_result(True)
 
 
+def parse_frame(buf: bytes, pos: int = 0) -> Optional[Tuple[int, bytes, int]]:
+    """The server frame (unmasked) at ``buf[pos:]``: (opcode, payload, the position after it),
+    or None while it is incomplete (RFC 6455 §5.2)."""
+    n = len(buf)
+    if n - pos < 2:
+        return None
+    b0, length = buf[pos], buf[pos + 1] & 0x7F
+    hl = 2
+    if length == 126:
+        if n - pos < 4:
+            return None
+        length, hl = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+    elif length == 127:
+        if n - pos < 10:
+            return None
+        length, hl = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+    end = pos + hl + length
+    if end > n:
+        return None
+    return b0 & 0x0F, buf[pos + hl:end], end
+
+
 class Raw:
     """A misbehaving client's socket with a few helpers (non-blocking, through the loop)."""
 
@@ -225,6 +247,7 @@ class Raw:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.setblocking(False)
         self.buf = b""
+        self.pos = 0  # where the frames not yet read start in buf
 
     async def connect(self) -> None:
         await asyncio.wait_for(self.loop.sock_connect(self.sock, ("127.0.0.1", self.port)), 10)
@@ -246,52 +269,42 @@ class Raw:
         if not head.startswith(b"HTTP/1.1 101 "):
             raise AssertionError(f"no 101: {head[:40]!r}")
 
+    async def frame(self, timeout: float) -> Tuple[Optional[int], bytes]:
+        """The next server frame, (opcode, payload); (None, b"timeout"), (None, b"eof") or
+        (None, b"reset") when none comes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = parse_frame(self.buf, self.pos)
+            if found is not None:
+                opcode, payload, self.pos = found
+                return opcode, payload
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None, b"timeout"
+            try:
+                chunk = await self.recv(262144, remaining)
+            except asyncio.TimeoutError:
+                return None, b"timeout"
+            except (ConnectionResetError, BrokenPipeError):
+                return None, b"reset"
+            if not chunk:
+                return None, b"eof"
+            self.buf = self.buf[self.pos:] + chunk
+            self.pos = 0
+
     async def until_close(self, timeout: float) -> Tuple[str, List[int]]:
         """Read frames until a close frame ("1008"...), EOF ("eof") or reset ("reset");
         also the sequence numbers of the data frames seen on the way."""
         deadline = time.monotonic() + timeout
         seqs: List[int] = []
-        buf = self.buf
         while True:
-            pos = 0
-            n = len(buf)
-            while n - pos >= 2:
-                b0, b1 = buf[pos], buf[pos + 1] & 0x7F
-                hl, length = 2, b1
-                if b1 == 126:
-                    if n - pos < 4:
-                        break
-                    length, hl = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
-                elif b1 == 127:
-                    if n - pos < 10:
-                        break
-                    length, hl = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
-                if n - pos < hl + length:
-                    break
-                opcode = b0 & 0x0F
-                payload = buf[pos + hl:pos + hl + length]
-                pos += hl + length
-                if opcode in (1, 2) and payload != END:
-                    seqs.append(int(payload[:10]))
-                elif opcode == 8:
-                    self.buf = buf[pos:]
-                    code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-                    return str(code), seqs
-            buf = buf[pos:]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.buf = buf
-                return "timeout", seqs
-            try:
-                chunk = await self.recv(262144, remaining)
-            except asyncio.TimeoutError:
-                self.buf = buf
-                return "timeout", seqs
-            except (ConnectionResetError, BrokenPipeError):
-                return "reset", seqs
-            if not chunk:
-                return "eof", seqs
-            buf += chunk
+            opcode, payload = await self.frame(deadline - time.monotonic())
+            if opcode is None:
+                return payload.decode(), seqs
+            if opcode in (1, 2) and payload != END:
+                seqs.append(int(payload[:10]))
+            elif opcode == 8:
+                return str(int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005), seqs
 
     def close(self, reset: bool = False) -> None:
         try:
