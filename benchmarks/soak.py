@@ -577,6 +577,22 @@ class GatewayProcess:
     def tracebacks(self) -> int:
         return sum(line.count("Traceback") for line in self.stderr_lines)
 
+    def exceptions(self) -> Counter:
+        """The exceptions of the tracebacks in stderr ("Type: message" at "file:line"), counted."""
+        found: Counter = Counter()
+        where = None
+        inside = False
+        for line in self.stderr_lines:
+            if line.startswith("Traceback"):
+                inside = True
+            elif inside and line.startswith("  File "):
+                where = line.split('"')[1].rsplit("/", 1)[-1] + ":" + line.split("line ")[1].split(",")[0]
+            elif inside and not line.startswith(" "):
+                inside = line.startswith("During handling") or not line.strip()
+                if not inside:
+                    found[f"{line.strip()[:120]} at {where}"] += 1
+        return found
+
     def stop(self, timeout: float) -> Optional[int]:
         """SIGTERM, ``timeout`` s to exit (then SIGKILL); the exit status."""
         self._stop_sampling.set()
