@@ -56,9 +56,11 @@ The checks (a table; exit status 1 if any fails):
 * the PULL socket received nothing outside the write rights (``orders.``), and the allowed
   writes did arrive;
 * the gateway's RSS, sampled every second from ``/proc/PID/status``, stayed under
-  ``baseline + 64 KiB x (good clients + idle + queueing attackers)
-  + --max-queue x queueing attackers + 32 MiB``, where the queueing attackers are the
-  connections the attacks and slots hold at once (all but the idle ones);
+  ``baseline + 64 KiB x --max-connections + --max-queue x queueing attackers + 32 MiB``:
+  the gateway runs with ``--max-connections`` = good clients + idle + queueing attackers
+  + 200 (handshakes, Engine.IO sessions, probes); the queueing attackers are the
+  connections the attacks and slots hold at once that can make the gateway queue output
+  (all but the idle ones: 14 + ``--slots``); the 32 MiB are the interpreter's arenas;
 * ``/healthz``, probed every 100 ms on a new connection by a process of its own, answered
   200 every time, within 50 ms (p50, p99 and max are reported);
 * every soak episode got its expected answer; every attack ran;
@@ -694,6 +696,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
+def max_connections(args: argparse.Namespace, queueing: int) -> int:
+    """The gateway's --max-connections: every client of the run at once, and 200 to spare
+    (connections in their handshake, Engine.IO sessions, the probes)."""
+    return args.clients + args.idle + queueing + 200
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import zmq
 
@@ -713,7 +721,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     gateway = GatewayProcess([
         "--sub", sub_endpoint, "--subscribe-all", "--token-file", token_file, "--push", push_endpoint,
         "--payload", "text", "--max-queue", str(args.max_queue), "--handshake-timeout", str(args.handshake_timeout),
-        "--max-connections", str(args.clients + args.idle + queueing + 200)])
+        "--max-connections", str(max_connections(args, queueing))])
     procs: list[Any] = []
     written: Counter = Counter()
     stop_pull = threading.Event()
@@ -842,7 +850,7 @@ def verdict(args: argparse.Namespace, result: dict[str, Any], gateway: GatewayPr
     baseline = figures["baseline"]
     samples = gateway.samples
     peak = max([rss for _, rss in samples] + [figures["rss_connected"]])
-    connections = args.clients + args.idle + figures["queueing"]
+    connections = max_connections(args, figures["queueing"])
     bound = baseline + connections * 64 * 1024 + figures["queueing"] * args.max_queue + 32 * 1024 * 1024
     latencies = [lat for _, lat, _ in probes]
     answered = [lat for _, lat, status in probes if status == 200]
@@ -897,7 +905,8 @@ def verdict(args: argparse.Namespace, result: dict[str, Any], gateway: GatewayPr
          f"{attackers.get('allowed_writes', 0)} sent", not outside and allowed_arrived > 0),
         ("gateway RSS peak under the bound",
          f"peak {peak / mib:.1f} MiB <= {bound / mib:.1f} MiB (baseline {baseline / mib:.1f} + 64 KiB x "
-         f"{connections} + {args.max_queue // 1024} KiB x {figures['queueing']} + 32)", peak <= bound),
+         f"{connections} connections + {args.max_queue // 1024} KiB x {figures['queueing']} + 32)",
+         peak <= bound),
         (f"/healthz answered 200 within {HEALTHZ_LIMIT * 1000:.0f} ms every 100 ms",
          f"{len(answered)}/{len(probes)} answered (of ~{expected_probes}), p50 {p50 * 1000:.1f} ms, "
          f"p99 {p99 * 1000:.1f} ms, max {worst * 1000:.1f} ms, {len(slow)} slow or failed",
@@ -940,6 +949,8 @@ def print_report(result: dict[str, Any]) -> None:
     print()
     print(f"gateway RSS: baseline {rss['baseline'] / 2**20:.1f} MiB, with clients {rss['connected'] / 2**20:.1f} MiB, "
           f"peak {rss['peak'] / 2**20:.1f} MiB")
+    print(f"longest gateway loop turn {result['metrics'].get('zmqws_loop_turn_max_seconds', 0) * 1000:.0f} ms; "
+          f"longest client event-loop lag {result['client_loop_lag_max'] * 1000:.0f} ms")
     print(f"/healthz: {health['probes']} probes, {health['answered_200']} answered 200, p50 {health['p50_ms']} ms, "
           f"p99 {health['p99_ms']} ms, max {health['max_ms']} ms")
     print(f"written upstream (PULL): {result['written_upstream']}")
