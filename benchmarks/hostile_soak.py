@@ -94,7 +94,8 @@ GOOD_TOPICS = [b"prices.eu", b"prices.us", b"news.all"]
 SECRET_TOPIC = b"secret.keys"
 ODD_TOPICS = [b"prices.eu", b"news.all"]  # also get the non-UTF-8 messages (attack 6)
 SLOT_TOPIC = "prices.us"                  # the soak episodes read numbered payloads only
-ODD = b"\xff\xfe not UTF-8"
+ODD_TAIL = b" not UTF-8"
+ODD = b"\xff\xfe" + ODD_TAIL
 TOKENS = """\
 # token   read prefixes   write prefixes
 good      prices.,news.   -
@@ -140,7 +141,7 @@ class Reader(Good):
         self.secrets = 0
 
     def message(self, buf: bytearray, start: int, end: int) -> None:
-        if end > start and buf[start] == ODD[0]:
+        if buf[end - len(ODD_TAIL):end] == ODD_TAIL:  # as sent, or with its bytes replaced
             self.odd += 1
         elif buf[start + 11:start + 17] == b"SECRET":
             self.secrets += 1
@@ -680,7 +681,7 @@ def healthz_entry(port: int, start: float, end: float, conn) -> None:
         except OSError:
             pass
         results.append((round(began - start, 2), time.monotonic() - began, status))
-        at += 0.1
+        at = max(at + 0.1, time.monotonic())  # after a slow probe, no burst to catch up
     conn.send(results)
 
 
