@@ -85,7 +85,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import soak
 from soak import END, EXPECTED, REQUEST, GatewayProcess, Good, Raw, client_frame
@@ -210,7 +210,7 @@ class Attacks:
                 self.tally(attack, f"{type(exc).__name__}")
             await asyncio.sleep(min(pause, max(0.0, self.remaining())))
 
-    async def connect(self, rcvbuf: Optional[int] = None) -> Raw:
+    async def connect(self, rcvbuf: int | None = None) -> Raw:
         raw = Raw(asyncio.get_running_loop(), self.port, rcvbuf)
         try:
             await raw.connect()
@@ -252,7 +252,7 @@ async def response_head(raw: Raw, timeout: float = 5.0, body: bool = False) -> i
     return status
 
 
-async def status_of(at: Attacks, data: bytes, rcvbuf: Optional[int] = None) -> tuple[Raw, int]:
+async def status_of(at: Attacks, data: bytes, rcvbuf: int | None = None) -> tuple[Raw, int]:
     """A new connection sending ``data``; (the connection, the response status)."""
     raw = await at.connect(rcvbuf)
     try:
@@ -279,7 +279,7 @@ async def answer(raw: Raw, timeout: float = 5.0) -> str:
             return payload.decode("utf-8", "replace")
 
 
-async def sio_open(at: Attacks, token: str = "hostile") -> tuple[Optional[Raw], str]:
+async def sio_open(at: Attacks, token: str = "hostile") -> tuple[Raw | None, str]:
     """A Socket.IO client over a WebSocket, past the Engine.IO open packet."""
     raw, status = await status_of(at, upgrade(f"/socket.io/?EIO=4&transport=websocket&token={token}"))
     if status != 101:
@@ -304,7 +304,7 @@ async def sio_answer(at: Attacks, raw: Raw, timeout: float = 5.0) -> str:
             if "SECRET" in got:
                 at.violation("socket.io", f"a secret message reached a restricted client: {got[:60]}")
         else:
-            return got[1:] if got.startswith("4") else got
+            return got.removeprefix("4")
 
 
 async def no_secret(at: Attacks, attack: str, raw: Raw, seconds: float) -> None:
@@ -898,23 +898,23 @@ def verdict(args: argparse.Namespace, result: dict[str, Any], gateway: GatewayPr
              f"{t.decode()} {n}" for t, n in published.items() if t != SECRET_TOPIC)
          + f"; {figures['odd_sent']} non-UTF-8 rounds", len(perfect) == good_total),
         ("no secret message reached a client without the right",
-         f"{secrets_read} read by good clients, {len(secret_violations)} attack violations "
-         f"({published[SECRET_TOPIC]} secret messages published)",
+         (f"{secrets_read} read by good clients, {len(secret_violations)} attack violations "
+          f"({published[SECRET_TOPIC]} secret messages published)"),
          secrets_read == 0 and not secret_violations),
         ("nothing outside the write rights reached the PULL socket",
-         f"outside: {outside or 'none'}; allowed: {allowed_arrived} arrived of "
-         f"{attackers.get('allowed_writes', 0)} sent", not outside and allowed_arrived > 0),
+         (f"outside: {outside or 'none'}; allowed: {allowed_arrived} arrived of "
+          f"{attackers.get('allowed_writes', 0)} sent"), not outside and allowed_arrived > 0),
         ("gateway RSS peak under the bound",
-         f"peak {peak / mib:.1f} MiB <= {bound / mib:.1f} MiB (baseline {baseline / mib:.1f} + 64 KiB x "
-         f"{connections} connections + {args.max_queue // 1024} KiB x {figures['queueing']} + 32)",
+         (f"peak {peak / mib:.1f} MiB <= {bound / mib:.1f} MiB (baseline {baseline / mib:.1f} + 64 KiB x "
+          f"{connections} connections + {args.max_queue // 1024} KiB x {figures['queueing']} + 32)"),
          peak <= bound),
         (f"/healthz answered 200 within {HEALTHZ_LIMIT * 1000:.0f} ms every 100 ms",
-         f"{len(answered)}/{len(probes)} answered (of ~{expected_probes}), p50 {p50 * 1000:.1f} ms, "
-         f"p99 {p99 * 1000:.1f} ms, max {worst * 1000:.1f} ms, {len(slow)} slow or failed",
+         (f"{len(answered)}/{len(probes)} answered (of ~{expected_probes}), p50 {p50 * 1000:.1f} ms, "
+          f"p99 {p99 * 1000:.1f} ms, max {worst * 1000:.1f} ms, {len(slow)} slow or failed"),
          bool(probes) and not slow and len(probes) >= 0.9 * expected_probes),
         ("every soak episode got its expected answer",
-         f"{len(episodes) - len(bad_episodes) - len(stalled)}/{len(episodes)} episodes, "
-         f"{len(stalled)} not judged (client stalled), {attackers.get('slots_cut', 0)} slots cut at the end",
+         (f"{len(episodes) - len(bad_episodes) - len(stalled)}/{len(episodes)} episodes, "
+          f"{len(stalled)} not judged (client stalled), {attackers.get('slots_cut', 0)} slots cut at the end"),
          not bad_episodes and (len(episodes) > 0 or args.slots == 0) and len(stalled) <= 0.05 * len(episodes)),
         ("every attack ran",
          f"{sum(rounds.values())} rounds; " + (f"missing: {', '.join(missing)}" if missing else "all")
@@ -978,7 +978,7 @@ def print_report(result: dict[str, Any]) -> None:
     print("PASSED" if result["passed"] else "FAILED")
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=500, help="good clients (default: 500)")
     p.add_argument("--seconds", type=float, default=60.0, help="length of the storm (default: 60)")
