@@ -159,7 +159,7 @@ async def readers_main(cfg: dict[str, Any], conn) -> None:
     command, storm_end = await loop.run_in_executor(None, conn.recv)
     assert command == "start"
     soak.LAG["max"] = 0.0
-    seen = await soak.finish_goods(goods, storm_end - time.monotonic() + 10)
+    seen = await soak.finish_goods(goods, storm_end - time.monotonic() + 3)
     for g, report in zip(goods, seen):
         report.update(topic=g.topic.decode(), odd=g.odd, secrets=g.secrets)
     monitor.cancel()
@@ -803,7 +803,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for topic in GOOD_TOPICS:
             pub.send_multipart([topic, END])
 
-        deadline = storm_end + 22
+        deadline = storm_end + 15  # the readers: 3 s for the end marker, 10 s for the closes
         for parent in pipes:
             if not parent.poll(max(0.0, deadline - time.monotonic())):
                 raise RuntimeError("a client process did not report in time")
@@ -815,7 +815,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if health_parent.poll(max(0.0, deadline - time.monotonic())):
             probes = health_parent.recv()
         try:
-            final_metrics = soak.metrics(port)
+            final_metrics = soak.metrics(port, timeout=2.0)
         except OSError:
             final_metrics = {}
     finally:
@@ -823,7 +823,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             proc.join(1.0)
             if proc.is_alive():
                 proc.kill()
-        gateway.stop(8.0)
+        gateway.stop(6.0)  # its --close-timeout is 3 s
         stop_pull.set()
         if puller.is_alive():
             puller.join(2)

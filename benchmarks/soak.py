@@ -607,8 +607,8 @@ class GatewayProcess:
         return self.popen.returncode
 
 
-def metrics(port: int) -> Dict[str, float]:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+def metrics(port: int, timeout: float = 5.0) -> Dict[str, float]:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         data = b""
         while True:
