@@ -60,7 +60,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MASK = b"\x5a\x17\xc3\x09"
@@ -106,8 +106,9 @@ CLOSE_1000 = client_frame(0x8, struct.pack("!H", 1000))
 class Good(asyncio.Protocol):
     """A well-behaved client: counts messages, checks their order, answers pings."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, request: bytes = REQUEST) -> None:
         self.loop = loop
+        self.request = request
         self.opened = loop.create_future()
         self.finished = loop.create_future()  # END seen (or a failure)
         self.gone = loop.create_future()      # connection lost
@@ -123,7 +124,7 @@ class Good(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        transport.write(REQUEST)
+        transport.write(self.request)
 
     def _fail(self, error: str) -> None:
         if self.error is None:
@@ -168,25 +169,7 @@ class Good(asyncio.Protocol):
             opcode = b0 & 0x0F
             start = pos + hl
             if opcode == 1 or opcode == 2:
-                if length == 3 and buf[start:end] == END:
-                    if not self.finished.done():
-                        self.finished.set_result(True)
-                    if not self.closing:
-                        self.closing = True
-                        self.transport.write(CLOSE_1000)
-                else:
-                    try:
-                        seq = int(buf[start:start + 10])
-                    except ValueError:
-                        self._fail(f"unexpected payload {bytes(buf[start:start + 20])!r}")
-                        pos = end
-                        continue
-                    if self.next is None:
-                        self.first = seq
-                    elif seq != self.next and self.error is None:
-                        self._fail(f"order: expected {self.next}, got {seq}")
-                    self.next = seq + 1
-                    self.count += 1
+                self.message(buf, start, end)
             elif opcode == 9:  # ping → pong
                 self.transport.write(client_frame(0xA, bytes(buf[start:end])))
             elif opcode == 8:
@@ -200,6 +183,28 @@ class Good(asyncio.Protocol):
         if pos:
             del buf[:pos]
 
+    def message(self, buf: bytearray, start: int, end: int) -> None:
+        """A data message in ``buf[start:end]``: the end marker (answered with a close 1000)
+        or the next sequence number."""
+        if end - start == 3 and buf[start:end] == END:
+            if not self.finished.done():
+                self.finished.set_result(True)
+            if not self.closing:
+                self.closing = True
+                self.transport.write(CLOSE_1000)
+            return
+        try:
+            seq = int(buf[start:start + 10])
+        except ValueError:
+            self._fail(f"unexpected payload {bytes(buf[start:start + 20])!r}")
+            return
+        if self.next is None:
+            self.first = seq
+        elif seq != self.next and self.error is None:
+            self._fail(f"order: expected {self.next}, got {seq}")
+        self.next = seq + 1
+        self.count += 1
+
     def connection_lost(self, exc) -> None:
         if not self.finished.done():
             self._fail(f"connection lost: {exc}")
@@ -207,6 +212,28 @@ class Good(asyncio.Protocol):
             self.opened.set_result(False)
         if not self.gone.done():
             self.gone.set_result(True)
+
+
+def parse_frame(buf: bytes, pos: int = 0) -> Optional[Tuple[int, bytes, int]]:
+    """The server frame (unmasked) at ``buf[pos:]``: (opcode, payload, the position after it),
+    or None while it is incomplete (RFC 6455 §5.2)."""
+    n = len(buf)
+    if n - pos < 2:
+        return None
+    b0, length = buf[pos], buf[pos + 1] & 0x7F
+    hl = 2
+    if length == 126:
+        if n - pos < 4:
+            return None
+        length, hl = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+    elif length == 127:
+        if n - pos < 10:
+            return None
+        length, hl = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+    end = pos + hl + length
+    if end > n:
+        return None
+    return b0 & 0x0F, buf[pos + hl:end], end
 
 
 class Raw:
@@ -220,6 +247,7 @@ class Raw:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.setblocking(False)
         self.buf = b""
+        self.pos = 0  # where the frames not yet read start in buf
 
     async def connect(self) -> None:
         await asyncio.wait_for(self.loop.sock_connect(self.sock, ("127.0.0.1", self.port)), 10)
@@ -230,8 +258,8 @@ class Raw:
     async def recv(self, n: int = 262144, timeout: float = 10.0) -> bytes:
         return await asyncio.wait_for(self.loop.sock_recv(self.sock, n), timeout)
 
-    async def handshake(self) -> None:
-        await self.send(REQUEST)
+    async def handshake(self, request: bytes = REQUEST) -> None:
+        await self.send(request)
         while b"\r\n\r\n" not in self.buf:
             chunk = await self.recv()
             if not chunk:
@@ -241,52 +269,42 @@ class Raw:
         if not head.startswith(b"HTTP/1.1 101 "):
             raise AssertionError(f"no 101: {head[:40]!r}")
 
+    async def frame(self, timeout: float) -> Tuple[Optional[int], bytes]:
+        """The next server frame, (opcode, payload); (None, b"timeout"), (None, b"eof") or
+        (None, b"reset") when none comes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = parse_frame(self.buf, self.pos)
+            if found is not None:
+                opcode, payload, self.pos = found
+                return opcode, payload
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None, b"timeout"
+            try:
+                chunk = await self.recv(262144, remaining)
+            except asyncio.TimeoutError:
+                return None, b"timeout"
+            except (ConnectionResetError, BrokenPipeError):
+                return None, b"reset"
+            if not chunk:
+                return None, b"eof"
+            self.buf = self.buf[self.pos:] + chunk
+            self.pos = 0
+
     async def until_close(self, timeout: float) -> Tuple[str, List[int]]:
         """Read frames until a close frame ("1008"...), EOF ("eof") or reset ("reset");
         also the sequence numbers of the data frames seen on the way."""
         deadline = time.monotonic() + timeout
         seqs: List[int] = []
-        buf = self.buf
         while True:
-            pos = 0
-            n = len(buf)
-            while n - pos >= 2:
-                b0, b1 = buf[pos], buf[pos + 1] & 0x7F
-                hl, length = 2, b1
-                if b1 == 126:
-                    if n - pos < 4:
-                        break
-                    length, hl = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
-                elif b1 == 127:
-                    if n - pos < 10:
-                        break
-                    length, hl = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
-                if n - pos < hl + length:
-                    break
-                opcode = b0 & 0x0F
-                payload = buf[pos + hl:pos + hl + length]
-                pos += hl + length
-                if opcode in (1, 2) and payload != END:
-                    seqs.append(int(payload[:10]))
-                elif opcode == 8:
-                    self.buf = buf[pos:]
-                    code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-                    return str(code), seqs
-            buf = buf[pos:]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.buf = buf
-                return "timeout", seqs
-            try:
-                chunk = await self.recv(262144, remaining)
-            except asyncio.TimeoutError:
-                self.buf = buf
-                return "timeout", seqs
-            except (ConnectionResetError, BrokenPipeError):
-                return "reset", seqs
-            if not chunk:
-                return "eof", seqs
-            buf += chunk
+            opcode, payload = await self.frame(deadline - time.monotonic())
+            if opcode is None:
+                return payload.decode(), seqs
+            if opcode in (1, 2) and payload != END:
+                seqs.append(int(payload[:10]))
+            elif opcode == 8:
+                return str(int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005), seqs
 
     def close(self, reset: bool = False) -> None:
         try:
@@ -340,7 +358,7 @@ async def episode(kind: str, cfg: Dict[str, Any], loop) -> Dict[str, Any]:
                 low, high = cfg["handshake_timeout"] - 0.2, cfg["handshake_timeout"] + 5
                 outcome = "dropped" if low <= took <= high else f"dropped after {took:.1f} s"
         else:
-            await raw.handshake()
+            await raw.handshake(cfg.get("request", REQUEST))
             steps.append(("101", round(time.monotonic() - started, 2)))
             if kind in ("never_read", "slow_read"):
                 hold = cfg["hold"]
@@ -431,23 +449,46 @@ async def slot(index: int, cfg: Dict[str, Any], storm_end: float, loop) -> List[
         await asyncio.sleep(random.uniform(0.05, 0.3))
 
 
-async def worker_main(cfg: Dict[str, Any], conn) -> None:
+async def open_goods(port: int, factories: List[Callable[[], Good]]) -> List[Good]:
+    """One connected well-behaved client per factory (100 handshakes in flight at most)."""
     loop = asyncio.get_running_loop()
-    monitor = asyncio.ensure_future(lag_monitor())
     goods: List[Good] = []
     limit = asyncio.Semaphore(100)
 
-    async def open_good() -> None:
+    async def open_good(factory: Callable[[], Good]) -> None:
         async with limit:
-            protocol = Good(loop)
+            protocol = factory()
             goods.append(protocol)
             try:
-                await asyncio.wait_for(loop.create_connection(lambda: protocol, "127.0.0.1", cfg["port"]), 15)
+                await asyncio.wait_for(loop.create_connection(lambda: protocol, "127.0.0.1", port), 15)
                 await asyncio.wait_for(protocol.opened, 15)
             except (OSError, asyncio.TimeoutError) as exc:
                 protocol._fail(f"connect: {exc!r}")
 
-    await asyncio.gather(*(open_good() for _ in range(cfg["good"])))
+    await asyncio.gather(*(open_good(factory) for factory in factories))
+    return goods
+
+
+async def finish_goods(goods: List[Good], wait: float) -> List[Dict[str, Any]]:
+    """Wait up to ``wait`` s for every client's end marker, 10 s more for the closes; abort
+    the stragglers; what each client saw."""
+    if goods:
+        await asyncio.wait([g.finished for g in goods], timeout=max(1.0, wait))
+    connected = [g.gone for g in goods if g.transport is not None]
+    if connected:
+        await asyncio.wait(connected, timeout=10)
+    for g in goods:
+        if g.transport is not None and not g.gone.done():
+            g.transport.abort()
+    return [{"open": g.open, "first": g.first, "next": g.next, "count": g.count,
+             "end": g.finished.done() and g.finished.result() is True, "error": g.error,
+             "close_code": g.close_code} for g in goods]
+
+
+async def worker_main(cfg: Dict[str, Any], conn) -> None:
+    loop = asyncio.get_running_loop()
+    monitor = asyncio.ensure_future(lag_monitor())
+    goods = await open_goods(cfg["port"], [lambda: Good(loop)] * cfg["good"])
     opened = sum(1 for g in goods if g.open)
     conn.send(("ready", opened))
     command, storm_end = await loop.run_in_executor(None, conn.recv)
@@ -457,22 +498,12 @@ async def worker_main(cfg: Dict[str, Any], conn) -> None:
     slots = [asyncio.ensure_future(slot(cfg["slot_base"] + i, cfg, storm_end, loop))
              for i in range(cfg["bad"])]
     # Good clients finish at END (sent once the storm is over).
-    wait = storm_end - time.monotonic() + cfg["end_grace"]
-    if goods:
-        await asyncio.wait([g.finished for g in goods], timeout=max(1.0, wait))
-    connected = [g.gone for g in goods if g.transport is not None]
-    if connected:
-        await asyncio.wait(connected, timeout=10)
-    for g in goods:
-        if g.transport is not None and not g.gone.done():
-            g.transport.abort()
+    good = await finish_goods(goods, storm_end - time.monotonic() + cfg["end_grace"])
     episodes = []
     for results in await asyncio.gather(*slots):
         episodes.extend(results)
     report = {
-        "good": [{"open": g.open, "first": g.first, "next": g.next, "count": g.count,
-                  "end": g.finished.done() and g.finished.result() is True, "error": g.error,
-                  "close_code": g.close_code} for g in goods],
+        "good": good,
         "episodes": episodes,
         "max_loop_lag": round(LAG["max"], 3),
     }
@@ -498,8 +529,86 @@ def rss_of(pid: int) -> int:
     return 0
 
 
-def metrics(port: int) -> Dict[str, float]:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+class GatewayProcess:
+    """``python -m zmqws ARGS --port 0`` as a child process (this checkout's code): its port
+    from the "listening on" line, its stderr kept, its RSS sampled every second once
+    :meth:`sample` is called, stopped with SIGTERM by :meth:`stop`."""
+
+    def __init__(self, args: List[str]) -> None:
+        argv = [sys.executable, "-m", "zmqws", "--port", "0", *args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True)
+        self.stderr_lines: List[str] = []
+        self.samples: List[Tuple[float, int]] = []
+        self._port: List[int] = []
+        self._port_found = threading.Event()
+        self._stop_sampling = threading.Event()
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+
+    def _read_stderr(self) -> None:
+        for line in self.popen.stderr:
+            self.stderr_lines.append(line)
+            match = re.search(r"listening on ws://127\.0\.0\.1:(\d+)/", line)
+            if match and not self._port:
+                self._port.append(int(match.group(1)))
+                self._port_found.set()
+
+    def port(self, timeout: float = 15.0) -> int:
+        if not self._port_found.wait(timeout):
+            raise RuntimeError("the gateway did not start: " + "".join(self.stderr_lines))
+        return self._port[0]
+
+    def rss(self) -> int:
+        return rss_of(self.popen.pid)
+
+    def sample(self, t0: float) -> None:
+        """Append (seconds since t0, RSS) to :attr:`samples` every second until :meth:`stop`."""
+        def run() -> None:
+            while not self._stop_sampling.wait(1.0):
+                try:
+                    self.samples.append((round(time.monotonic() - t0, 1), self.rss()))
+                except OSError:
+                    return
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def tracebacks(self) -> int:
+        return sum(line.count("Traceback") for line in self.stderr_lines)
+
+    def exceptions(self) -> Counter:
+        """The exceptions of the tracebacks in stderr ("Type: message" at "file:line"), counted."""
+        found: Counter = Counter()
+        where = None
+        inside = False
+        for line in self.stderr_lines:
+            if line.startswith("Traceback"):
+                inside = True
+            elif inside and line.startswith("  File "):
+                where = line.split('"')[1].rsplit("/", 1)[-1] + ":" + line.split("line ")[1].split(",")[0]
+            elif inside and not line.startswith(" "):
+                inside = line.startswith("During handling") or not line.strip()
+                if not inside:
+                    found[f"{line.strip()[:120]} at {where}"] += 1
+        return found
+
+    def stop(self, timeout: float) -> Optional[int]:
+        """SIGTERM, ``timeout`` s to exit (then SIGKILL); the exit status."""
+        self._stop_sampling.set()
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        self._reader.join(5)
+        return self.popen.returncode
+
+
+def metrics(port: int, timeout: float = 5.0) -> Dict[str, float]:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         data = b""
         while True:
@@ -515,11 +624,12 @@ def metrics(port: int) -> Dict[str, float]:
     return out
 
 
-def probe(port: int, pub, timeout: float = 10.0) -> None:
-    """Wait until a message published now reaches a client (the ZeroMQ slow joiner)."""
+def probe(port: int, pub, timeout: float = 10.0, request: bytes = REQUEST) -> None:
+    """Wait until a message published now reaches a client (the ZeroMQ slow joiner); the
+    client upgrades with ``request`` and must be able to read every topic."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     try:
-        sock.sendall(REQUEST)
+        sock.sendall(request)
         data = b""
         while b"\r\n\r\n" not in data:
             data += sock.recv(4096)
@@ -557,50 +667,21 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     pub.setsockopt(zmq.LINGER, 0)
     endpoint = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
 
-    argv = [sys.executable, "-m", "zmqws", "--sub", endpoint, "--port", "0", "--subscribe-all",
-            "--handshake-timeout", str(args.handshake_timeout), "--close-timeout", str(args.close_timeout),
-            "--max-message-size", str(args.max_message_size), "--max-queue", str(args.max_queue),
-            "--client-rate", str(args.client_rate), "--max-connections", str(args.clients * 2 + 100)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    gateway = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)
-    stderr_lines: List[str] = []
-    port_found = threading.Event()
-    port_box: List[int] = []
-
-    def read_stderr() -> None:
-        for line in gateway.stderr:
-            stderr_lines.append(line)
-            match = re.search(r"listening on ws://127\.0\.0\.1:(\d+)/", line)
-            if match and not port_box:
-                port_box.append(int(match.group(1)))
-                port_found.set()
-
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
-    samples: List[Tuple[float, int]] = []
-    stop_sampling = threading.Event()
+    gateway = GatewayProcess([
+        "--sub", endpoint, "--subscribe-all",
+        "--handshake-timeout", str(args.handshake_timeout), "--close-timeout", str(args.close_timeout),
+        "--max-message-size", str(args.max_message_size), "--max-queue", str(args.max_queue),
+        "--client-rate", str(args.client_rate), "--max-connections", str(args.clients * 2 + 100)])
     procs = []
     result: Dict[str, Any] = {"config": vars(args) | {"good": good_total, "misbehaving": bad_total,
                                                       "hold_seconds": hold}}
     try:
-        if not port_found.wait(15):
-            raise RuntimeError("the gateway did not start: " + "".join(stderr_lines))
-        port = port_box[0]
+        port = gateway.port()
         probe(port, pub)
         time.sleep(1.0)
-        baseline = rss_of(gateway.pid)
+        baseline = gateway.rss()
         t0 = time.monotonic()
-
-        def sample() -> None:
-            while not stop_sampling.wait(1.0):
-                try:
-                    samples.append((round(time.monotonic() - t0, 1), rss_of(gateway.pid)))
-                except OSError:
-                    return
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
+        gateway.sample(t0)
 
         # Client processes
         ctx = multiprocessing.get_context("spawn")
@@ -627,7 +708,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             tag, count = parent.recv()
             opened += count
         connected_at = time.monotonic() - t0
-        rss_connected = rss_of(gateway.pid)
+        rss_connected = gateway.rss()
 
         # The storm: misbehaving slots and the publisher, for args.seconds.
         storm_end = time.monotonic() + args.seconds
@@ -668,21 +749,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                 break
             time.sleep(0.5)
         time.sleep(3.0)
-        rss_after = min(rss_of(gateway.pid) for _ in range(3) if time.sleep(0.3) is None)
+        rss_after = min(gateway.rss() for _ in range(3) if time.sleep(0.3) is None)
         final_metrics = metrics(port)
     finally:
-        stop_sampling.set()
         for proc in procs:
             if proc.is_alive():
                 proc.kill()
-        if gateway.poll() is None:
-            gateway.send_signal(signal.SIGTERM)
-            try:
-                gateway.wait(args.close_timeout + 15)
-            except subprocess.TimeoutExpired:
-                gateway.kill()
-                gateway.wait(10)
-        reader.join(5)
+        gateway.stop(args.close_timeout + 15)
         pub.close(0)
         context.term()
 
@@ -697,12 +770,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         by_kind[e["kind"]][e["outcome"] if e["ok"] is not None else "client stalled"] += 1
         if e["ok"] is False:
             bad_details.append(e)
+    samples = gateway.samples
     peak = max([rss for _, rss in samples] + [rss_connected])
     # The bound: the baseline, 64 KiB per connection, every misbehaving client's queue
     # full at once, and 32 MiB of slack for the interpreter's arenas.
     bound = baseline + args.clients * 64 * 1024 + bad_total * args.max_queue + 32 * 1024 * 1024
     after_bound = baseline + max(16 * 1024 * 1024, (peak - baseline) // 2)
-    tracebacks = sum(line.count("Traceback") for line in stderr_lines)
+    tracebacks = gateway.tracebacks()
     result.update({
         "published": published, "good_clients": len(goods), "good_opened": opened,
         "good_perfect": len(perfect), "connected_after_s": round(connected_at, 1),
@@ -711,9 +785,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "episode_failures": bad_details[:50],
         "rss": {"baseline": baseline, "connected": rss_connected, "peak": peak, "after": rss_after,
                 "bound": bound, "after_bound": after_bound, "samples": samples},
-        "tracebacks": tracebacks, "gateway_exit": gateway.returncode,
+        "tracebacks": tracebacks, "gateway_exit": gateway.popen.returncode,
         "client_loop_lag_max": max(r["max_loop_lag"] for r in reports),
-        "gateway_stderr_tail": stderr_lines[-20:],
+        "gateway_stderr_tail": gateway.stderr_lines[-20:],
         "metrics": {k: v for k, v in final_metrics.items()
                     if k.startswith(("zmqws_closes_total", "zmqws_drops_total", "zmqws_handshake",
                                      "zmqws_protocol", "zmqws_messages_out", "zmqws_connections",
@@ -755,7 +829,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         ("gateway RSS back near the baseline after the storm",
          f"after {rss_after / 2**20:.1f} MiB <= {after_bound / 2**20:.1f} MiB", rss_after <= after_bound),
         ("no traceback in the gateway's stderr", f"{tracebacks} tracebacks", tracebacks == 0),
-        ("gateway exited cleanly on SIGTERM", f"exit status {gateway.returncode}", gateway.returncode == 0),
+        ("gateway exited cleanly on SIGTERM", f"exit status {gateway.popen.returncode}",
+         gateway.popen.returncode == 0),
     ]
     result["passed"] = all(ok for _, _, ok in result["checks"])
     return result
