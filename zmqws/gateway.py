@@ -32,6 +32,7 @@ import zmq
 from .protocol.connection import Message
 from .protocol.frames import CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, frame_header
 from .protocol.handshake import HTTPError, Request, error_response, http_response
+from .config import GatewayConfig
 from .files import FileCache, StaticFile
 from .monitor import RETRY_LOG_INTERVAL, UpstreamMonitor
 from . import metrics as prometheus
@@ -187,7 +188,7 @@ class Gateway(WebSocketServer):
                  socketio: bool = True,
                  sio_path: str = "/socket.io/", sio_event: str = "message",
                  sio_ping_interval: float = 25.0, sio_ping_timeout: float = 20.0,
-                 ready_any: bool = False, upstream_log_interval: float = RETRY_LOG_INTERVAL,
+                 sio_recovery_seconds: float = 120.0, ready_any: bool = False, upstream_log_interval: float = RETRY_LOG_INTERVAL,
                  upstream_status_file: Optional[str] = None,
                  **server_options: Any) -> None:
         super().__init__(port, host=host, **server_options)
@@ -239,7 +240,8 @@ class Gateway(WebSocketServer):
             self._metrics_auth = token_authenticator(metrics_token)
         self.upstream_ids = upstream_ids
         self.sio = (SocketIOEndpoint(self, path=sio_path, event=sio_event,
-                                     ping_interval=sio_ping_interval, ping_timeout=sio_ping_timeout)
+                                     ping_interval=sio_ping_interval, ping_timeout=sio_ping_timeout,
+                                     recovery_seconds=sio_recovery_seconds)
                     if socketio else None)
         self.stats_dir = stats_dir
         self.ready_any = ready_any
@@ -271,6 +273,13 @@ class Gateway(WebSocketServer):
         self._behind: Dict[Any, int] = {}
         self._deflaters: Dict[Any, Any] = {}  # wire key -> a PerMessageDeflate that encodes for it
         self._lingering: Dict[bytes, Any] = {}  # prefix -> the timer that will expire it
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig, **objects: Any) -> "Gateway":
+        """A gateway built from a :class:`~zmqws.config.GatewayConfig` (the command line's);
+        ``objects``: what is not configuration (``zmq_context``, hooks)."""
+        options = config.options()
+        return cls(options.pop("sub_endpoints"), options.pop("port"), **options, **objects)
 
     # -- public API -------------------------------------------------------------
 
