@@ -525,3 +525,28 @@ def test_property_fragmented_messages_with_pings_in_any_split(conversation, data
     assert [e.payload for e in events if isinstance(e, Ping)] == pings
     assert server_frames(conn) == [(OP_PONG, p) for p in pings]
     assert conn.state == OPEN
+
+
+# -- the client side (zmqws.client) --------------------------------------------------------------
+
+
+def test_rfc5_1_client_side_masks_what_it_sends_and_refuses_masked_server_frames():
+    """§5.1/§5.3: a client connection masks every frame (a fresh key each), reads unmasked
+    server frames, answers a ping with a masked pong and fails on a masked server frame."""
+    from zmqws.frames import FrameParser
+
+    conn = WebSocketConnection(client=True)
+    events = conn.receive_data(encode_frame(OP_TEXT, b"hi") + encode_frame(OP_PING, b"p"))
+    assert [type(e) for e in events] == [Message, Ping] and events[0].data == b"hi"
+    conn.send("a")
+    conn.send("a")
+    server = FrameParser()  # require_mask=True: the server side's parser
+    frames = server.feed(b"".join(conn.out))
+    assert [(f.opcode, f.payload) for f in frames] == [(OP_PONG, b"p"), (OP_TEXT, b"a"), (OP_TEXT, b"a")]
+    assert conn.out[1][2:6] != conn.out[2][2:6], "the same masking key twice"
+    conn.discard_output()
+    failed = conn.receive_data(frame(OP_TEXT, b"masked"))
+    assert [(type(e), e.code) for e in failed] == [(ConnectionFailed, 1002)]
+    assert conn.state == CLOSED
+    assert [(f.opcode, f.payload[:2]) for f in FrameParser().feed(b"".join(conn.out))] == [
+        (OP_CLOSE, struct.pack("!H", 1002))]

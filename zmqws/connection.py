@@ -14,6 +14,7 @@ failed; the loop flushes what is queued and closes TCP).
 
 from __future__ import annotations
 
+import os
 from typing import Iterator, List, Optional, Union
 
 from .frames import (
@@ -112,7 +113,9 @@ class OutputQueue:
 
 
 class WebSocketConnection(OutputQueue):
-    """Server side of one WebSocket connection after the opening handshake.
+    """One WebSocket connection after the opening handshake: the server side, or with
+    ``client=True`` the client side (§5.1, §5.3): every frame it sends is masked with a
+    fresh random key, and a masked frame from the server fails the connection (1002).
 
     ``max_message_size`` bounds a reassembled message (1009 beyond it, checked
     as pieces arrive; with permessage-deflate, the inflated size).
@@ -121,21 +124,23 @@ class WebSocketConnection(OutputQueue):
     :class:`zmqws.deflate.PerMessageDeflate`, or None.
     """
 
-    __slots__ = ("state", "parser", "max_message_size", "max_fragments",
+    __slots__ = ("state", "parser", "max_message_size", "max_fragments", "client",
                  "deflate", "close_sent", "close_code", "close_reason",
                  "_msg_opcode", "_msg_parts", "_msg_size", "_msg_frames", "_msg_compressed",
                  "_utf8", "__weakref__")
 
     def __init__(self, *, max_message_size: int = 1 << 20, max_fragments: int = 0,
-                 deflate: "Optional[object]" = None) -> None:
+                 deflate: "Optional[object]" = None, client: bool = False) -> None:
         super().__init__()
         self.state = OPEN
+        self.client = client
         self.max_message_size = max_message_size
         self.max_fragments = max_fragments
         self.deflate = deflate
         # The inflater checks a compressed message's real size; a compressed frame of
         # incompressible data may be a little larger than the message (zlib's deflateBound).
-        self.parser = FrameParser(allowed_rsv=RSV1 if deflate is not None else 0,
+        self.parser = FrameParser(require_mask=not client, refuse_mask=client,
+                                  allowed_rsv=RSV1 if deflate is not None else 0,
                                   max_payload=max_message_size if deflate is None
                                   else max_message_size + (max_message_size >> 10) + 64)
         self.close_sent = False
@@ -150,6 +155,10 @@ class WebSocketConnection(OutputQueue):
 
     # -- output ---------------------------------------------------------------
 
+    def _frame(self, opcode: int, payload: bytes) -> bytes:
+        """§5.2 one whole frame; a client's is masked with a new key from a strong source (§5.3)."""
+        return encode_frame(opcode, payload, mask=os.urandom(4) if self.client else None)
+
     def send(self, data: Union[str, bytes]) -> None:
         """Queue one message: ``str`` as a text frame, ``bytes`` as binary (§5.6)."""
         if self.state != OPEN:
@@ -161,12 +170,12 @@ class WebSocketConnection(OutputQueue):
         if self.deflate is not None:
             self.queue(self.deflate.encode_message(opcode, payload))
         else:
-            self.queue(encode_frame(opcode, payload))
+            self.queue(self._frame(opcode, payload))
 
     def ping(self, payload: bytes = b"") -> None:
         """§5.5.2: queue a ping."""
         if self.state == OPEN:
-            self.queue(encode_frame(OP_PING, payload))
+            self.queue(self._frame(OP_PING, payload))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """§7.1.2: start the closing handshake; the loop waits briefly for the peer's close."""
@@ -178,7 +187,7 @@ class WebSocketConnection(OutputQueue):
         self.state = CLOSING
 
     def _send_close(self, code: Optional[int], reason: str) -> None:
-        self.queue(encode_frame(OP_CLOSE, encode_close_payload(code, reason)))
+        self.queue(self._frame(OP_CLOSE, encode_close_payload(code, reason)))
         self.close_sent = True
 
     # -- input ----------------------------------------------------------------
@@ -235,7 +244,7 @@ class WebSocketConnection(OutputQueue):
         opcode = frame.opcode
         if opcode == OP_PING:
             if self.state == OPEN:
-                self.queue(encode_frame(OP_PONG, frame.payload))
+                self.queue(self._frame(OP_PONG, frame.payload))
             events.append(Ping(frame.payload))
         elif opcode == OP_PONG:
             events.append(Pong(frame.payload))
