@@ -13,8 +13,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import CHILD_ENV, ROOT, wait_subscribed, wait_until
+
 from zmqws.client import Printer, stream_url
 from zmqws.connection import Message
 from zmqws.gateway import Gateway
@@ -22,7 +22,6 @@ from zmqws.gateway import Gateway
 pytestmark = pytest.mark.timeout(60)
 
 ENV = dict(CHILD_ENV, PYTHONPATH=str(ROOT))
-PROBE_TOPIC = b"probe"
 
 
 def start_client(spawn, port: int, *args: str, scheme: str = "ws"):
@@ -152,7 +151,7 @@ def test_json_lines_parse_with_increasing_ids(gw, pub, spawn):
 def test_resumes_without_loss_after_the_server_drops_the_connection(gw, pub, spawn):
     client = start_client(spawn, gw.port)
     prime(client, pub)
-    publish(pub, b"a.x", range(0, 50))
+    publish(pub, b"a.x", range(50))
     assert read_seqs(client, 50) == list(range(50))
     drop_all(gw)
     publish(pub, b"a.x", range(50, 100))  # while the client is away (it waits 0.5 s)
