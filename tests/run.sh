@@ -2,7 +2,7 @@
 # Install what the tests need, then run them all:
 #   * Debian packages, with apt-get when they are missing (as root, or through sudo):
 #     chromium (headless browser tests), nginx and haproxy (reverse-proxy tests), nodejs and npm
-#     (when there is no `node`), python3-venv (when Python's venv cannot bootstrap pip);
+#     (when there is no `node`; npm alone when only it is missing), python3-venv (when Python's venv cannot bootstrap pip);
 #   * Python: a virtual environment, .venv in the repository (or the active one, $VIRTUAL_ENV),
 #     with the package installed editable and its test extra (pytest, hypothesis, websockets,
 #     playwright, python-socketio); nothing is installed into the system's Python;
@@ -18,7 +18,8 @@ missing=""
 for pkg in chromium nginx haproxy; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
 done
-command -v node >/dev/null || missing="$missing nodejs npm"
+if ! command -v node >/dev/null; then missing="$missing nodejs npm"
+elif ! command -v npm >/dev/null; then missing="$missing npm"; fi
 if [ ! -x "$PY" ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   missing="$missing python3-venv"
 fi
