@@ -13,8 +13,8 @@ sockets (``ssl`` for ``wss://``).
   :func:`zmqws.handshake.accept_key` of the key, and no extension or
   subprotocol that was not asked for.
 * §5.1, §5.3: frames are read and written by
-  :class:`zmqws.connection.WebSocketConnection` in client mode: every frame
-  sent (pongs, the close) is masked with a fresh key, a masked server frame
+  :class:`zmqws.connection.ClientConnection`: every frame sent (pongs, the
+  close) is masked with a fresh key from ``os.urandom``, a masked server frame
   fails the connection.  §5.5.2: pings are answered with pongs.
 
 The client always asks for the ``json`` envelope (it needs the ids to resume)
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import os
 import signal
@@ -36,12 +37,13 @@ import time
 from typing import Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .connection import CloseReceived, ConnectionFailed, Message, WebSocketConnection
+from .connection import ClientConnection, CloseReceived, ConnectionFailed, Message
 from .handshake import accept_key
 
 __all__ = ["main", "stream_url", "Refused", "Dropped", "Printer", "connect", "messages", "close"]
 
 USER_AGENT = "zmqws.client"
+MAX_MESSAGE_SIZE = 1 << 30  # the gateway's messages are as large as its publishers make them
 MAX_RESPONSE_HEAD = 16384
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
@@ -162,10 +164,10 @@ def _refusal(sock: socket.socket, status: int, headers: Dict[str, str], rest: by
 
 
 def connect(url: str, *, token: Optional[str] = None, timeout: float = 10.0,
-            insecure: bool = False) -> Tuple[socket.socket, WebSocketConnection, bytes]:
+            insecure: bool = False) -> Tuple[socket.socket, ClientConnection, bytes]:
     """§4.1: open the connection and do the opening handshake.
 
-    Returns the socket, a client-side :class:`WebSocketConnection` and the bytes
+    Returns the socket, a client-side :class:`ClientConnection` and the bytes
     that came right after the 101 response (the first frames, perhaps).  Raises
     :class:`Refused` for another status, :class:`Dropped` for an answer that
     breaks §4.1, ``OSError`` (``ssl.SSLError`` included) for the network.
@@ -189,10 +191,11 @@ def connect(url: str, *, token: Optional[str] = None, timeout: float = 10.0,
     except BaseException:
         sock.close()
         raise
-    return sock, WebSocketConnection(max_message_size=1 << 30, client=True), rest
+    masking_keys = iter(functools.partial(os.urandom, 4), None)  # §5.3: strong entropy
+    return sock, ClientConnection(masking_keys, max_message_size=MAX_MESSAGE_SIZE), rest
 
 
-def _flush(sock: socket.socket, ws: WebSocketConnection) -> None:
+def _flush(sock: socket.socket, ws: ClientConnection) -> None:
     """Write what the connection queued (pongs, a close frame)."""
     if ws.out:
         data = b"".join(ws.out)
@@ -200,7 +203,7 @@ def _flush(sock: socket.socket, ws: WebSocketConnection) -> None:
         sock.sendall(data)
 
 
-def messages(sock: socket.socket, ws: WebSocketConnection, rest: bytes = b"",
+def messages(sock: socket.socket, ws: ClientConnection, rest: bytes = b"",
              idle_timeout: float = 0.0) -> Iterator[Message]:
     """The messages of the connection as they come; pings are answered (§5.5.2).
 
@@ -230,7 +233,7 @@ def messages(sock: socket.socket, ws: WebSocketConnection, rest: bytes = b"",
             raise Dropped("connection lost (no close frame)")
 
 
-def close(sock: socket.socket, ws: WebSocketConnection, timeout: float = 1.0) -> None:
+def close(sock: socket.socket, ws: ClientConnection, timeout: float = 1.0) -> None:
     """§7.1.2: send a 1000 close frame, wait briefly for the server's, close TCP."""
     try:
         ws.close(1000)

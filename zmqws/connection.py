@@ -14,7 +14,6 @@ failed; the loop flushes what is queued and closes TCP).
 
 from __future__ import annotations
 
-import os
 from typing import Iterator, List, Optional, Union
 
 from .frames import (
@@ -113,9 +112,7 @@ class OutputQueue:
 
 
 class WebSocketConnection(OutputQueue):
-    """One WebSocket connection after the opening handshake: the server side, or with
-    ``client=True`` the client side (§5.1, §5.3): every frame it sends is masked with a
-    fresh random key, and a masked frame from the server fails the connection (1002).
+    """Server side of one WebSocket connection after the opening handshake.
 
     ``max_message_size`` bounds a reassembled message (1009 beyond it, checked
     as pieces arrive; with permessage-deflate, the inflated size).
@@ -124,23 +121,21 @@ class WebSocketConnection(OutputQueue):
     :class:`zmqws.deflate.PerMessageDeflate`, or None.
     """
 
-    __slots__ = ("state", "parser", "max_message_size", "max_fragments", "client",
+    __slots__ = ("state", "parser", "max_message_size", "max_fragments",
                  "deflate", "close_sent", "close_code", "close_reason",
                  "_msg_opcode", "_msg_parts", "_msg_size", "_msg_frames", "_msg_compressed",
                  "_utf8", "__weakref__")
 
     def __init__(self, *, max_message_size: int = 1 << 20, max_fragments: int = 0,
-                 deflate: "Optional[object]" = None, client: bool = False) -> None:
+                 deflate: "Optional[object]" = None) -> None:
         super().__init__()
         self.state = OPEN
-        self.client = client
         self.max_message_size = max_message_size
         self.max_fragments = max_fragments
         self.deflate = deflate
         # The inflater checks a compressed message's real size; a compressed frame of
         # incompressible data may be a little larger than the message (zlib's deflateBound).
-        self.parser = FrameParser(require_mask=not client, refuse_mask=client,
-                                  allowed_rsv=RSV1 if deflate is not None else 0,
+        self.parser = FrameParser(allowed_rsv=RSV1 if deflate is not None else 0,
                                   max_payload=max_message_size if deflate is None
                                   else max_message_size + (max_message_size >> 10) + 64)
         self.close_sent = False
@@ -156,8 +151,8 @@ class WebSocketConnection(OutputQueue):
     # -- output ---------------------------------------------------------------
 
     def _frame(self, opcode: int, payload: bytes) -> bytes:
-        """§5.2 one whole frame; a client's is masked with a new key from a strong source (§5.3)."""
-        return encode_frame(opcode, payload, mask=os.urandom(4) if self.client else None)
+        """§5.2: one whole frame, unmasked (server to client, §5.1)."""
+        return encode_frame(opcode, payload)
 
     def send(self, data: Union[str, bytes]) -> None:
         """Queue one message: ``str`` as a text frame, ``bytes`` as binary (§5.6)."""
@@ -309,3 +304,26 @@ class WebSocketConnection(OutputQueue):
             self._msg_opcode = 0
             self._msg_parts = ()
             self._utf8 = None
+
+
+class ClientConnection(WebSocketConnection):
+    """The client side of a connection (``python -m zmqws.client``), RFC 6455 §5.1, §5.3.
+
+    Every frame it sends is masked with the next key of ``masking_keys``, an
+    endless iterator of 4-byte keys from a strong source of entropy (the
+    caller gives it, e.g. ``iter(functools.partial(os.urandom, 4), None)``, so
+    that the protocol core draws no randomness of its own).  A masked frame
+    from the server fails the connection with 1002.  No extension is negotiated.
+    """
+
+    __slots__ = ("masking_keys",)
+
+    def __init__(self, masking_keys: Iterator[bytes], *, max_message_size: int = 1 << 20,
+                 max_fragments: int = 0) -> None:
+        super().__init__(max_message_size=max_message_size, max_fragments=max_fragments)
+        self.masking_keys = masking_keys
+        self.parser = FrameParser(require_mask=False, refuse_mask=True, max_payload=max_message_size)
+
+    def _frame(self, opcode: int, payload: bytes) -> bytes:
+        """§5.3: a masked frame."""
+        return encode_frame(opcode, payload, mask=next(self.masking_keys))
