@@ -47,8 +47,9 @@ MAX_MESSAGE_SIZE = 1 << 30  # the gateway's messages are as large as its publish
 MAX_RESPONSE_HEAD = 16384
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
-# Statuses worth trying again: the gateway is full (503) or asks to slow down (429); the others
-# (400 bad topic, 401 token, 403 origin or rights, 404 path) will not change by themselves.
+# Statuses worth trying again: the gateway is full (503) or asks to slow down (429), or a proxy in
+# front of it cannot reach it (502, 504); the others (400 bad topic, 401 token, 403 origin, Host or
+# rights, 404 path) will not change by themselves.
 RETRY_STATUSES = frozenset((429, 502, 503, 504))
 
 
@@ -238,7 +239,6 @@ def close(sock: socket.socket, ws: ClientConnection, timeout: float = 1.0) -> No
     try:
         ws.close(1000)
         _flush(sock, ws)
-        sock.settimeout(timeout)
         for _ in messages(sock, ws, idle_timeout=timeout):
             pass
     except (Dropped, OSError):
@@ -383,11 +383,12 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     try:
         stream_url(args.url, args.topic, None)
     except ValueError as exc:
-        _parser().error(str(exc))
+        parser.error(str(exc))
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return run(args, sys.stdout, sys.stderr)
