@@ -1,26 +1,36 @@
 #!/usr/bin/env bash
 # Install what the tests need, then run them all:
-#   * Debian packages: chromium (headless browser tests), nginx and haproxy (reverse-proxy tests),
-#     with apt-get when they are missing (as root, or through sudo);
-#   * Python: the package with its test extra (pytest, hypothesis, websockets, playwright,
-#     python-socketio);
-#   * Node: the pinned ws and socket.io-client (tests/node/package-lock.json).
+#   * Debian packages, with apt-get when they are missing (as root, or through sudo):
+#     chromium (headless browser tests), nginx and haproxy (reverse-proxy tests), nodejs and npm
+#     (when there is no `node`; npm alone when only it is missing), python3-venv (when Python's venv cannot bootstrap pip);
+#   * Python: a virtual environment, .venv in the repository (or the active one, $VIRTUAL_ENV),
+#     with the package installed editable and its test extra (pytest, hypothesis, websockets,
+#     playwright, python-socketio); nothing is installed into the system's Python;
+#   * Node: the pinned ws and socket.io-client, into tests/node/node_modules
+#     (tests/node/package-lock.json).
 # Extra arguments go to pytest, e.g.  bash tests/run.sh -k topics
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
+. tests/venv.sh
 
 missing=""
 for pkg in chromium nginx haproxy; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
 done
+if ! command -v node >/dev/null; then missing="$missing nodejs npm"
+elif ! command -v npm >/dev/null; then missing="$missing npm"; fi
+if [ ! -x "$PY" ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  missing="$missing python3-venv"
+fi
 if [ -n "$missing" ]; then
+  echo "tests/run.sh: apt-get install$missing" >&2
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
-command -v node >/dev/null || { echo "tests/run.sh: Node.js (20 or newer) is needed for the ws and socket.io-client tests" >&2; exit 1; }
 
-python3 -m pip install -q -e '.[test]'
+[ -x "$PY" ] || python3 -m venv "$VENV"
+"$PY" -m pip install -q -e '.[test]'
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
-exec python3 -m pytest -q "$@"
+exec "$PY" -m pytest -q "$@"

@@ -7,9 +7,14 @@ Needs ``pip install playwright`` (the Python package only: the browser is the sy
 Without them these tests fail; they do not skip.
 
 The page's contract: ``GET /`` loads ``/zmqws.js``, reads ``?topic=`` and ``?transports=``,
-shows ``#state``, ``#transport``, ``#count``, ``#last-id``, a canvas ``#rate-chart`` and a log
-``#log`` of ``<div class="msg" data-id="ID">`` rows, and exposes ``window.zmqwsPage =
-{client, received}`` where ``received`` holds every message ``{id, topic, data, binary}``.
+shows ``#state``, ``#transport``, ``#count``, ``#last-id`` (the id's last 6 digits; the full id in
+``title`` and ``data-id``), a canvas ``#rate-chart``, a log ``#log`` of ``<div class="msg"
+data-id="ID">`` rows (a short ``.id`` with the full id in its ``title``), the gateway's counters
+from ``/metrics`` in ``#gateway`` (``#upstream``, ``#clients``, ``#zmq-in``, ``#drops``; hidden when
+``/metrics`` answers 401, 403 or 404), fits a 375 px wide phone, and exposes
+``window.zmqwsPage = {client, received}`` where ``received`` holds every message ``{id, topic,
+data, binary}``.  ``ZMQWS_SCREENSHOTS=1`` refreshes ``docs/screenshot.png`` and
+``docs/screenshot-phone.png``.
 """
 
 from __future__ import annotations
@@ -72,13 +77,20 @@ class PageLog:
         return "page errors: %s\nconsole:\n%s" % (self.errors, "\n".join(self.console[-30:]))
 
 
+DESKTOP = {"width": 1100, "height": 760}
+PHONE = {"width": 375, "height": 740}
+
+
 @pytest.fixture
 def open_page(browser):
-    """``open_page(url, init_script=None)`` → (page, PageLog); its browser context is closed at teardown."""
+    """``open_page(url, init_script=None, viewport=DESKTOP)`` → (page, PageLog); a viewport
+    narrower than 500 px is a phone's (touch, 2x pixels); the context is closed at teardown."""
     contexts = []
 
-    def open_(url: str, init_script: Optional[str] = None):
-        context = browser.new_context(viewport={"width": 1100, "height": 760})
+    def open_(url: str, init_script: Optional[str] = None, viewport: dict = DESKTOP):
+        phone = viewport["width"] < 500
+        context = browser.new_context(viewport=viewport, is_mobile=phone, has_touch=phone,
+                                      device_scale_factor=2 if phone else 1)
         contexts.append(context)
         context.set_default_timeout(15_000)
         if init_script:
@@ -220,7 +232,7 @@ def test_page_receives_every_message_in_order(live_gateway, pub, open_page, quer
     # the counters and the chart
     page.wait_for_function("(n) => /\\b" + str(n) + "\\b/.test(document.querySelector('#count').textContent)",
                            arg=n, timeout=5000)
-    assert str(received[-1]["id"]) in page.text_content("#last-id")
+    assert page.get_attribute("#last-id", "title") == f"id {received[-1]['id']}"
     assert page.evaluate("() => document.querySelector('#rate-chart') instanceof HTMLCanvasElement")
     # the server saw the transport the page says it uses
     after = server_transport_counts(gw)
@@ -366,3 +378,90 @@ def test_chromium_negotiates_permessage_deflate_and_reads_compressed_frames(live
     assert [m["data"] for m in received] == bodies
     # the frames on the wire were compressed: far fewer bytes than the JSON envelopes
     assert gw.stats.bytes_out - sent_before < sum(len(b) for b in bodies) // 4
+
+
+# -- the page at a glance: short ids, the gateway's counters, a phone's width -------------------------------
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+# ZMQWS_SCREENSHOTS=1 refreshes docs/screenshot*.png (by hand; tests do not write into the repo in CI)
+SCREENSHOTS = os.environ.get("ZMQWS_SCREENSHOTS") == "1"
+CLOCK_ID = 1_796_461_000_000_001  # ids as a gateway gives them (microseconds since the epoch): 16 digits
+
+
+@pytest.fixture
+def demo_gateway(make_gateway):
+    """A Gateway fed by the built-in demo publisher (prices.* and news), with clock-like ids."""
+    from zmqws.demo import DemoPublisher
+
+    demo = DemoPublisher(rate=40).start()
+    try:
+        yield make_gateway(demo.endpoint, first_id=CLOCK_ID, **GATEWAY_OPTIONS)
+    finally:
+        demo.stop()
+
+
+def metrics_text(gw) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{gw.port}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+@pytest.mark.parametrize("viewport, screenshot", [(DESKTOP, "screenshot.png"), (PHONE, "screenshot-phone.png")],
+                         ids=["desktop", "phone"])
+def test_page_short_ids_gateway_counters_and_no_horizontal_scroll(demo_gateway, open_page, viewport, screenshot):
+    gw = demo_gateway
+    page, log = open_page(f"http://127.0.0.1:{gw.port}/", viewport=viewport)
+    wait_open(page, "websocket", log)
+    received = wait_received(page, 20, log)
+    assert all(m["id"] >= CLOCK_ID for m in received)
+    # every log row shows the id's last 6 digits; the full id is in its title
+    page.wait_for_function("() => document.querySelectorAll('#log .msg').length >= 20", timeout=5000)
+    rows = page.eval_on_selector_all(
+        "#log .msg", "rows => rows.map(r => [r.dataset.id, r.querySelector('.id').textContent, r.querySelector('.id').title])")
+    for full, shown, title in rows:
+        assert shown == "#\u2026" + full[-6:] and title == f"id {full}", (full, shown, title)
+    last, shown, title = page.evaluate("() => { const e = document.querySelector('#last-id');"
+                                       " return [e.dataset.id, e.textContent, e.title]; }")  # one read: it moves
+    assert shown == "\u2026" + last[-6:] and title == f"id {last}"
+    # the gateway's own counters, read from /metrics: the page's WebSocket is one client
+    page.wait_for_function("""() => document.querySelector('#clients').textContent === '1'
+                                    && Number(document.querySelector('#zmq-in').textContent) >= 20""",
+                           timeout=10_000)  # fetched when the page opens, then every 2 s
+    assert "websocket 1" in page.text_content("#clients-sub")
+    assert page.text_content("#drops") == "0"
+    upstream = "connected" if 'zmqws_upstream_connected{endpoint="' in metrics_text(gw) else "unknown"
+    assert page.text_content("#upstream") == upstream
+    # nothing wider than the screen: no horizontal scrolling, on a phone too
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= viewport["width"]
+    assert page.evaluate("() => document.body.scrollWidth") <= viewport["width"]
+    if SCREENSHOTS:
+        time.sleep(8)  # a few bars in the rate chart, a fuller log
+        page.screenshot(path=str(DOCS / screenshot))
+    assert not log.errors, str(log)
+
+
+def test_page_shows_a_disconnected_upstream(demo_gateway, open_page, monkeypatch):
+    """The upstream gauge (zmqws_upstream_connected, one series per endpoint): one endpoint at 0
+    shows "disconnected" and names it."""
+    import zmqws.metrics
+
+    render = zmqws.metrics.render
+    monkeypatch.setattr(zmqws.metrics, "render", lambda *args: render(*args) + (
+        b'# TYPE zmqws_upstream_connected gauge\nzmqws_upstream_connected{endpoint="tcp://10.0.0.5:5556"} 0\n'))
+    page, log = open_page(f"http://127.0.0.1:{demo_gateway.port}/")
+    wait_open(page, "websocket", log)
+    page.wait_for_function("() => document.querySelector('#upstream').dataset.state === 'disconnected'",
+                           timeout=10_000)
+    assert page.text_content("#upstream-sub") == "tcp://10.0.0.5:5556"
+    assert not log.errors, str(log)
+
+
+def test_page_hides_the_counters_when_metrics_are_off(make_gateway, pub, open_page):
+    gw = make_gateway(pub.endpoint, metrics=False, **GATEWAY_OPTIONS)
+    page, log = open_page(f"http://127.0.0.1:{gw.port}/")
+    wait_open(page, "websocket", log)
+    page.wait_for_function("() => document.querySelector('#gateway').hidden", timeout=10_000)
+    assert page.is_hidden("#gateway")
+    assert page.evaluate("() => document.querySelector('link[rel=icon]').href").startswith("data:image/svg+xml,")

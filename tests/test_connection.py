@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from zmqws.protocol.connection import (
-    CLOSED, CLOSING, OPEN, CloseReceived, ConnectionFailed, Message, Ping, Pong,
+    CLOSED, CLOSING, OPEN, ClientConnection, CloseReceived, ConnectionFailed, Message, Ping, Pong,
     WebSocketConnection,
 )
 from zmqws.protocol.frames import (
@@ -525,3 +525,29 @@ def test_property_fragmented_messages_with_pings_in_any_split(conversation, data
     assert [e.payload for e in events if isinstance(e, Ping)] == pings
     assert server_frames(conn) == [(OP_PONG, p) for p in pings]
     assert conn.state == OPEN
+
+
+# -- the client side (zmqws.client) --------------------------------------------------------------
+
+
+def test_rfc5_1_client_side_masks_what_it_sends_and_refuses_masked_server_frames():
+    """§5.1/§5.3: a client connection masks every frame with the next key it is given, reads
+    unmasked server frames, answers a ping with a masked pong and fails on a masked server
+    frame; what it sends is read back by a server-side connection (which requires masks)."""
+    keys = [b"\x01\x02\x03\x04", b"\x05\x06\x07\x08", b"\x09\x0a\x0b\x0c", b"\x0d\x0e\x0f\x10"]
+    conn = ClientConnection(iter(keys))
+    events = conn.receive_data(encode_frame(OP_TEXT, b"hi") + encode_frame(OP_PING, b"p"))
+    assert [type(e) for e in events] == [Message, Ping] and events[0].data == b"hi"
+    conn.send("a")
+    conn.send("a")
+    assert [frame[2:6] for frame in conn.out] == keys[:3]  # a new key for every frame
+    server = WebSocketConnection()
+    got = server.receive_data(b"".join(conn.out))
+    assert [(type(e), getattr(e, "payload", None) or getattr(e, "data", None)) for e in got] == [
+        (Pong, b"p"), (Message, b"a"), (Message, b"a")]
+    conn.discard_output()
+    failed = conn.receive_data(frame(OP_TEXT, b"masked"))
+    assert [(type(e), e.code) for e in failed] == [(ConnectionFailed, 1002)]
+    assert conn.state == CLOSED
+    closes = WebSocketConnection().receive_data(b"".join(conn.out))
+    assert [(type(e), e.code) for e in closes] == [(CloseReceived, 1002)]

@@ -432,3 +432,16 @@ def test_slow_consumer_does_not_hurt_others(make_gateway, pub, raw_ws, run_async
         if frame[2].startswith(b'{"gap":'):  # the end of the backlog was dropped: told first
             frame = slow.recv_frame(timeout=5)
         assert frame == (True, OP_TEXT, b"after the backlog")
+
+
+
+# -- HTTP: the page's icon --------------------------------------------------------------------------
+
+
+def test_favicon_is_served_not_counted_as_an_error(plain_gateway, http_exchange):
+    """Browsers ask for /favicon.ico by themselves: a real icon, not a 404 in http_errors."""
+    status, headers, body = http_exchange(plain_gateway.port, b"GET /favicon.ico HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert status == 200
+    assert headers["content-type"].startswith("image/")
+    assert body[:4] == b"\x00\x00\x01\x00"  # an ICO header: reserved 0, type 1 (icon)
+    assert plain_gateway.stats.http_errors == 0

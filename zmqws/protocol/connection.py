@@ -162,6 +162,10 @@ class WebSocketConnection(OutputQueue):
 
     # -- output ---------------------------------------------------------------
 
+    def _frame(self, opcode: int, payload: bytes) -> bytes:
+        """§5.2: one whole frame, unmasked (server to client, §5.1)."""
+        return encode_frame(opcode, payload)
+
     def send(self, data: Union[str, bytes]) -> None:
         """Queue one message: ``str`` as a text frame, ``bytes`` as binary (§5.6)."""
         if self.state != OPEN:
@@ -173,12 +177,12 @@ class WebSocketConnection(OutputQueue):
         if self.deflate is not None:
             self.queue(self.deflate.encode_message(opcode, payload))
         else:
-            self.queue(encode_frame(opcode, payload))
+            self.queue(self._frame(opcode, payload))
 
     def ping(self, payload: bytes = b"") -> None:
         """§5.5.2: queue a ping."""
         if self.state == OPEN:
-            self.queue(encode_frame(OP_PING, payload))
+            self.queue(self._frame(OP_PING, payload))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """§7.1.2: start the closing handshake; the loop waits briefly for the peer's close."""
@@ -190,7 +194,7 @@ class WebSocketConnection(OutputQueue):
         self.state = CLOSING
 
     def _send_close(self, code: Optional[int], reason: str) -> None:
-        self.queue(encode_frame(OP_CLOSE, encode_close_payload(code, reason)))
+        self.queue(self._frame(OP_CLOSE, encode_close_payload(code, reason)))
         self.close_sent = True
 
     # -- input ----------------------------------------------------------------
@@ -247,7 +251,7 @@ class WebSocketConnection(OutputQueue):
         opcode = frame.opcode
         if opcode == OP_PING:
             if self.state == OPEN:
-                self.queue(encode_frame(OP_PONG, frame.payload))
+                self.queue(self._frame(OP_PONG, frame.payload))
             events.append(Ping(frame.payload))
         elif opcode == OP_PONG:
             events.append(Pong(frame.payload))
@@ -316,3 +320,26 @@ class WebSocketConnection(OutputQueue):
             self._msg_opcode = 0
             self._msg_parts = ()
             self._utf8 = None
+
+
+class ClientConnection(WebSocketConnection):
+    """The client side of a connection (``python -m zmqws.client``), RFC 6455 §5.1, §5.3.
+
+    Every frame it sends is masked with the next key of ``masking_keys``, an
+    endless iterator of 4-byte keys from a strong source of entropy (the
+    caller gives it, e.g. ``iter(functools.partial(os.urandom, 4), None)``, so
+    that the protocol core draws no randomness of its own).  A masked frame
+    from the server fails the connection with 1002.  No extension is negotiated.
+    """
+
+    __slots__ = ("masking_keys",)
+
+    def __init__(self, masking_keys: Iterator[bytes], *, max_message_size: int = 1 << 20,
+                 max_fragments: int = 0) -> None:
+        super().__init__(max_message_size=max_message_size, max_fragments=max_fragments)
+        self.masking_keys = masking_keys
+        self.parser = FrameParser(require_mask=False, refuse_mask=True, max_payload=max_message_size)
+
+    def _frame(self, opcode: int, payload: bytes) -> bytes:
+        """§5.3: a masked frame."""
+        return encode_frame(opcode, payload, mask=next(self.masking_keys))

@@ -198,19 +198,23 @@ class FrameParser:
     After an error the parser must not be used again.
 
     * ``require_mask``: client frames must be masked (§5.1), else 1002.
+    * ``refuse_mask``: for a client reading server frames: a masked frame is
+      refused with 1002 (§5.1: "A client MUST close a connection if it detects
+      a masked frame").
     * ``allowed_rsv``: RSV bits an extension negotiated (§5.2), else 1002.
     * ``max_payload``: a frame longer than this is refused with 1009 as soon as
       its header arrives, before any payload is buffered.
     """
 
-    __slots__ = ("_buf", "require_mask", "allowed_rsv", "max_payload",
+    __slots__ = ("_buf", "require_mask", "refuse_mask", "allowed_rsv", "max_payload",
                  "_in_frame", "_opcode", "_fin", "_rsv1", "_mask", "_remaining", "_offset",
                  "error")
 
-    def __init__(self, *, require_mask: bool = True, allowed_rsv: int = 0,
+    def __init__(self, *, require_mask: bool = True, refuse_mask: bool = False, allowed_rsv: int = 0,
                  max_payload: int = 1 << 20) -> None:
         self._buf = bytearray()
         self.require_mask = require_mask
+        self.refuse_mask = refuse_mask
         self.allowed_rsv = allowed_rsv
         self.max_payload = max_payload
         self._in_frame = False  # inside a data frame's payload
@@ -329,6 +333,8 @@ class FrameParser:
                 raise ProtocolError(CLOSE_PROTOCOL_ERROR, "control frame payload over 125 bytes")
         if self.require_mask and not masked:
             raise ProtocolError(CLOSE_PROTOCOL_ERROR, "client frame is not masked")
+        if self.refuse_mask and masked:
+            raise ProtocolError(CLOSE_PROTOCOL_ERROR, "server frame is masked")
 
     @property
     def buffered(self) -> int:
