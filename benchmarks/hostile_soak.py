@@ -6,9 +6,14 @@
 What runs (the pieces come from ``benchmarks/soak.py``):
 
 * the gateway as a subprocess: ``python -m zmqws --subscribe-all --token-file FILE --push
-  tcp://... --payload text --max-queue 256K --handshake-timeout 2``;
+  tcp://... --payload text --max-queue 256K --handshake-timeout 2 --max-connections N
+  --max-connections-per-address 32`` with ``ZMQWS_METRICS_TOKEN`` a secret of this script (its
+  own ``/metrics`` reads send it; no client token opens ``/metrics``);
   the token file gives the good clients ``good`` (read ``prices.,news.``, no writing) and the
-  attackers ``hostile`` (read ``prices.``, write ``orders.``);
+  attackers ``hostile`` (read ``prices.``, write ``orders.``), and ``ops`` (read ``*``);
+* every client connects from a loopback address of its own (``127.G.x.y``), the Engine.IO
+  flood from ``127.0.0.2`` alone, the ``/healthz`` prober and the ``/metrics`` reads from
+  ``127.0.0.1``; every request says ``Host: 127.0.0.1`` (but attack 12's);
 * a publisher at ``--rate`` msg/s spread over four topics, ``prices.eu``, ``prices.us``,
   ``news.all`` and ``secret.keys``, each with its own 10-digit sequence numbers (secret
   payloads say ``SECRET``), and every ``--odd-every`` seconds a message that is not UTF-8 on
@@ -29,7 +34,9 @@ What runs (the pieces come from ``benchmarks/soak.py``):
                    on another, never read (small receive buffer), held 5 s
   3  resume        ``/events`` with ``Last-Event-ID: 0`` and a WebSocket with ``?since=0``,
                    never read, held 8 s
-  4  eio_flood     Engine.IO polling handshakes over one keep-alive connection (200/s at most)
+  4  eio_flood     Engine.IO polling handshakes over keep-alive connections (200/s at most)
+                   from its own address until ten 503s (the per-address cap), then, past
+                   ``--handshake-timeout``, a poll of the round's first session (gone: 400)
   5  many_topics   a Socket.IO ``subscribe`` of 20 000 topics; a WebSocket with ``?topic=`` x 300
   6  (publisher)   the non-UTF-8 messages above
   7  idle          ``--idle`` connections held open: half bare TCP, half upgraded WebSockets
@@ -41,6 +48,7 @@ What runs (the pieces come from ``benchmarks/soak.py``):
   10 write_rights  JSON-envelope sends on ``secret.`` and on no topic, a Socket.IO event on
                    ``secret.``, with the restricted token and with the read-only one, plus
                    allowed writes on ``orders.`` (so that the PULL check is not vacuous)
+  11 metrics       ``/metrics`` with no token, with ``?token=hostile``, with ``Bearer ops``
   12 evil_host     ``/healthz``, ``/zmqws.js``, ``/events`` and an upgrade with
                    ``Host: evil.example``
   -  soak kinds    ``--slots`` slots of soak.py's misbehaving episodes (unmasked, bad opcode,
@@ -58,9 +66,17 @@ The checks (a table; exit status 1 if any fails):
 * the gateway's RSS, sampled every second from ``/proc/PID/status``, stayed under
   ``baseline + 64 KiB x --max-connections + --max-queue x queueing attackers + 32 MiB``:
   the gateway runs with ``--max-connections`` = good clients + idle + queueing attackers
-  + 200 (handshakes, Engine.IO sessions, probes); the queueing attackers are the
+  + ``--per-address`` (the flood's worst case) + 200 (handshakes, the attack loops' churn,
+  probes), so that the global cap is never reached: the good clients and the prober always
+  fit and the flood meets the per-address cap alone; the queueing attackers are the
   connections the attacks and slots hold at once that can make the gateway queue output
-  (all but the idle ones: 14 + ``--slots``); the 32 MiB are the interpreter's arenas;
+  (all but the idle ones: 15 + ``--slots``); the 32 MiB are the interpreter's arenas;
+* every attack got its known answer (``known_answers``: 403 for a foreign ``Host``, 400 for
+  malformed ids, 401 for ``/metrics`` without its token, a fresh session for a bad
+  Socket.IO offset, exactly ``--per-address`` - 1 Engine.IO sessions then 503, and those
+  gone after ``--handshake-timeout``, ...); any other outcome fails;
+* ``zmqws_queued_bytes`` (every output queue; read from ``/metrics`` every second) stayed
+  under ``queueing attackers x (--max-queue + 64 KiB)``, and pipelining paused at least once;
 * ``/healthz``, probed every 100 ms on a new connection by a process of its own, answered
   200 every time, within 50 ms (p50, p99 and max are reported);
 * every soak episode got its expected answer; every attack ran;
@@ -74,11 +90,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import json
 import multiprocessing
 import os
 import random
 import re
+import secrets
 import socket
 import sys
 import tempfile
@@ -106,10 +124,21 @@ IDLE_CHURN_TOPIC = "prices.idle"  # no message is ever published there
 QUIET = b'40{"topics":["prices.none"]}'  # a Socket.IO CONNECT to a topic without messages
 # Connections each attack holds at once that can make the gateway queue output for them.
 QUEUEING = {"sio_secret": 1, "pipelined": 2, "resume": 2, "eio_flood": 1, "many_topics": 1,
-            "sio_offset": 2, "malformed": 1, "write_rights": 3, "evil_host": 1}
+            "sio_offset": 2, "malformed": 1, "write_rights": 3, "metrics": 1, "evil_host": 1}
 ATTACKS = ["sio_secret", "pipelined", "resume", "eio_flood", "many_topics", "idle", "sio_offset",
-           "malformed", "write_rights", "evil_host"]
+           "malformed", "write_rights", "metrics", "evil_host"]
 HEALTHZ_LIMIT = 0.050
+# Every client connects from a local address of its own (127.G.x.y, G: 1 good clients, 2 idle
+# connections, 3 attack loops, 4 soak slots), the Engine.IO flood from FLOOD_SOURCE alone, the
+# /healthz prober and the /metrics reads from 127.0.0.1: --max-connections-per-address caps the
+# flood and nobody else (see max_connections).
+FLOOD_SOURCE = "127.0.0.2"
+SOURCE: contextvars.ContextVar[str | None] = contextvars.ContextVar("SOURCE", default=None)
+
+
+def source(group: int, index: int) -> str:
+    """The local address of client ``index`` of ``group``."""
+    return f"127.{group}.{index // 250}.{index % 250 + 1}"
 
 
 def request(path: str, host: str = "127.0.0.1", headers: str = "", upgrade: bool = False) -> bytes:
@@ -154,7 +183,8 @@ async def readers_main(cfg: dict[str, Any], conn) -> None:
     loop = asyncio.get_running_loop()
     monitor = asyncio.ensure_future(soak.lag_monitor())
     topics = [GOOD_TOPICS[(cfg["first"] + i) % len(GOOD_TOPICS)] for i in range(cfg["good"])]
-    goods = await soak.open_goods(cfg["port"], [lambda t=t: Reader(loop, t) for t in topics])
+    goods = await soak.open_goods(cfg["port"], [lambda t=t: Reader(loop, t) for t in topics],
+                                  [source(1, cfg["first"] + i) for i in range(cfg["good"])])
     conn.send(("ready", sum(1 for g in goods if g.open)))
     command, storm_end = await loop.run_in_executor(None, conn.recv)
     assert command == "start"
@@ -179,9 +209,10 @@ class Attacks:
     """What the attacks saw: outcomes counted per attack, and the violations (what must never
     happen, whatever the code: a secret message read, a refused request accepted)."""
 
-    def __init__(self, port: int, storm_end: float) -> None:
+    def __init__(self, port: int, storm_end: float, handshake_timeout: float) -> None:
         self.port = port
         self.storm_end = storm_end
+        self.handshake_timeout = handshake_timeout
         self.rounds: Counter = Counter()
         self.outcomes: dict[str, Counter] = defaultdict(Counter)
         self.violations: list[str] = []
@@ -200,8 +231,10 @@ class Attacks:
         if len(self.violations) < 100:
             self.violations.append(f"{attack}: {what}")
 
-    async def loop(self, attack: str, body: Callable[[], Any], pause: float) -> None:
-        """``body`` again and again until the storm is over; an exception ends one round only."""
+    async def loop(self, attack: str, body: Callable[[], Any], pause: float, address: str) -> None:
+        """``body`` again and again until the storm is over, connecting from ``address``; an
+        exception ends one round only."""
+        SOURCE.set(address)  # this task's context only
         while self.running():
             self.rounds[attack] += 1
             try:
@@ -211,7 +244,7 @@ class Attacks:
             await asyncio.sleep(min(pause, max(0.0, self.remaining())))
 
     async def connect(self, rcvbuf: int | None = None) -> Raw:
-        raw = Raw(asyncio.get_running_loop(), self.port, rcvbuf)
+        raw = Raw(asyncio.get_running_loop(), self.port, rcvbuf, SOURCE.get())
         try:
             await raw.connect()
         except BaseException:
@@ -248,7 +281,8 @@ async def response_head(raw: Raw, timeout: float = 5.0, body: bool = False) -> i
         length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
         if length and not await read_until(raw, int(length.group(1)), deadline):
             return 0
-        raw.buf = raw.buf[int(length.group(1)) if length else 0:]
+        size = int(length.group(1)) if length else 0
+        raw.last_body, raw.buf = raw.buf[:size], raw.buf[size:]
     return status
 
 
@@ -386,21 +420,44 @@ async def resume(at: Attacks, data: bytes, name: str) -> None:
 # -- 4 -------------------------------------------------------------------------------------
 
 
+EIO_PATH = "/socket.io/?EIO=4&transport=polling&token=hostile"
+
+
 async def eio_flood(at: Attacks) -> None:
-    """Handshakes on one keep-alive connection until it closes or the storm is over."""
-    raw = await at.connect()
-    handshake = request("/socket.io/?EIO=4&transport=polling&token=hostile")
+    """Polling handshakes (200/s at most) on a keep-alive connection from FLOOD_SOURCE until the
+    per-address cap has answered 503 ten times (a 503 closes the connection: another is opened),
+    tallied as "opened N sessions, then 503"; then, past --handshake-timeout, a poll of the
+    round's first session: it must be gone (400, "Session ID unknown")."""
+    sids: list[str] = []
+    refused = 0
+    raw = None
     try:
-        while at.running():
+        while at.running() and refused < 10:
             started = time.monotonic()
-            await raw.send(handshake)
+            if raw is None:
+                raw = await at.connect()
+            await raw.send(request(EIO_PATH))
             status = await response_head(raw, body=True)
             at.tally("eio_flood", f"{status}")
-            if status <= 0:
-                return
+            if status == 200:
+                sids.append(json.loads(bytes(raw.last_body)[1:])["sid"])
+            else:
+                refused += status == 503
+                raw.close()
+                raw = None
+                if status != 503:
+                    return
             await asyncio.sleep(max(0.0, 0.005 - (time.monotonic() - started)))
     finally:
+        if raw is not None:
+            raw.close()
+    if refused:
+        at.tally("eio_flood", f"opened {len(sids)} sessions, then 503")
+    await at.hold(at.handshake_timeout + 1.5)
+    if sids and at.running():
+        raw, status = await status_of(at, request(f"{EIO_PATH}&sid={sids[0]}"))
         raw.close()
+        at.tally("eio_flood", f"reaped: {status}")
 
 
 # -- 5 -------------------------------------------------------------------------------------
@@ -479,7 +536,11 @@ async def sio_offset(at: Attacks) -> None:
     try:
         await raw.send(client_frame(0x1, b"40" + json.dumps({"pid": pid, "offset": "²"}).encode()))
         got = await sio_answer(at, raw)
-        at.tally("sio_offset", {"0": "CONNECT", "4": "CONNECT_ERROR"}.get(got[:1], got[:30]))
+        if got.startswith("0{"):
+            fresh = json.loads(got[1:]).get("pid") != pid
+            at.tally("sio_offset", "fresh CONNECT" if fresh else "CONNECT recovering the old session")
+        else:
+            at.tally("sio_offset", {"4": "CONNECT_ERROR"}.get(got[:1], got[:30]))
     finally:
         raw.close()
 
@@ -533,7 +594,9 @@ async def malformed(at: Attacks) -> None:
                 await sio_answer(at, raw)
             await raw.send(client_frame(0x1, message))
             got = await sio_answer(at, raw, 2.0)
-            at.tally("malformed", f"{name}: {got[:30]}")
+            label = ("CONNECT_ERROR" if got.startswith("4{") else "error ack" if got.startswith("39[")
+                     and '"ok":false' in got.replace(" ", "") else got[:30])
+            at.tally("malformed", f"{name}: {label}")
             if got.startswith("39") and '"ok":true' in got:
                 at.allowed_writes += 1  # forwarded on an orders. topic: allowed
         finally:
@@ -579,6 +642,24 @@ async def write_rights(at: Attacks) -> None:
         raw.close()
 
 
+# -- 11 ------------------------------------------------------------------------------------
+
+
+METRICS = {
+    "no token": request("/metrics"),
+    "client token": request("/metrics?token=hostile"),
+    "ops token": request("/metrics", headers="Authorization: Bearer ops\r\n"),
+}
+
+
+async def metrics_access(at: Attacks) -> None:
+    """``/metrics`` without the --metrics-token (the gateway's is a secret of the driver)."""
+    for name, data in METRICS.items():
+        raw, status = await status_of(at, data)
+        raw.close()
+        at.tally("metrics", f"{name}: {status}")
+
+
 # -- 12 ------------------------------------------------------------------------------------
 
 
@@ -601,24 +682,26 @@ async def evil_host(at: Attacks) -> None:
 
 
 def attack_loops(at: Attacks, idle_count: int) -> list[Any]:
-    """Every attack's loop (coroutines), all to run at once."""
+    """Every attack's loop (coroutines), all to run at once, each from its own address."""
     loops = [
-        at.loop("sio_secret", lambda: sio_secret(at), 0.2),
-        at.loop("pipelined", lambda: pipelined(at, "/zmqws.js", 1000), 0.5),
-        at.loop("pipelined", lambda: pipelined(at, "/poll?since=0&token=hostile&topic=prices.", 100), 0.5),
-        at.loop("resume", lambda: resume(at, request("/events?token=hostile&topic=prices.",
-                                                     headers="Last-Event-ID: 0\r\n"), "sse"), 0.5),
-        at.loop("resume", lambda: resume(at, upgrade("/?token=hostile&topic=prices.&since=0"), "ws"), 0.5),
-        at.loop("eio_flood", lambda: eio_flood(at), 0.1),
-        at.loop("many_topics", lambda: many_topics(at), 1.0),
-        at.loop("sio_offset", lambda: sio_offset(at), 0.5),
-        at.loop("malformed", lambda: malformed(at), 0.5),
-        at.loop("write_rights", lambda: write_rights(at), 0.2),
-        at.loop("evil_host", lambda: evil_host(at), 0.5),
+        ("sio_secret", lambda: sio_secret(at), 0.2),
+        ("pipelined", lambda: pipelined(at, "/zmqws.js", 1000), 0.5),
+        ("pipelined", lambda: pipelined(at, "/poll?since=0&token=hostile&topic=prices.", 100), 0.5),
+        ("resume", lambda: resume(at, request("/events?token=hostile&topic=prices.",
+                                              headers="Last-Event-ID: 0\r\n"), "sse"), 0.5),
+        ("resume", lambda: resume(at, upgrade("/?token=hostile&topic=prices.&since=0"), "ws"), 0.5),
+        ("many_topics", lambda: many_topics(at), 1.0),
+        ("sio_offset", lambda: sio_offset(at), 0.5),
+        ("malformed", lambda: malformed(at), 0.5),
+        ("write_rights", lambda: write_rights(at), 0.2),
+        ("metrics", lambda: metrics_access(at), 0.5),
+        ("evil_host", lambda: evil_host(at), 0.5),
     ]
+    coros = [at.loop(name, body, pause, source(3, i)) for i, (name, body, pause) in enumerate(loops)]
+    coros.append(at.loop("eio_flood", lambda: eio_flood(at), 0.1, FLOOD_SOURCE))
     for i in range(idle_count):
-        loops.append(at.loop("idle", lambda upgraded=i % 2 == 1: idle(at, upgraded), 0.2))
-    return loops
+        coros.append(at.loop("idle", lambda upgraded=i % 2 == 1: idle(at, upgraded), 0.2, source(2, i)))
+    return coros
 
 
 async def attackers_main(cfg: dict[str, Any], conn) -> None:
@@ -627,12 +710,13 @@ async def attackers_main(cfg: dict[str, Any], conn) -> None:
     conn.send(("ready", 0))
     command, storm_end = await loop.run_in_executor(None, conn.recv)
     assert command == "start"
-    at = Attacks(cfg["port"], storm_end)
+    at = Attacks(cfg["port"], storm_end, cfg["handshake_timeout"])
     slot_cfg = dict(cfg, storm_start=time.monotonic(), request=upgrade(f"/?token=good&topic={SLOT_TOPIC}"))
     # The soak episodes start early enough to end within the storm (the longest takes 15 s).
     slot_end = storm_end - min(12.0, cfg["seconds"] / 3)
     tasks = [asyncio.ensure_future(coro) for coro in attack_loops(at, cfg["idle"])]
-    slots = [asyncio.ensure_future(soak.slot(i, slot_cfg, slot_end, loop)) for i in range(cfg["slots"])]
+    slots = [asyncio.ensure_future(soak.slot(i, dict(slot_cfg, source=source(4, i)), slot_end, loop))
+             for i in range(cfg["slots"])]
     await asyncio.wait(tasks + slots, timeout=max(0.0, storm_end - time.monotonic()) + 10)
     for task in tasks + slots:
         task.cancel()
@@ -698,9 +782,46 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def max_connections(args: argparse.Namespace, queueing: int) -> int:
-    """The gateway's --max-connections: every client of the run at once, and 200 to spare
-    (connections in their handshake, Engine.IO sessions, the probes)."""
-    return args.clients + args.idle + queueing + 200
+    """The gateway's --max-connections: every client of the run at once, the Engine.IO flood's
+    worst case (its address's cap, --per-address, sessions and connections together), and 200
+    to spare (connections in their handshake, the churn of the attack loops, the probes): the
+    global cap is never reached, so /healthz and the good clients always fit; the flood meets
+    the per-address cap alone."""
+    return args.clients + args.idle + queueing + args.per_address + 200
+
+
+def known_answers(args: argparse.Namespace) -> dict[str, set[str]]:
+    """What the gateway must answer each attack (docs/reliability.md "Hostile input",
+    tests/test_attacks.py); any other outcome fails the run."""
+    sent = ("all sent", "the gateway stopped reading")
+    return {
+        "sio_secret": {"connect: CONNECT_ERROR", "subscribe: refused"},
+        "pipelined": {f"{path} x{n}: {how}" for path, n in (("/zmqws.js", 1000), ("/poll", 100)) for how in sent},
+        "resume": {"sse: 200", "ws: 101"},
+        "eio_flood": {"200", "503", f"opened {args.per_address - 1} sessions, then 503", "reaped: 400"},
+        "many_topics": {"sio 20000: refused", "ws 300: 400"},
+        "idle": {"tcp dropped after <5 s", "ws dropped after >30 s"},
+        "sio_offset": {"fresh CONNECT"},
+        "malformed": {f"{name}: 400" for name in HTTP_CASES} | {f"{name}: close 1008" for name in WS_CASES}
+        | {"sio CONNECT lone surrogate: CONNECT_ERROR", "sio event lone surrogate: error ack"},
+        "write_rights": {"refused", "sio refused"},
+        "metrics": {f"{name}: 401" for name in METRICS},
+        "evil_host": {f"{name}: 403" for name in EVIL},
+    }
+
+
+def sample_metrics(port: int, token: str, stop: threading.Event, seen: dict[str, Any]) -> None:
+    """Every second until ``stop``: the peak of ``zmqws_queued_bytes`` (every client's output
+    queue) and of the clients connected; failed reads counted."""
+    while not stop.wait(1.0):
+        try:
+            m = soak.metrics(port, 2.0, token)
+        except OSError as exc:
+            seen["errors"].append(str(exc))
+            continue
+        seen["queued_peak"] = max(seen["queued_peak"], m.get("zmqws_queued_bytes", 0.0))
+        clients = sum(v for k, v in m.items() if k.startswith("zmqws_clients{"))
+        seen["clients_peak"] = max(seen["clients_peak"], clients)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -719,10 +840,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     token_file = os.path.join(folder.name, "tokens.txt")
     with open(token_file, "w") as f:
         f.write(TOKENS)
+    metrics_token = secrets.token_hex(16)  # the operator's: no client token opens /metrics
     gateway = GatewayProcess([
         "--sub", sub_endpoint, "--subscribe-all", "--token-file", token_file, "--push", push_endpoint,
         "--payload", "text", "--max-queue", str(args.max_queue), "--handshake-timeout", str(args.handshake_timeout),
-        "--max-connections", str(max_connections(args, queueing))])
+        "--max-connections", str(max_connections(args, queueing)),
+        "--max-connections-per-address", str(args.per_address)], env={"ZMQWS_METRICS_TOKEN": metrics_token})
     procs: list[Any] = []
     written: Counter = Counter()
     stop_pull = threading.Event()
@@ -733,6 +856,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reports: list[Any] = []
     attackers: dict[str, Any] = {}
     probes: list[Any] = []
+    seen: dict[str, Any] = {"queued_peak": 0.0, "clients_peak": 0.0, "errors": []}
+    stop_sampling = threading.Event()
     try:
         port = gateway.port()
         soak.probe(port, pub, request=upgrade("/?token=ops"))
@@ -776,6 +901,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         prober = ctx.Process(target=healthz_entry, args=(port, storm_start, storm_end, health_child), daemon=True)
         prober.start()
         procs.append(prober)
+        threading.Thread(target=sample_metrics, args=(port, metrics_token, stop_sampling, seen), daemon=True).start()
         for parent in pipes:
             parent.send(("start", storm_end))
         payloads = {topic: b"%010d " + (b"SECRET " if topic == SECRET_TOPIC else b"") for topic in published}
@@ -814,11 +940,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 attackers = report
         if health_parent.poll(max(0.0, deadline - time.monotonic())):
             probes = health_parent.recv()
+        stop_sampling.set()
         try:
-            final_metrics = soak.metrics(port, timeout=2.0)
-        except OSError:
+            final_metrics = soak.metrics(port, 2.0, metrics_token)
+        except OSError as exc:
+            seen["errors"].append(str(exc))
             final_metrics = {}
     finally:
+        stop_sampling.set()
         for proc in procs:
             proc.join(1.0)
             if proc.is_alive():
@@ -833,7 +962,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         folder.cleanup()
     return verdict(args, result, gateway, reports, attackers, probes, written, published,
                    baseline=baseline, rss_connected=rss_connected, opened=opened, odd_sent=odd_sent,
-                   connected_at=connected_at, queueing=queueing, final_metrics=final_metrics)
+                   connected_at=connected_at, queueing=queueing, final_metrics=final_metrics, seen=seen)
 
 
 def verdict(args: argparse.Namespace, result: dict[str, Any], gateway: GatewayProcess, reports: list[Any],
@@ -867,19 +996,28 @@ def verdict(args: argparse.Namespace, result: dict[str, Any], gateway: GatewayPr
     exit_status = gateway.popen.returncode
     p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
     worst = max(latencies, default=0.0)
+    answers = known_answers(args)
+    outcomes = attackers.get("outcomes", {})
+    unexpected = {f"{a}: {o}": n for a, got in outcomes.items() for o, n in got.items() if o not in answers[a]}
+    seen = figures["seen"]
+    queue_bound = figures["queueing"] * (args.max_queue + 64 * 1024)
+    m = figures["final_metrics"]
     result.update({
         "published": {t.decode(): n for t, n in published.items()}, "odd_sent": figures["odd_sent"],
         "good_clients": len(goods), "good_opened": figures["opened"], "good_perfect": len(perfect),
         "good_failures": [g for g in goods if g not in perfect][:20],
         "good_odd_received": Counter(g["odd"] for g in goods),
         "connected_after_s": round(figures["connected_at"], 1),
-        "attacks": {"rounds": rounds, "outcomes": attackers.get("outcomes", {}),
+        "attacks": {"rounds": rounds, "outcomes": outcomes, "unexpected": unexpected,
+                    "expected": {a: sorted(v) for a, v in answers.items()},
                     "violations": violations, "loop_errors": attackers.get("loop_errors", []),
                     "allowed_writes_sent": attackers.get("allowed_writes", 0)},
         "episodes": len(episodes), "episode_outcomes": dict(Counter(f"{e['kind']}: {e['outcome']}"
                                                                     for e in episodes)),
         "episode_failures": bad_episodes[:20],
         "written_upstream": dict(written),
+        "queued": {"peak": seen["queued_peak"], "bound": queue_bound, "clients_peak": seen["clients_peak"],
+                   "metrics_errors": seen["errors"][:10]},
         "rss": {"baseline": baseline, "connected": figures["rss_connected"], "peak": peak, "bound": bound,
                 "samples": samples},
         "healthz": {"probes": len(probes), "answered_200": len(answered), "p50_ms": round(p50 * 1000, 1),
@@ -888,6 +1026,9 @@ def verdict(args: argparse.Namespace, result: dict[str, Any], gateway: GatewayPr
         "tracebacks": tracebacks, "exceptions": dict(gateway.exceptions()), "gateway_exit": exit_status,
         "client_loop_lag_max": max([r["max_loop_lag"] for r in reports] + [attackers.get("max_loop_lag", 0)]),
         "gateway_stderr_tail": gateway.stderr_lines[-30:],
+        "gateway_stderr_lines": len(gateway.stderr_lines),
+        "gateway_stderr_kinds": Counter(re.sub(r"\d+", "N", line.partition(": ")[2])[:50]
+                                        for line in gateway.stderr_lines).most_common(10),
         "metrics": {k: v for k, v in figures["final_metrics"].items() if v and not k.startswith("zmqws_info")},
     })
     good_total = args.clients
@@ -916,6 +1057,20 @@ def verdict(args: argparse.Namespace, result: dict[str, Any], gateway: GatewayPr
          (f"{len(episodes) - len(bad_episodes) - len(stalled)}/{len(episodes)} episodes, "
           f"{len(stalled)} not judged (client stalled), {attackers.get('slots_cut', 0)} slots cut at the end"),
          not bad_episodes and (len(episodes) > 0 or args.slots == 0) and len(stalled) <= 0.05 * len(episodes)),
+        ("every attack got its known answer",
+         (f"{sum(n for got in outcomes.values() for n in got.values())} answers, "
+          f"{sum(unexpected.values())} unexpected" + (f": {unexpected}" if unexpected else "")
+          + f"; Engine.IO: {int(m.get('zmqws_handshake_timeouts_total', 0))} sessions reaped, "
+          f"{int(m.get('zmqws_refused_total', 0))} refused; {int(m.get('zmqws_host_refused_total', 0))} "
+          f"Host refused, {int(m.get('zmqws_forbidden_total', 0))} forbidden"),
+         bool(outcomes) and not unexpected),
+        ("output queues held to --max-queue (pipelining, resume)",
+         (f"zmqws_queued_bytes peak {seen['queued_peak'] / mib:.2f} MiB <= {queue_bound / mib:.2f} MiB "
+          f"({figures['queueing']} x ({args.max_queue // 1024} + 64) KiB); "
+          f"{int(m.get('zmqws_pipeline_paused_total', 0))} pipeline pauses; "
+          f"{len(seen['errors'])} failed /metrics reads"),
+         seen["queued_peak"] <= queue_bound and m.get("zmqws_pipeline_paused_total", 0) > 0
+         and not seen["errors"]),
         ("every attack ran",
          f"{sum(rounds.values())} rounds; " + (f"missing: {', '.join(missing)}" if missing else "all")
          + (f"; {len(attackers.get('loop_errors', []))} attack loops crashed"
@@ -939,7 +1094,8 @@ def print_report(result: dict[str, Any]) -> None:
     print(f"{'attack':<13} {'rounds':>7}  outcomes")
     for name in ATTACKS:
         outcomes = attacks["outcomes"].get(name, {})
-        shown = ", ".join(f"{k} x{v}" for k, v in sorted(outcomes.items()))
+        shown = ", ".join(f"{k} x{v}" + ("" if k in attacks["expected"][name] else " (UNEXPECTED)")
+                          for k, v in sorted(outcomes.items()))
         print(f"{name:<13} {attacks['rounds'].get(name, 0):>7}  {shown or '-'}")
     print(f"{'soak kinds':<13} {result['episodes']:>7}  " + ", ".join(
         f"{k} x{v}" for k, v in sorted(result["episode_outcomes"].items())))
@@ -952,9 +1108,13 @@ def print_report(result: dict[str, Any]) -> None:
           f"peak {rss['peak'] / 2**20:.1f} MiB")
     print(f"longest gateway loop turn {result['metrics'].get('zmqws_loop_turn_max_seconds', 0) * 1000:.0f} ms; "
           f"longest client event-loop lag {result['client_loop_lag_max'] * 1000:.0f} ms")
+    print(f"output queues: zmqws_queued_bytes peak {result['queued']['peak'] / 2**20:.2f} MiB; "
+          f"clients connected peak {int(result['queued']['clients_peak'])}")
     print(f"/healthz: {health['probes']} probes, {health['answered_200']} answered 200, p50 {health['p50_ms']} ms, "
           f"p99 {health['p99_ms']} ms, max {health['max_ms']} ms")
     print(f"written upstream (PULL): {result['written_upstream']}")
+    print(f"gateway stderr: {result['gateway_stderr_lines']} lines, most often: "
+          + "; ".join(f"{n} x {text!r}" for text, n in result["gateway_stderr_kinds"][:5]))
     print("gateway counters: " + ", ".join(f"{k}={int(v)}" for k, v in sorted(result["metrics"].items())
                                             if "total" in k))
     print()
@@ -992,6 +1152,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procs", type=int, default=2, help="processes of good clients (default: 2)")
     p.add_argument("--max-queue", type=int, default=256 * 1024)
     p.add_argument("--handshake-timeout", type=float, default=2.0)
+    p.add_argument("--per-address", type=int, default=32,
+                   help="the gateway's --max-connections-per-address: caps the Engine.IO flood (default: 32)")
     p.add_argument("--json", metavar="FILE", help="write every figure to FILE")
     args = p.parse_args(argv)
     result = run(args)

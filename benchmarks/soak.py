@@ -236,18 +236,26 @@ def parse_frame(buf: bytes, pos: int = 0) -> Optional[Tuple[int, bytes, int]]:
     return b0 & 0x0F, buf[pos + hl:end], end
 
 
-class Raw:
-    """A misbehaving client's socket with a few helpers (non-blocking, through the loop)."""
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux: port chosen at connect
 
-    def __init__(self, loop, port: int, rcvbuf: Optional[int] = None) -> None:
+
+class Raw:
+    """A misbehaving client's socket with a few helpers (non-blocking, through the loop);
+    ``source``: the local address to connect from (any of 127.0.0.0/8 on Linux)."""
+
+    def __init__(self, loop, port: int, rcvbuf: Optional[int] = None, source: Optional[str] = None) -> None:
         self.loop = loop
         self.port = port
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source:
+            self.sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            self.sock.bind((source, 0))
         self.sock.setblocking(False)
         self.buf = b""
         self.pos = 0  # where the frames not yet read start in buf
+        self.last_body = b""  # the body of the last HTTP response read, for whoever wants it
 
     async def connect(self) -> None:
         await asyncio.wait_for(self.loop.sock_connect(self.sock, ("127.0.0.1", self.port)), 10)
@@ -345,7 +353,7 @@ async def episode(kind: str, cfg: Dict[str, Any], loop) -> Dict[str, Any]:
     detail = ""
     outcome = "?"
     steps = []
-    raw = Raw(loop, port, rcvbuf=4096 if kind in ("never_read", "slow_read") else None)
+    raw = Raw(loop, port, rcvbuf=4096 if kind in ("never_read", "slow_read") else None, source=cfg.get("source"))
     try:
         await raw.connect()
         steps.append(("connected", round(time.monotonic() - started, 2)))
@@ -449,23 +457,27 @@ async def slot(index: int, cfg: Dict[str, Any], storm_end: float, loop) -> List[
         await asyncio.sleep(random.uniform(0.05, 0.3))
 
 
-async def open_goods(port: int, factories: List[Callable[[], Good]]) -> List[Good]:
-    """One connected well-behaved client per factory (100 handshakes in flight at most)."""
+async def open_goods(port: int, factories: List[Callable[[], Good]],
+                     sources: Optional[List[str]] = None) -> List[Good]:
+    """One connected well-behaved client per factory (100 handshakes in flight at most),
+    from ``sources[i]`` (a local address) if given."""
     loop = asyncio.get_running_loop()
     goods: List[Good] = []
     limit = asyncio.Semaphore(100)
 
-    async def open_good(factory: Callable[[], Good]) -> None:
+    async def open_good(factory: Callable[[], Good], source: Optional[str]) -> None:
         async with limit:
             protocol = factory()
             goods.append(protocol)
             try:
-                await asyncio.wait_for(loop.create_connection(lambda: protocol, "127.0.0.1", port), 15)
+                await asyncio.wait_for(loop.create_connection(
+                    lambda: protocol, "127.0.0.1", port, local_addr=(source, 0) if source else None), 15)
                 await asyncio.wait_for(protocol.opened, 15)
             except (OSError, asyncio.TimeoutError) as exc:
                 protocol._fail(f"connect: {exc!r}")
 
-    await asyncio.gather(*(open_good(factory) for factory in factories))
+    await asyncio.gather(*(open_good(factory, sources[i] if sources else None)
+                           for i, factory in enumerate(factories)))
     return goods
 
 
@@ -534,9 +546,9 @@ class GatewayProcess:
     from the "listening on" line, its stderr kept, its RSS sampled every second once
     :meth:`sample` is called, stopped with SIGTERM by :meth:`stop`."""
 
-    def __init__(self, args: List[str]) -> None:
+    def __init__(self, args: List[str], env: Optional[Dict[str, str]] = None) -> None:
         argv = [sys.executable, "-m", "zmqws", "--port", "0", *args]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, text=True)
         self.stderr_lines: List[str] = []
@@ -607,17 +619,23 @@ class GatewayProcess:
         return self.popen.returncode
 
 
-def metrics(port: int, timeout: float = 5.0) -> Dict[str, float]:
+def metrics(port: int, timeout: float = 5.0, token: Optional[str] = None) -> Dict[str, float]:
+    """``GET /metrics`` (with ``token`` as a Bearer header if given), parsed; OSError unless 200."""
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        sock.sendall(f"GET /metrics HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n".encode())
         data = b""
         while True:
             chunk = sock.recv(65536)
             if not chunk:
                 break
             data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200 "):
+        status = head.split(b"\r\n", 1)[0].decode("latin-1")
+        raise OSError(f"/metrics answered {status!r}")
     out = {}
-    for line in data.partition(b"\r\n\r\n")[2].decode().splitlines():
+    for line in body.decode().splitlines():
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
