@@ -472,13 +472,13 @@ def test_6_a_payload_that_is_not_utf8_in_text_mode_wedges_no_route(make_gateway,
     stream = EventStream(gw.port, "/events")
     try:
         assert stream.read_head().startswith(b"HTTP/1.1 200 ")
-        wait_until(lambda: len(gw._states) == 4)
+        wait_until(lambda: len(gw.hub.subscribers) == 4)
         bad = b"\xff\xfe not UTF-8"
         gw.publish(bad, topic="t")
         gw.publish("good 1", topic="t")
         wait_until(lambda: gw.stats.zmq_messages == 2)
         late = raw_ws(gw.port, path="/?format=json")  # joins afterwards
-        wait_until(lambda: len(gw._states) == 5)
+        wait_until(lambda: len(gw.hub.subscribers) == 5)
         gw.publish("good 2", topic="t")
         # What cannot be text goes out as binary, in every envelope; everything after it too.
         json_frames = [clients["json"].recv_frame()[1:] for _ in range(3)]
@@ -615,7 +615,7 @@ def test_8_an_error_in_a_packet_closes_only_its_session(make_gateway, raw_ws, ca
     def failing(*args):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(gw, "_missed", failing)
+    monkeypatch.setattr(gw.hub, "missed", failing)
     ws = sio_ws(raw_ws, gw.port)
     ws.send_frame(OP_TEXT, b"40" + json.dumps({"pid": pid, "offset": "1"}).encode())
     assert ws.recv_frame()[2] == b"1"  # Engine.IO close, then the WebSocket closes
@@ -752,7 +752,7 @@ def test_10_a_plain_prefix_hook_restricts_writing_too(make_gateway, pull, ws_cli
 # -- 11. /metrics with --token ----------------------------------------------------------------
 
 def test_11_metrics_needs_the_token(make_gateway):
-    from zmqws.__main__ import build_gateway, build_parser
+    from zmqws.cli import build_parser, config_from_args
 
     def metrics(port: int, auth: str = "", query: str = "") -> tuple:
         request = f"GET /metrics{query} HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n".encode()
@@ -769,7 +769,7 @@ def test_11_metrics_needs_the_token(make_gateway):
     assert own_token.stats.forbidden == 1
     # The command line: --token protects /metrics too.
     args = build_parser().parse_args(["--demo", "--port", "0", "--token", "t0ken"])
-    cli = build_gateway(args, [], first_id=1, close_timeout=1.0).start()
+    cli = Gateway.from_config(config_from_args(args).replace(first_id=1, close_timeout=1.0)).start()
     try:
         assert metrics(cli.port)[0] == 401
         assert metrics(cli.port, "Authorization: Bearer t0ken\r\n")[0] == 200

@@ -149,7 +149,7 @@ def drop_connections(gw, transport: str) -> int:
             return len(clients)
         victims = [c for c in gw._clients.values() if c.transport == transport]
         for client in victims:
-            gw._abort(client)  # the TCP connection is gone at once: no response, no end of stream
+            gw.abort(client)  # the TCP connection is gone at once: no response, no end of stream
         return len(victims)
     return on_loop(gw, drop)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from zmqws.__main__ import build_parser
+from zmqws.cli import build_parser, config_from_args, parse_args
+from zmqws.gateway import Gateway
 
 from conftest import sigint_not_ignored, ws_connect
 
@@ -313,29 +314,52 @@ deflate-mem-level = 4
 
 
 def test_config_file_round_trip(tmp_path):
-    from zmqws.__main__ import build_gateway, parse_args
-
     path = tmp_path / "zmqws.toml"
     path.write_text(CONFIG)
     args = parse_args(["--config", str(path)])
-    gw = build_gateway(args, args.sub)
-    assert gw.sub_endpoints == ["tcp://127.0.0.1:5556", "tcp://127.0.0.1:5557"]
+    gw = Gateway.from_config(config_from_args(args))
+    assert gw.config.upstream.sub_endpoints == ("tcp://127.0.0.1:5556", "tcp://127.0.0.1:5557")
     assert (gw.max_queue, gw.max_message_size, gw.ping_interval, gw.close_timeout) == (8 << 20, 65536, 5.0, 0.5)
-    assert gw.subscribe_all and gw.ready_any and gw.deflate is None
-    assert gw.cors_origins == ["*"]
+    assert gw.config.hub.subscribe_all and gw.config.upstream.ready_any and gw.deflate is None
+    assert gw.config.http.cors_origins == ("*",)
     assert gw.allow_origins == ["https://a.example", "https://b.example"]
-    assert gw.payload_mode == "text"
+    assert gw.config.hub.payload_mode == "text"
     assert args.deflate_mem_level == 4 and args.bind is False
 
     # the command line wins; a repeatable option given there replaces the file's list
     args = parse_args(["--config", str(path), "--sub", "tcp://x:1", "--max-queue", "1M",
                        "--payload", "binary"])
-    gw = build_gateway(args, args.sub)
-    assert gw.sub_endpoints == ["tcp://x:1"] and gw.max_queue == 1 << 20 and gw.payload_mode == "binary"
-    assert gw.cors_origins == ["*"]  # not given on the command line: the file's
+    gw = Gateway.from_config(config_from_args(args))
+    assert gw.config.upstream.sub_endpoints == ("tcp://x:1",) and gw.max_queue == 1 << 20
+    assert gw.config.hub.payload_mode == "binary"
+    assert gw.config.http.cors_origins == ("*",)  # not given on the command line: the file's
 
     result = run_cli("--config", str(path), "--check")
     assert result.returncode == 0 and result.stdout == "zmqws: configuration OK\n", result.stderr
+
+
+def test_arguments_become_the_config(monkeypatch, tmp_path):
+    monkeypatch.delenv("ZMQWS_METRICS_TOKEN", raising=False)
+    monkeypatch.setenv("ZMQWS_TOKEN", "from-env")
+    config = config_from_args(parse_args([
+        "--demo", "--bind", "--sub", "tcp://127.0.0.1:5", "--sub", "tcp://127.0.0.1:6", "--separator", "|",
+        "--upstream-topic", "up", "--no-deflate", "--no-metrics", "--no-socketio", "--payload", "binary",
+        "--format", "json", "--cors-origin", "*", "--max-queue", "64K"]))
+    assert config.upstream.sub_endpoints == ("tcp://127.0.0.1:5", "tcp://127.0.0.1:6")
+    assert config.upstream.bind is False  # with --demo the SUB socket connects
+    assert (config.transports.separator, config.upstream.upstream_topic) == (b"|", b"up")
+    assert (config.server.deflate, config.http.metrics, config.transports.socketio) == (False, False, False)
+    assert (config.hub.payload_mode, config.transports.envelope) == ("binary", "json")
+    assert (config.http.cors_origins, config.server.max_queue) == (("*",), 64 << 10)
+    assert config.http.metrics_token == "from-env" and config.server.authenticate is not None
+    assert config.server.ssl_context is None
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("reader prices.\n")
+    config = config_from_args(parse_args(["--sub", "tcp://127.0.0.1:5", "--bind", "--token-file", str(tokens),
+                                          "--metrics-token", "scrape"]))
+    assert config.upstream.bind is True and config.http.metrics_token == "scrape"
+    assert config.server.authenticate.tokens.lookup("reader").read == frozenset({b"prices."})
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -354,8 +378,6 @@ def test_config_file_errors_name_the_file_and_the_key(tmp_path, text, expected):
 
 
 def test_config_needs_tomllib(tmp_path, monkeypatch, capsys):
-    from zmqws.__main__ import parse_args
-
     path = tmp_path / "zmqws.toml"
     path.write_text("port = 0\n")
     monkeypatch.setitem(sys.modules, "tomllib", None)  # as on Python < 3.11: the import fails

@@ -62,7 +62,7 @@ def read_seqs(client, n: int, timeout: float = 10.0):
 def drop_all(gw) -> None:
     """Abort every WebSocket connection on the server side: no close frame, TCP gone."""
     done = []
-    gw.call_soon_threadsafe(lambda: done.append([gw._abort(c) for c in gw.client_list()]))
+    gw.call_soon_threadsafe(lambda: done.append([gw.abort(c) for c in gw.client_list()]))
     wait_until(lambda: done, message="the connections to be aborted")
 
 

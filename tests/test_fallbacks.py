@@ -703,7 +703,7 @@ def test_poll_times_out_with_an_empty_array(make_gateway, http_conn):
     assert response.status == 200 and json.loads(body) == []
     assert 0.45 <= elapsed < 3.0, elapsed
     assert gw.stats.polls_held == 1
-    wait_until(lambda: len(gw.router) == 0, message="the timed-out poll to leave its route")
+    wait_until(lambda: len(gw.hub.router) == 0, message="the timed-out poll to leave its route")
 
 
 def test_poll_keep_alive_many_polls_on_one_connection(make_gateway, http_conn):
@@ -760,7 +760,7 @@ def test_many_parked_polls_cost_no_thread_and_one_publish_answers_all(make_gatew
             assert [d["data"] for d in json.loads(body)] == ["for everyone"]
         assert time.monotonic() - start < 5
         assert threading.active_count() == threads_before
-        wait_until(lambda: len(gw.router) == 0, message="the answered polls to leave their route")
+        wait_until(lambda: len(gw.hub.router) == 0, message="the answered polls to leave their route")
     finally:
         for sock in socks:
             sock.close()
@@ -775,7 +775,7 @@ def test_parked_poll_closed_by_the_client_is_forgotten(make_gateway):
     assert gw.subscriptions() == [b"gone."]
     for sock in socks:
         sock.close()
-    wait_until(lambda: len(gw.router) == 0 and gw.subscriptions() == [], message="the polls to be forgotten")
+    wait_until(lambda: len(gw.hub.router) == 0 and gw.subscriptions() == [], message="the polls to be forgotten")
 
 
 def test_poll_gap_notice_when_since_is_older_than_the_history(make_gateway, http_conn):

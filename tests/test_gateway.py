@@ -11,6 +11,7 @@ import pytest
 
 from conftest import ws_connect
 from zmqws.protocol.frames import OP_TEXT
+from zmqws.wire import Envelopes
 from zmqws.gateway import Gateway
 
 pytestmark = pytest.mark.timeout(40)
@@ -247,27 +248,28 @@ def test_bad_bind_endpoint_raises_value_error(make_pub):
         gw.start()
 
 
-def test_an_exception_in_one_route_costs_that_route_one_turn_only(make_gateway, raw_ws, wait_until):
+def test_an_exception_in_one_route_costs_that_route_one_turn_only(make_gateway, raw_ws, wait_until,
+                                                                  monkeypatch):
     gw = make_gateway(None)
     failing = raw_ws(gw.port, path="/?format=json")  # the first route of the turn
     others = [raw_ws(gw.port, path=f"/?format={fmt}") for fmt in ("payload", "topic")]
-    wait_until(lambda: len(gw._states) == 3)
-    encode = gw._encode
+    wait_until(lambda: len(gw.hub.subscribers) == 3)
+    body = Envelopes.body
 
-    def broken(m, envelope, wire):
+    def broken(self, m, envelope):
         if envelope == "json":
             raise RuntimeError("a bug in one envelope")
-        return encode(m, envelope, wire)
+        return body(self, m, envelope)
 
-    gw._encode = broken
+    monkeypatch.setattr(Envelopes, "body", broken)
     gw.publish("lost for json")
     wait_until(lambda: gw.stats.send_errors == 1)
-    del gw._encode  # fixed: the class's method again
+    monkeypatch.setattr(Envelopes, "body", body)  # fixed
     gw.publish("next")
     for ws in others:  # single-part messages: the same in the payload and topic envelopes
         assert [ws.recv_frame()[2] for _ in range(2)] == [b"lost for json", b"next"]
     assert json.loads(failing.recv_frame()[2])["data"] == "next"
-    assert all(not route.pending for route in gw.router.routes()) and not gw._active
+    assert all(not route.pending for route in gw.hub.router.routes())
 
 
 # -- HTTP ---------------------------------------------------------------------------------------

@@ -838,7 +838,7 @@ def test_resume_after_the_upstream_subscription_expired_reports_a_gap(make_gatew
                 pub.send_multipart([b"g.x", b"g|%d" % seq])
             seen = [await recv_json(ws) for _ in range(5)]
         since = seen[-1]["id"]
-        await asyncio.to_thread(wait_until, lambda: b"g." not in gw.upstream.subscribed)
+        await asyncio.to_thread(wait_until, lambda: b"g." not in gw.hub.upstream.subscribed)
         for seq in range(5, 15):  # nobody subscribed upstream: the gateway never sees these
             pub.send_multipart([b"g.x", b"g|%d" % seq])
         current = gw.last_id

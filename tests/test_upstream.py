@@ -14,7 +14,7 @@ import time
 import pytest
 import zmq
 
-import zmqws.gateway
+import zmqws.upstream
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -142,7 +142,7 @@ def test_bound_endpoint_is_connected_while_a_peer_is(make_gateway, zmq_context, 
     endpoint = "tcp://127.0.0.1:*"
     gw = make_gateway(endpoint, bind=True)
     assert readyz(http_exchange, gw.port)[0] == 503
-    bound = gw._sub.getsockopt_string(zmq.LAST_ENDPOINT)
+    bound = gw.upstream.bound_endpoint()
     peers = []
     for _ in range(2):
         peer = zmq_context.socket(zmq.PUB)
@@ -178,7 +178,7 @@ def _receiving(pub, gw, wait_until) -> int:
 
 def test_upstream_id_gap_is_counted_and_logged(make_gateway, pub, http_exchange, wait_until,
                                                caplog, monkeypatch):
-    monkeypatch.setattr(zmqws.gateway, "GAP_SETTLE", 0.0)
+    monkeypatch.setattr(zmqws.upstream, "GAP_SETTLE", 0.0)
     caplog.set_level(logging.INFO, logger="zmqws")
     gw = make_gateway(pub.endpoint, upstream_ids=True, subscribe_all=True)
     next_id = _receiving(pub, gw, wait_until)
@@ -195,7 +195,7 @@ def test_upstream_id_gap_is_counted_and_logged(make_gateway, pub, http_exchange,
 def test_upstream_id_jump_under_topic_filtering_is_no_gap(make_gateway, pub, raw_ws, wait_until,
                                                           monkeypatch):
     """Subscribed to some topics only, the ids of the others are skipped by design."""
-    monkeypatch.setattr(zmqws.gateway, "GAP_SETTLE", 0.0)
+    monkeypatch.setattr(zmqws.upstream, "GAP_SETTLE", 0.0)
     gw = make_gateway(pub.endpoint, upstream_ids=True)
     client = raw_ws(gw.port, path="/?topic=t")
     wait_until(lambda: gw.subscriptions() == [b"t"], message="the upstream subscription")

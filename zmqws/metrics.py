@@ -17,12 +17,17 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Tuple
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .server import WebSocketServer
+    from .loop import Loop
+    from .stats import Stats
 
-__all__ = ["render", "snapshot", "write_snapshot", "CONTENT_TYPE"]
+__all__ = ["render", "snapshot", "WorkerSnapshots", "CONTENT_TYPE"]
+
+log = logging.getLogger("zmqws")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STALE_SECONDS = 5.0
@@ -81,45 +86,97 @@ _DROP_CAUSES = [
 ]
 
 
-def snapshot(server: "WebSocketServer") -> Dict[str, Any]:
+class Source(Protocol):
+    """What the metrics are read from (a :class:`zmqws.gateway.Gateway`)."""
+
+    stats: "Stats"
+    loop: Optional["Loop"]
+    snapshots: Optional["WorkerSnapshots"]
+
+    def gauges(self) -> Tuple[Dict[str, int], int]: ...
+
+    def upstream_status(self) -> Dict[str, bool]: ...
+
+
+def snapshot(gateway: Source) -> Dict[str, Any]:
     """This process's counters and gauges as plain data (loop thread)."""
-    by_transport: Dict[str, int] = {"websocket": 0, "sse": 0, "poll": 0, "http": 0}
-    queued = 0
-    for client in list(server._clients.values()):
-        queued += client.session.out_bytes
-        if "eio_poll" in client.data:
-            continue  # a held Socket.IO poll: its session counts once, under "socketio-polling"
-        transport = client.transport or "http"
-        by_transport[transport] = by_transport.get(transport, 0) + 1
-    sio = getattr(server, "sio", None)
-    if sio is not None:
-        by_transport.update(sio.counts())
-    loop = server.loop
-    status = getattr(server, "upstream_status", None)
+    by_transport, queued = gateway.gauges()
+    loop = gateway.loop
     return {
-        "pid": os.getpid(), "time": time.time(), "stats": server.stats.as_dict(),
+        "pid": os.getpid(), "time": time.time(), "stats": gateway.stats.as_dict(),
         "clients": by_transport, "queued": queued,
-        "upstream": {endpoint: int(up) for endpoint, up in (status() if status else {}).items()},
+        "upstream": {endpoint: int(up) for endpoint, up in gateway.upstream_status().items()},
         "loop": {"turns": loop.turns if loop else 0,
                  "busy": loop.busy_seconds if loop else 0.0,
                  "max_turn": loop.max_turn_seconds if loop else 0.0},
     }
 
 
-def write_snapshot(server: "WebSocketServer", folder: str) -> None:
-    """Write this process's snapshot to ``folder`` (atomically: write, then rename)."""
-    path = os.path.join(folder, f"worker-{os.getpid()}.json")
+class WorkerSnapshots:
+    """With ``--workers``: the exchange of counters through ``folder``, off the loop.
+
+    :meth:`publish` hands this process's snapshot (taken on the loop) to a
+    worker thread, which writes it (atomically: write, then rename), reads the
+    other workers' fresh ones and the forwarder's ``status_file``, and hands
+    them back to the loop (``call_soon_threadsafe``): ``/metrics`` and
+    ``/readyz`` then read :attr:`others` and :attr:`forwarder_status` from
+    memory, at most a second old, and never touch the disk on the loop.
+    """
+
+    def __init__(self, folder: Optional[str], status_file: Optional[str],
+                 call_soon_threadsafe: Callable[[Callable[[], None]], None]) -> None:
+        self.folder = folder
+        self.status_file = status_file
+        self.others: List[Dict[str, Any]] = []
+        self.forwarder_status: Optional[Dict[str, bool]] = None
+        self._call_soon = call_soon_threadsafe
+        self._executor: Optional[ThreadPoolExecutor] = None
+
+    def publish(self, own: Dict[str, Any]) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zmqws-metrics")
+        self._executor.submit(self._exchange, own)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def _exchange(self, own: Dict[str, Any]) -> None:
+        others: List[Dict[str, Any]] = []
+        if self.folder:
+            try:
+                _write_json(os.path.join(self.folder, f"worker-{own['pid']}.json"), own)
+            except OSError as exc:
+                log.warning("cannot write metrics snapshot: %s", exc)
+            others = _read_snapshots(self.folder, own["pid"])
+        status = None
+        if self.status_file:
+            try:
+                with open(self.status_file) as f:
+                    status = json.load(f)
+            except (OSError, ValueError):
+                status = None
+        try:
+            self._call_soon(lambda: self._received(others, status))
+        except (OSError, RuntimeError):  # pragma: no cover - the loop closed meanwhile (stop)
+            pass
+
+    def _received(self, others: List[Dict[str, Any]], status: Optional[Dict[str, bool]]) -> None:
+        self.others = others
+        self.forwarder_status = status
+
+
+def _write_json(path: str, doc: Dict[str, Any]) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(snapshot(server), f)
+        json.dump(doc, f)
     os.replace(tmp, path)
 
 
-def _snapshots(server: "WebSocketServer", folder: "str | None") -> List[Dict[str, Any]]:
-    own = snapshot(server)
-    if not folder:
-        return [own]
-    found = [own]
+def _read_snapshots(folder: str, own_pid: int) -> List[Dict[str, Any]]:
+    """The other workers' snapshots in ``folder``, those written in the last ``STALE_SECONDS``."""
+    found: List[Dict[str, Any]] = []
     now = time.time()
     try:
         names = os.listdir(folder)
@@ -133,14 +190,14 @@ def _snapshots(server: "WebSocketServer", folder: "str | None") -> List[Dict[str
                 snap = json.load(f)
         except (OSError, ValueError):
             continue
-        if snap.get("pid") != own["pid"] and now - snap.get("time", 0) < STALE_SECONDS:
+        if snap.get("pid") != own_pid and now - snap.get("time", 0) < STALE_SECONDS:
             found.append(snap)
     return found
 
 
-def render(server: "WebSocketServer", folder: "str | None" = None) -> bytes:
-    """The metrics of this process, or summed over every worker's snapshot in ``folder``."""
-    snaps = _snapshots(server, folder)
+def render(gateway: Source) -> bytes:
+    """The metrics of this process, or summed over every worker's (see :class:`WorkerSnapshots`)."""
+    snaps = [snapshot(gateway)] + (gateway.snapshots.others if gateway.snapshots is not None else [])
     per_worker = len(snaps) > 1
     lines: List[str] = []
 

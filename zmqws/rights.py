@@ -21,12 +21,12 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, Iterable, List, Optional, Union
+from typing import AbstractSet, Callable, Dict, FrozenSet, Iterable, List, Optional, Union
 
 from .protocol.errors import ZmqwsError
 
 __all__ = ["Rights", "ALL_RIGHTS", "TopicRefused", "resolve_topics", "topic_matches",
-           "rights_from_hook", "TokenFile", "parse_token_file"]
+           "rights_from_hook", "TopicPolicy", "TokenFile", "parse_token_file"]
 
 log = logging.getLogger("zmqws")
 
@@ -157,6 +157,57 @@ def check_count(prefixes: Iterable[bytes], max_topics: int, max_topic_length: in
             raise TopicRefused(f"topic longer than {max_topic_length} bytes", 400)
     if max_topics and count > max_topics:
         raise TopicRefused(f"more than {max_topics} topics", 400)
+
+
+class TopicPolicy:
+    """The one check of the topics a client asks for, on every transport: its read rights and
+    the caps (``max_topics`` prefixes of ``max_topic_length`` bytes per client,
+    ``max_upstream_prefixes`` distinct prefixes in ``subscribed``, the SUB socket's set).
+    Every refusal is :class:`TopicRefused` and is counted by ``refused()``."""
+
+    __slots__ = ("max_topics", "max_topic_length", "max_upstream_prefixes", "subscribed", "refused")
+
+    def __init__(self, max_topics: int, max_topic_length: int, max_upstream_prefixes: int,
+                 subscribed: AbstractSet[bytes], refused: Callable[[], None]) -> None:
+        self.max_topics = max_topics
+        self.max_topic_length = max_topic_length
+        self.max_upstream_prefixes = max_upstream_prefixes
+        self.subscribed = subscribed
+        self.refused = refused
+
+    def join(self, rights: Rights, requested: Iterable[Union[str, bytes]]) -> List[bytes]:
+        """The prefixes a joining client is routed with (:func:`resolve_topics`, and the room
+        upstream)."""
+        try:
+            prefixes = resolve_topics(requested, rights, self.max_topics, self.max_topic_length)
+            self._check_upstream_room(prefixes)
+        except TopicRefused:
+            self.refused()
+            raise
+        return prefixes
+
+    def subscribe(self, rights: Rights, current: Iterable[bytes], wanted: List[bytes]) -> List[bytes]:
+        """A client's prefixes once ``wanted`` are added to ``current``."""
+        try:
+            check_count(wanted, 0, self.max_topic_length)
+            check_read(wanted, rights)
+            chosen = dict.fromkeys(current)
+            chosen.update(dict.fromkeys(wanted))
+            check_count(chosen, self.max_topics, self.max_topic_length)
+            self._check_upstream_room(chosen)
+        except TopicRefused:
+            self.refused()
+            raise
+        return sorted(chosen)
+
+    def _check_upstream_room(self, prefixes: Iterable[bytes]) -> None:
+        """Refuse (503) prefixes that would take the SUB socket past ``max_upstream_prefixes``."""
+        limit = self.max_upstream_prefixes
+        if not limit:
+            return
+        new = sum(1 for p in prefixes if p not in self.subscribed)
+        if new and len(self.subscribed) + new > limit:
+            raise TopicRefused("too many distinct topics on this gateway", 503)
 
 
 # -- the token file ------------------------------------------------------------------------

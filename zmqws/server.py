@@ -31,105 +31,31 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional,
 from .protocol import handshake
 from .protocol.deflate import DeflateConfig
 from .protocol.connection import (
-    CLOSED, OPEN, OutputQueue, CloseReceived, ConnectionFailed, Message, Ping, Pong, WebSocketConnection,
+    CLOSED, OPEN, CloseReceived, ConnectionFailed, Message, Ping, Pong, WebSocketConnection,
 )
 from .protocol.frames import (
     CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_POLICY_VIOLATION, OP_BINARY, OP_TEXT, encode_frame,
 )
 from .protocol.handshake import HTTPError, Request, RequestParser
 from .loop import POLLIN, POLLOUT, Loop
-from .rights import ALL_RIGHTS, Rights, rights_from_hook
+from .app import App, MessageHook
+from .config import ServerConfig, server_config
+from .peer import GONE, HTTP, LINGER, STREAM, TLS, WEBSOCKET, Client, address_text, peer_host
+from .rights import ALL_RIGHTS, rights_from_hook
 from .stats import Stats
 
 if TYPE_CHECKING:  # ssl (and the OpenSSL libraries, megabytes of RSS) loads only with TLS
-    import ssl
+    pass
 
-__all__ = ["WebSocketServer", "Client", "peer_host"]
+__all__ = ["WebSocketServer", "Client", "peer_host"]  # Client and peer_host: from zmqws.peer
 
 log = logging.getLogger("zmqws")
-
-# Client phases
-HTTP = 0         # reading an HTTP request
-WEBSOCKET = 1    # after the 101 response
-LINGER = 2       # output flushed then SHUT_WR; reading until EOF or a deadline
-GONE = 3
-STREAM = 4       # an endless HTTP response (Server-Sent Events); input is ignored
-TLS = 5          # the TLS handshake, run non-blocking in the loop
 
 _IOV_MAX = 1024
 FD_RESERVE = 32        # descriptors kept for the rest (ZeroMQ, the poller, files) under the fd limit
 ACCEPT_PAUSE = 0.1     # seconds the listener rests after accept() hit the descriptor limit
 LOG_INTERVAL = 5.0     # seconds between two log lines of one kind of refusal
 _RECV_SIZE = 262144
-
-
-class Client:
-    """One connected peer: its socket, phase and (after the upgrade) its WebSocket connection.
-
-    Hooks receive this object.  ``send()`` and ``close()`` may be called from
-    the loop thread only (from hooks); other threads use the server's
-    thread-safe methods.
-    """
-
-    __slots__ = ("server", "sock", "fd", "address", "id", "phase", "parser", "request", "path", "ws",
-                 "session", "close_after_flush", "want_write", "connected_at",
-                 "last_seen", "ping_sent_at", "deadline", "subprotocol", "data", "transport",
-                 "parked", "tls", "rights", "paused", "waiting", "requests", "__weakref__")
-
-    def __init__(self, server: "WebSocketServer", sock: socket.socket, address: Any, client_id: int,
-                 now: float) -> None:
-        self.server = server
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.address = address
-        self.id = client_id
-        self.phase = HTTP
-        self.parser: Optional[RequestParser] = None
-        self.request: Optional[Request] = None  # the HTTP request being answered (see below)
-        self.path = ""  # the path of the last request (kept after the upgrade)
-        self.ws: Optional[WebSocketConnection] = None
-        # The output queue: a plain one in the HTTP phase, then the transport session
-        # (the WebSocket connection, or an HTTP streaming session).
-        self.session: OutputQueue = OutputQueue()
-        self.close_after_flush = False
-        self.want_write = False
-        self.connected_at = now
-        self.last_seen = now
-        self.ping_sent_at = 0.0
-        self.deadline = now + server.handshake_timeout
-        self.subprotocol: Optional[str] = None
-        self.data: Dict[str, Any] = {}  # for applications
-        self.transport: Optional[str] = None  # "websocket", "sse", "poll" once it gets messages
-        self.parked = False  # an HTTP request held open (long-polling) until messages come
-        self.tls = server.ssl_context is not None
-        self.rights: Rights = ALL_RIGHTS  # what check_access found it may read and write
-        self.paused = False  # reading stopped: pipelined responses fill the output queue
-        self.waiting = False  # reading stopped: the response comes later (see reply_later)
-        self.requests = 0  # HTTP requests read on this connection
-
-    def __call__(self, revents: int) -> None:
-        """The loop's handler of this client's socket (one object less per connection than a closure)."""
-        self.server._on_client_event(self, revents)
-
-    @property
-    def open(self) -> bool:
-        return self.ws is not None and self.ws.state == OPEN
-
-    def send(self, data: Union[str, bytes]) -> None:
-        """Queue a message (``str`` → text frame, ``bytes`` → binary); flushed at the end of the turn."""
-        if self.ws is not None and self.ws.state == OPEN:
-            self.ws.send(data)
-            self.server._queued(self)
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        """Start the closing handshake (§7.1.2)."""
-        self.server._close_client(self, code, reason)
-
-    def __repr__(self) -> str:  # pragma: no cover
-        return f"<Client {self.id} {self.address}>"
-
-
-MessageHook = Callable[[Client, Union[str, bytes]], Any]
 
 
 def _is_loopback(host: str) -> bool:
@@ -147,19 +73,6 @@ def _host_name(value: str) -> str:
     if value.startswith("["):
         return value[:value.find("]") + 1]
     return value.partition(":")[0]
-
-
-def peer_host(address: Any) -> Any:
-    """The host of a peer address (``(host, port)``, or a Unix socket's name): what the
-    per-address connection limit counts."""
-    return address[0] if isinstance(address, tuple) else address
-
-
-def _address(address: Any) -> str:
-    """``host:port`` of a peer address, for log lines."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}"
-    return str(address)
 
 
 class WebSocketServer:
@@ -214,26 +127,29 @@ class WebSocketServer:
       ``on_disconnect(client)``: hooks, run on the loop thread.
     """
 
-    def __init__(self, port: int = 8080, *, host: str = "127.0.0.1",
-                 subprotocols: Sequence[str] = (), max_message_size: int = 1 << 20,
-                 max_fragments: int = 4096, max_header_size: int = 8192,
-                 max_queue: int = 4 << 20, slow_client: str = "close",
-                 ping_interval: float = 20.0, ping_timeout: float = 20.0,
-                 handshake_timeout: float = 10.0, close_timeout: float = 3.0,
-                 backlog: int = 1024, reuse_port: bool = False, ssl_context: Optional[ssl.SSLContext] = None,
-                 max_connections: int = 10000, max_connections_per_address: int = 0,
-                 max_requests_per_connection: int = 1000,
-                 idle_timeout: float = 0.0, allow_origins: Sequence[str] = (),
-                 allow_hosts: Sequence[str] = (),
-                 authenticate: Optional[Callable[[Request], Optional[Iterable[str]]]] = None,
-                 deflate: bool = True, deflate_threshold: int = 128,
-                 deflate_level: int = 6, deflate_mem_level: int = 8,
-                 deflate_max_window_bits: int = 15,
+    def __init__(self, port: int = 8080, *, app: Optional[App] = None,
                  on_connect: Optional[Callable[[Client], Any]] = None,
                  on_message: Optional[MessageHook] = None,
-                 on_disconnect: Optional[Callable[[Client], Any]] = None) -> None:
-        if slow_client not in ("close", "drop"):
-            raise ValueError("slow_client must be 'close' or 'drop'")
+                 on_disconnect: Optional[Callable[[Client], Any]] = None,
+                 config: Optional[ServerConfig] = None, **options: Any) -> None:
+        if config is None:
+            config = server_config(dict(options, port=port))
+        self.server_config = config
+        self.app = app if app is not None else App(on_connect, on_message, on_disconnect)
+        self.app.attach(self)
+        host, port = config.host, config.port
+        subprotocols, max_message_size = config.subprotocols, config.max_message_size
+        max_fragments, max_header_size = config.max_fragments, config.max_header_size
+        max_queue, slow_client = config.max_queue, config.slow_client
+        ping_interval, ping_timeout = config.ping_interval, config.ping_timeout
+        handshake_timeout, close_timeout = config.handshake_timeout, config.close_timeout
+        backlog, reuse_port, ssl_context = config.backlog, config.reuse_port, config.ssl_context
+        max_connections = config.max_connections
+        max_connections_per_address = config.max_connections_per_address
+        max_requests_per_connection = config.max_requests_per_connection
+        idle_timeout, allow_origins, allow_hosts = config.idle_timeout, config.allow_origins, config.allow_hosts
+        authenticate = config.authenticate
+        deflate = config.deflate
         self.host = host
         self._requested_port = port
         self.port: Optional[int] = None
@@ -248,9 +164,9 @@ class WebSocketServer:
         self.handshake_timeout = handshake_timeout
         self.close_timeout = close_timeout
         self.backlog = backlog
-        self.deflate = (DeflateConfig(threshold=deflate_threshold, level=deflate_level,
-                                      mem_level=deflate_mem_level,
-                                      max_window_bits=deflate_max_window_bits)
+        self.deflate = (DeflateConfig(threshold=config.deflate_threshold, level=config.deflate_level,
+                                      mem_level=config.deflate_mem_level,
+                                      max_window_bits=config.deflate_max_window_bits)
                         if deflate else None)
         self.reuse_port = reuse_port
         self.ssl_context = ssl_context
@@ -267,9 +183,6 @@ class WebSocketServer:
         self.authenticate = authenticate
         self._per_address: Dict[Any, int] = {}
         self._held_slots = 0  # connections counted for sessions without one (take_slot)
-        self.on_connect = on_connect
-        self.on_message = on_message
-        self.on_disconnect = on_disconnect
         self.stats = Stats()
         self.loop: Optional[Loop] = None
         self._listener: Optional[socket.socket] = None
@@ -279,7 +192,7 @@ class WebSocketServer:
         self._refill: Dict[Client, None] = {}        # clients to refill when their queue drains
         self._next_id = 1
         self._thread: Optional[threading.Thread] = None
-        self._stopping = False
+        self.stopping = False
         self._stopped = threading.Event()
         self._started = False
         self._housekeeping_timer = None
@@ -306,7 +219,7 @@ class WebSocketServer:
         try:
             self._listen()
             self._fit_fd_limit()
-            self._setup()
+            self.app.setup()
         except BaseException:
             if self._listener is not None:  # do not leak the bound port
                 self._listener.close()
@@ -370,24 +283,15 @@ class WebSocketServer:
             frame = encode_frame(OP_BINARY, bytes(data))
         self.call_soon_threadsafe(lambda: self.fanout(frame, self._ws_clients, 1))
 
+    def connection_list(self) -> List[Client]:
+        """Every connection, whatever its phase (loop thread)."""
+        return list(self._clients.values())
+
     def client_list(self) -> List[Client]:
         """The open WebSocket clients (loop thread)."""
         return list(self._ws_clients)
 
-    # -- overridable ------------------------------------------------------------
-
-    def handle_http(self, client: Client, request: Request) -> bytes:
-        """Answer a plain (non-upgrade) HTTP request; subclasses serve pages here."""
-        if request.method not in ("GET", "HEAD"):
-            raise HTTPError(405, "method not allowed", [("Allow", "GET, HEAD")])
-        raise HTTPError(404, "not found")
-
-    def body_limit(self, request: Request) -> int:
-        """The largest body ``request`` (its head) may carry; 0: none (413 for any, unread)."""
-        return 0
-
-    def accept_websocket(self, client: Client, request: Request) -> None:
-        """Hook before the 101 response: raise :class:`HTTPError` to refuse the upgrade."""
+    # -- access -------------------------------------------------------------------
 
     def check_access(self, client: Client, request: Request) -> None:
         """``allow_origins`` and the ``authenticate`` hook, for upgrades and streaming requests.
@@ -414,11 +318,9 @@ class WebSocketServer:
             return None
         return self.deflate.negotiate(offers)
 
-    def _setup(self) -> None:
-        """Subclasses create and register their other sockets here (loop not yet running)."""
-
     def _teardown(self) -> None:
-        """Subclasses release what ``_setup`` made (loop stopped)."""
+        """The app's teardown, then the server's own (loop stopped)."""
+        self.app.teardown()
         if self._reserve_fd is not None:
             os.close(self._reserve_fd)
             self._reserve_fd = None
@@ -550,7 +452,7 @@ class WebSocketServer:
                     continue
             client = Client(self, sock, address, self._next_id, now)
             self._next_id += 1
-            client.parser = RequestParser(self.max_header_size, body_limit=self.body_limit)
+            client.parser = RequestParser(self.max_header_size, body_limit=self.app.body_limit)
             if client.tls:
                 client.phase = TLS
             self._per_address[host] = self._per_address.get(host, 0) + 1
@@ -581,12 +483,12 @@ class WebSocketServer:
                 self._reserve_fd = os.open(os.devnull, os.O_RDONLY)
             except OSError:
                 pass  # still at the limit: the next accept() failure only rests the listener
-        if self._listener is not None and not self._stopping:
+        if self._listener is not None and not self.stopping:
             self.loop.register(self._listener.fileno(), POLLIN, self._on_accept)
 
     def _over_limit(self, host: Any) -> bool:
         """One more connection from ``host`` would pass a connection limit (or we are stopping)."""
-        return self._stopping or len(self._clients) + self._held_slots >= self.max_connections or bool(
+        return self.stopping or len(self._clients) + self._held_slots >= self.max_connections or bool(
             self.max_connections_per_address
             and self._per_address.get(host, 0) >= self.max_connections_per_address)
 
@@ -629,7 +531,7 @@ class WebSocketServer:
 
     # -- reading ----------------------------------------------------------------
 
-    def _on_client_event(self, client: Client, revents: int) -> None:
+    def handle_events(self, client: Client, revents: int) -> None:
         if client.phase == TLS:
             self._tls_handshake(client)
             return
@@ -654,7 +556,7 @@ class WebSocketServer:
         except (ssl.SSLError, OSError) as exc:
             self.stats.tls_errors += 1
             log.debug("client %s: TLS handshake failed: %s", client.id, exc)
-            self._abort(client)
+            self.abort(client)
             return
         client.phase = HTTP
         self._want_write(client, False)
@@ -685,10 +587,10 @@ class WebSocketServer:
         except self._would_block:
             return
         except OSError:
-            self._abort(client)
+            self.abort(client)
             return
         if not data:
-            self._abort(client)
+            self.abort(client)
             return
         client.last_seen = time.monotonic()
         self.stats.bytes_in += len(data)
@@ -705,9 +607,9 @@ class WebSocketServer:
         except Exception:
             log.exception("internal error on client %s", client.id)
             if client.phase == WEBSOCKET and client.ws is not None:
-                self._close_client(client, CLOSE_INTERNAL_ERROR, "internal error")
+                self.close_client(client, CLOSE_INTERNAL_ERROR, "internal error")
             else:
-                self._abort(client)
+                self.abort(client)
 
     def _http_data(self, client: Client, data: bytes) -> None:
         if client.close_after_flush:
@@ -730,7 +632,7 @@ class WebSocketServer:
                 if client.requests >= self.max_requests_per_connection > 0:
                     request.last = True  # its response says "Connection: close"
                     self.stats.requests_capped += 1
-                response = self.handle_http(client, request)
+                response = self.app.handle_http(client, request)
                 if response is not None:
                     self.http_reply(client, response)
                 if client.phase != HTTP or client.parked or client.close_after_flush or client.waiting:
@@ -796,15 +698,40 @@ class WebSocketServer:
             response = response[:self._head_length(response)]  # RFC 9110 §9.3.2: no body
         client.session.queue(response)
         client.parked = False
-        if keep_alive and request is not None and request.keep_alive and not self._stopping:
+        if keep_alive and request is not None and request.keep_alive and not self.stopping:
             client.deadline = time.monotonic() + self.handshake_timeout
         else:
             client.close_after_flush = True
-        self._queued(client)
+        self.queued(client)
+
+    def start_stream(self, client: Client, head: bytes, transport: str) -> None:
+        """The response to ``client.request`` becomes an endless stream (Server-Sent Events):
+        ``head`` now, then what is queued; what the client sends is discarded."""
+        client.phase = STREAM
+        client.transport = transport
+        client.deadline = 0.0
+        client.ping_sent_at = time.monotonic()  # the last heartbeat
+        self.queue(client, head)
+
+    def park(self, client: Client, deadline: float, transport: str) -> None:
+        """Hold ``client.request`` unanswered until :meth:`answer` (or the app's
+        ``on_deadline`` at ``deadline``): long-polling."""
+        client.parked = True
+        client.transport = transport
+        client.deadline = deadline
+
+    def answer(self, client: Client, status: int, body: bytes, content_type: str,
+               headers: Sequence[Tuple[str, str]]) -> None:
+        """The response to a held request; the connection stays open as its request asked."""
+        request = client.request
+        client.transport = None
+        self.http_reply(client, handshake.http_response(status, body, content_type, headers,
+                                                        keep_alive=request is not None and request.keep_alive),
+                        keep_alive=True)
 
     def _upgrade(self, client: Client, request: Request) -> None:
         self.check_access(client, request)
-        self.accept_websocket(client, request)
+        self.app.accept_websocket(client, request)
         response, subprotocol, extension = handshake.websocket_accept(
             request, self.subprotocols, self.negotiate_extensions)
         ws = WebSocketConnection(max_message_size=self.max_message_size,
@@ -820,27 +747,23 @@ class WebSocketServer:
         self._ws_clients[client] = None
         client.transport = "websocket"
         self.stats.ws_connections += 1
-        address = _address(client.address)
+        address = address_text(client.address)
         log.info("connect client=%s addr=%s transport=websocket path=%s", client.id, address,
                  request.path, extra={"client": client.id, "addr": address,
                                       "transport": "websocket", "path": request.path})
-        self._queued(client)
-        self._on_open(client)
+        self.queued(client)
+        self.app.on_open(client)
         client.request = None  # answered: its headers are a kilobyte and more per connection
         if rest and client.phase == WEBSOCKET:
             self._ws_data(client, rest)
 
-    def _on_open(self, client: Client) -> None:
-        """Called once the 101 response is queued; subclasses subscribe the client here."""
-        if self.on_connect is not None:
-            self._call_hook(client, self.on_connect, client)
-
-    def _call_hook(self, client: Client, hook: Callable[..., Any], *args: Any) -> None:
+    def call_hook(self, client: Client, hook: Callable[..., Any], *args: Any) -> None:
+        """Run an application hook; an exception in it closes that client (1011), nobody else."""
         try:
             hook(*args)
         except Exception:
             log.exception("error in hook %r for client %s", hook, client.id)
-            self._close_client(client, CLOSE_INTERNAL_ERROR, "internal error")
+            self.close_client(client, CLOSE_INTERNAL_ERROR, "internal error")
 
     def _ws_data(self, client: Client, data: bytes) -> None:
         ws = client.ws
@@ -849,9 +772,9 @@ class WebSocketServer:
             cls = event.__class__
             if cls is Message:
                 self.stats.messages_in += 1
-                self._on_message(client, event)
+                self.app.on_message(client, event)
             elif cls is Ping:
-                self._on_ping(client)
+                self.app.on_ping(client)
             elif cls is Pong:
                 client.ping_sent_at = 0.0
             elif cls is CloseReceived:
@@ -864,23 +787,14 @@ class WebSocketServer:
             if ws.out_bytes > self.max_queue and ws.state == OPEN:
                 # Pongs pile up for a peer that pings and does not read: the bound holds for them too.
                 self._slow_client(client, 0, force_close=True)
-            self._queued(client)
+            self.queued(client)
         if ws.state == CLOSED and not client.close_after_flush:
             # Once only: bytes the peer keeps sending must not push the close deadline back.
             self._closing_done(client)
 
-    def _on_ping(self, client: Client) -> None:
-        """A ping from a client (its pong is already queued); subclasses rate-limit here."""
-
-    def _on_message(self, client: Client, message: Message) -> None:
-        """A whole message from a client; the default calls the ``on_message`` hook."""
-        if self.on_message is not None:
-            data = message.data if message.binary else message.data.decode("utf-8")
-            self._call_hook(client, self.on_message, client, data)
-
     # -- writing ----------------------------------------------------------------
 
-    def _queued(self, client: Client) -> None:
+    def queued(self, client: Client) -> None:
         self._dirty[client] = None
 
     def _flush_dirty(self) -> None:
@@ -939,7 +853,7 @@ class WebSocketServer:
         log.info("client %s: slow consumer (over %d bytes queued), closing with 1008",
                  client.id, self.max_queue,
                  extra={"client": client.id, "code": CLOSE_POLICY_VIOLATION, "reason": "slow consumer"})
-        self._close_client(client, CLOSE_POLICY_VIOLATION, "slow consumer")
+        self.close_client(client, CLOSE_POLICY_VIOLATION, "slow consumer")
 
     def _flush(self, client: Client) -> None:
         """One ``sendmsg`` of the client's queue; POLLOUT stays registered only while output remains."""
@@ -955,7 +869,7 @@ class WebSocketServer:
             except self._would_block:
                 pass
             except OSError:
-                self._abort(client)
+                self.abort(client)
                 return
         self._sent(client, sent)
 
@@ -980,7 +894,8 @@ class WebSocketServer:
                 return
             out = client.session.out
         if client in self._refill and session.out_bytes <= self.max_queue >> 1:
-            self._refill_client(client)
+            self._refill.pop(client, None)
+            self.app.on_refill(client)
         if out:
             self._want_write(client, True)
             return
@@ -988,30 +903,52 @@ class WebSocketServer:
         if client.close_after_flush:
             self._linger(client)
 
-    def _refill_client(self, client: Client) -> None:
-        """A client in ``_refill`` has drained below half of ``max_queue``: queue more
-        (subclasses pace long replays with it; see ``Gateway._replay``)."""
-        self._refill.pop(client, None)
+    # -- the output queues, as the hub sees them (zmqws.hub.Output) ---------------
 
-    # -- closing ----------------------------------------------------------------
+    @property
+    def drop_slow(self) -> bool:
+        """The slow-consumer policy drops messages (else it closes the client)."""
+        return self.slow_client == "drop"
 
-    def _close_client(self, client: Client, code: int, reason: str) -> None:
+    def queue(self, client: Client, data: bytes) -> None:
+        """Queue encoded bytes on a client; flushed at the end of the turn (loop thread)."""
+        client.session.queue(data)
+        self._dirty[client] = None
+
+    @staticmethod
+    def queued_bytes(client: Client) -> int:
+        return client.session.out_bytes
+
+    def refill_when_drained(self, client: Client, wanted: bool) -> None:
+        """Call ``app.on_refill(client)`` once its queue drains below half of ``max_queue``."""
+        if wanted:
+            self._refill[client] = None
+        else:
+            self._refill.pop(client, None)
+
+    def close_slow(self, client: Client) -> None:
+        """Close a client as a slow consumer (1008), whatever the policy."""
+        self._slow_client(client, 0, force_close=True)
+
+    def close_client(self, client: Client, code: int, reason: str) -> None:
         """Server-initiated close: a close frame, then wait ``close_timeout`` for the peer's."""
+        self.app.on_closing(client)
         if client.phase == WEBSOCKET and client.ws is not None:
             if client.ws.state == OPEN:
                 client.ws.close(code, reason)
                 self._ws_clients.pop(client, None)
                 client.deadline = time.monotonic() + self.close_timeout
-                self._queued(client)
+                self.queued(client)
         elif client.phase in (HTTP, STREAM):
-            self._abort(client)
+            self.abort(client)
 
     def _closing_done(self, client: Client) -> None:
         """The close handshake is over (or failed): flush, then close TCP first (§7.1.1)."""
+        self.app.on_closing(client)
         self._ws_clients.pop(client, None)
         client.close_after_flush = True
         client.deadline = time.monotonic() + self.close_timeout
-        self._queued(client)
+        self.queued(client)
 
     def _linger(self, client: Client) -> None:
         """Everything is sent: half-close and read until the peer's FIN (or the deadline)."""
@@ -1024,9 +961,9 @@ class WebSocketServer:
             # Under TLS this drops the SSL object too; what still arrives is discarded raw.
             client.sock.shutdown(socket.SHUT_WR)
         except OSError:
-            self._abort(client)
+            self.abort(client)
 
-    def _abort(self, client: Client) -> None:
+    def abort(self, client: Client) -> None:
         """Drop the TCP connection now and forget the client."""
         if client.phase == GONE:
             return
@@ -1047,20 +984,12 @@ class WebSocketServer:
             if ws is not None:
                 code = ws.close_code if ws.close_code is not None else 1006
                 self.stats.count_close(code)
-                address = _address(client.address)
+                address = address_text(client.address)
                 log.info("disconnect client=%s addr=%s code=%s reason=%r", client.id, address,
                          code, ws.close_reason,
                          extra={"client": client.id, "addr": address, "transport": client.transport,
                                 "code": code, "reason": ws.close_reason})
-            self._on_close(client)
-
-    def _on_close(self, client: Client) -> None:
-        """Called once when a client with a transport is gone; subclasses unsubscribe it here."""
-        if self.on_disconnect is not None and client.ws is not None:
-            try:
-                self.on_disconnect(client)
-            except Exception:
-                log.exception("error in on_disconnect for client %s", client.id)
+            self.app.on_close(client)
 
     # -- timers -------------------------------------------------------------------
 
@@ -1080,7 +1009,7 @@ class WebSocketServer:
             if phase == WEBSOCKET and client.ws.state == OPEN:
                 if self.idle_timeout and now - client.last_seen >= self.idle_timeout:
                     self.stats.idle_closed += 1
-                    self._close_client(client, 1000, "idle timeout")
+                    self.close_client(client, 1000, "idle timeout")
                     continue
                 if not ping_interval:
                     continue
@@ -1090,42 +1019,44 @@ class WebSocketServer:
                                  extra={"client": client.id, "code": CLOSE_INTERNAL_ERROR,
                                         "reason": "keepalive ping timeout"})
                         self.stats.ping_timeouts += 1
-                        self._close_client(client, CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
+                        self.close_client(client, CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
                 elif now - client.last_seen >= ping_interval:
                     client.ping_sent_at = now
                     client.ws.ping(b"zmqws")
-                    self._queued(client)
+                    self.queued(client)
             elif phase == STREAM:
-                self._stream_tick(client, now)
+                self.app.on_stream_tick(client, now)
             elif client.deadline and now >= client.deadline:
                 self._deadline(client)
-        if not self._stopping:
+        if not self.stopping:
             self._schedule_housekeeping()
 
     def _deadline(self, client: Client) -> None:
-        """A client's deadline passed: handshake or keep-alive idle time, or the close wait."""
+        """A client's deadline passed: a held request's (the app's), handshake or keep-alive
+        idle time, or the close wait."""
+        if client.parked:
+            self.app.on_deadline(client)
+            return
         if client.phase in (HTTP, TLS) and not client.close_after_flush:
             self.stats.handshake_timeouts += 1
-        self._abort(client)
-
-    def _stream_tick(self, client: Client, now: float) -> None:
-        """Once a second for every streaming HTTP client (subclasses send heartbeats)."""
+        self.abort(client)
 
     # -- stopping -----------------------------------------------------------------
 
     def _begin_stop(self, timeout: float) -> None:
-        if self._stopping:
+        if self.stopping:
             return
-        self._stopping = True
+        self.stopping = True
+        self.app.on_stop()
         if self._listener is not None:
             self.loop.unregister(self._listener.fileno())
             self._listener.close()
             self._listener = None
         for client in list(self._clients.values()):
             if client.phase == WEBSOCKET:
-                self._close_client(client, CLOSE_GOING_AWAY, "server shutting down")
+                self.close_client(client, CLOSE_GOING_AWAY, "server shutting down")
             elif client.phase in (HTTP, STREAM) and not client.close_after_flush:
-                self._abort(client)
+                self.abort(client)
         self._flush_dirty()
         deadline = time.monotonic() + timeout
         self._wait_for_clients(deadline)
@@ -1133,12 +1064,12 @@ class WebSocketServer:
     def _wait_for_clients(self, deadline: float) -> None:
         if not self._clients or time.monotonic() >= deadline:
             for client in list(self._clients.values()):
-                self._abort(client)
+                self.abort(client)
             self.loop.stop()
             return
         for client in list(self._clients.values()):
             if client.deadline and time.monotonic() >= client.deadline:
-                self._abort(client)
+                self.abort(client)
         self.loop.call_later(0.02, lambda: self._wait_for_clients(deadline))
 
     def _run_loop(self) -> None:
@@ -1148,7 +1079,7 @@ class WebSocketServer:
             log.exception("the loop failed")
         finally:
             for client in list(self._clients.values()):
-                self._abort(client)
+                self.abort(client)
             if self._listener is not None:
                 self._listener.close()
                 self._listener = None

@@ -1,0 +1,116 @@
+"""The transports: thin adapters between a client's protocol and the hub.
+
+Each transport turns what its clients send into hub calls (join, change
+topics, forward, leave) and owns its wire kind (:mod:`zmqws.wire`), the
+encoder the hub uses to build a message's bytes once for all its clients:
+
+* :mod:`.websocket`: RFC 6455 clients (``ws://host/?topic=...``), control
+  messages ``{"subscribe": ...}``, messages forwarded upstream;
+* :mod:`.sse`: Server-Sent Events (``GET /events``), heartbeats;
+* :mod:`.poll`: long-polling (``GET /poll?since=ID``), one answer per request;
+* :mod:`.socketio`: Engine.IO v4 / Socket.IO v5 sessions over polling and
+  WebSocket.
+
+A transport never repeats a policy of the hub: rights, topic caps, resume and
+gap notices, rates are the hub's.  :class:`Context` is what every transport
+is given.  A new transport is one new module here and one line in
+:class:`zmqws.gateway.GatewayApp`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+
+from ..protocol.errors import HTTPError
+from ..rights import TopicRefused
+from ..routing import MAX_ID_DIGITS, parse_id
+from ..wire import Envelopes, WebSocketWire
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import TransportConfig
+    from ..hub import Hub
+    from ..peer import Client
+    from ..protocol.deflate import PerMessageDeflate
+    from ..protocol.handshake import Request
+    from ..server import WebSocketServer
+    from ..upstream import UpstreamSockets
+
+__all__ = ["Context", "JoinQuery", "cors_headers"]
+
+log = logging.getLogger("zmqws")
+
+
+def cors_headers(request: "Request", origins: Sequence[str]) -> List[Tuple[str, str]]:
+    """``Access-Control-Allow-Origin`` only for an ``Origin`` that ``origins`` names."""
+    origin = request.header("origin")
+    if not origin or not origins:
+        return []
+    if "*" in origins:
+        return [("Access-Control-Allow-Origin", "*")]
+    if origin in origins:
+        return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+    return []
+
+
+class JoinQuery:
+    """What a WebSocket, SSE or poll request asks for, checked: its topic prefixes (within its
+    rights and the caps), its envelope (``?format=``) and its resume point (``?since=``, else
+    ``Last-Event-ID``).  :class:`HTTPError` (400, 403, 503) for what cannot be served."""
+
+    __slots__ = ("prefixes", "envelope", "since", "chose_topics")
+
+    def __init__(self, context: "Context", client: "Client", request: "Request") -> None:
+        config = context.config
+        topics = request.query.get("topic", [])
+        try:
+            self.prefixes = context.hub.topics_for(client.rights, topics)
+        except TopicRefused as exc:
+            raise HTTPError(exc.status, exc.message) from None
+        self.chose_topics = bool(topics)
+        self.envelope = request.query_value("format", config.envelope)
+        if self.envelope not in ("payload", "topic", "json"):
+            raise HTTPError(400, "format must be one of payload, topic, json")
+        if config.require_topic and not any(topics):
+            raise HTTPError(400, "name at least one topic (?topic=prefix)")
+        self.since = self._since(request)
+
+    @staticmethod
+    def _since(request: "Request") -> Optional[int]:
+        text = request.query_value("since")
+        if text is None:
+            text = request.header("last-event-id")
+        if text is None:
+            return None
+        since = parse_id(text.strip())
+        if since is None:
+            log.info("refusing since=%.40r: not a message id", text)
+            raise HTTPError(400, f"since must be a message id ({MAX_ID_DIGITS} digits at most)")
+        return since
+
+
+class Context:
+    """What every transport is given: the server (connections and I/O), the hub, the
+    upstream sockets, its config, the CORS origins, the envelopes, and one WebSocket wire
+    per deflate window."""
+
+    __slots__ = ("server", "hub", "upstream", "config", "cors_origins", "envelopes", "_ws_wires")
+
+    def __init__(self, server: "WebSocketServer", hub: "Hub", upstream: "UpstreamSockets",
+                 config: "TransportConfig", cors_origins: Sequence[str] = ()) -> None:
+        self.server = server
+        self.hub = hub
+        self.upstream = upstream
+        self.config = config
+        self.cors_origins = cors_origins  # pages of these origins may read the HTTP transports
+        self.envelopes = Envelopes(config.separator)
+        self._ws_wires: Dict[object, WebSocketWire] = {}
+
+    def websocket_wire(self, deflate: Optional["PerMessageDeflate"]) -> WebSocketWire:
+        """The wire of WebSocket clients with this negotiated compression (one per window size:
+        server frames carry no context, so one encoding serves them all, RFC 7692 §7.2.1)."""
+        key = None if deflate is None else deflate.out_key
+        wire = self._ws_wires.get(key)
+        if wire is None:
+            wire = self._ws_wires[key] = WebSocketWire(self.envelopes, deflate)
+        return wire

@@ -1,0 +1,487 @@
+"""Engine.IO v4 sessions under ``/socket.io/``: long-polling, WebSocket, the upgrade.
+
+* the handshake (``GET ?EIO=4&transport=polling``, or a WebSocket upgrade);
+* long-polling GETs, held until there is something to send, and POSTs of
+  packets; a polling session counts as a connection of its address and must
+  send its first GET within ``handshake_timeout``;
+* the upgrade from polling to WebSocket (``2probe``/``3probe``, a ``6``
+  noop to release the pending poll, ``5``);
+* heartbeats (``2``/``3``) and their timeout; the close packet.
+
+What a session's messages mean is the Socket.IO layer's
+(:mod:`zmqws.transports.socketio`); the packet formats are in
+:mod:`zmqws.protocol.engineio`.  Session ids are credentials: they are never
+logged (a session shows as its client id, ``PID.sioN``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Tuple, Union
+
+from ..peer import peer_host
+from ..protocol import engineio as eio
+from ..protocol.errors import HTTPError
+from ..protocol.frames import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION
+from ..protocol.handshake import http_response
+from . import cors_headers
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..peer import Client
+    from ..protocol.handshake import Request
+    from ..rights import Rights
+    from . import Context
+
+__all__ = ["EngineIOTransport", "EngineSession", "new_sid"]
+
+log = logging.getLogger("zmqws")
+
+POLLING = "polling"
+WEBSOCKET = "websocket"
+Cors = List[Tuple[str, str]]
+
+
+def new_sid() -> str:
+    """A random session id (120 bits, URL-safe): what ``secrets.token_urlsafe(15)`` gives,
+    without the import of hashlib (and OpenSSL's libcrypto) that ``secrets`` makes."""
+    return base64.urlsafe_b64encode(os.urandom(15)).decode("ascii")
+
+
+class Layer(Protocol):
+    """What the sessions carry (:class:`zmqws.transports.socketio.SocketIOLayer`)."""
+
+    def on_packet(self, session: "EngineSession", data: Union[str, bytes]) -> None: ...
+
+    def moved(self, session: "EngineSession", old_member: Any) -> None: ...
+
+    def closed(self, session: "EngineSession") -> None: ...
+
+
+class EngineSession:
+    """One Engine.IO session (and its Socket.IO socket on the main namespace)."""
+
+    __slots__ = ("sid", "transport", "ws_client", "poll_client", "probe_client", "probed", "poll_cors",
+                 "packets", "packet_bytes", "last_seen", "ping_sent_at", "next_ping", "topics", "rights",
+                 "sio_sid", "pid", "connected", "reassembler", "closed", "client_id", "slot",
+                 "first_poll_by", "__weakref__")
+
+    def __init__(self, sid: str, transport: str, topics: Tuple[str, ...], rights: "Rights", now: float,
+                 client_id: bytes) -> None:
+        self.sid = sid
+        self.transport = transport
+        self.ws_client: Optional["Client"] = None     # the WebSocket carrying the session
+        self.poll_client: Optional["Client"] = None   # a held long-polling GET
+        self.poll_cors: Cors = []                     # ... and the CORS headers of its answer
+        self.probe_client: Optional["Client"] = None  # a WebSocket being probed for the upgrade
+        self.probed = False                           # ... that answered the probe
+        self.packets: List[eio.Packet] = []           # waiting for the next poll
+        self.packet_bytes = 0
+        self.last_seen = now
+        self.ping_sent_at = 0.0
+        self.next_ping = 0.0
+        self.topics = topics  # the handshake's ?topics= values (the rest of its request is not kept)
+        self.rights = rights  # what the client may read and write (its authentication)
+        self.sio_sid: Optional[str] = None
+        self.pid: Optional[str] = None
+        self.connected = False
+        self.reassembler: Optional[eio.Reassembler] = None
+        self.closed = False
+        self.client_id = client_id
+        self.slot: Optional[str] = None  # a polling session counts as a connection of this address
+        self.first_poll_by = 0.0         # a polling session's first GET must come before (0: came)
+
+    def __str__(self) -> str:
+        """The session in log lines: its client id (``PID.sioN``), never the sid, which is a credential."""
+        return self.client_id.decode("ascii")
+
+    @property
+    def member(self) -> Any:
+        """What the hub routes to: the WebSocket client, or the session itself when polling."""
+        return self.ws_client if self.transport == WEBSOCKET else self
+
+
+class EngineIOTransport:
+    """Engine.IO sessions of a gateway (see the module docstring)."""
+
+    name = "socketio"
+
+    def __init__(self, context: "Context", layer: Layer) -> None:
+        self.context = context
+        self.layer = layer
+        config = context.config
+        self.path = config.sio_path if config.sio_path.endswith("/") else config.sio_path + "/"
+        self.ping_interval = config.sio_ping_interval
+        self.ping_timeout = config.sio_ping_timeout
+        self.sessions: Dict[str, EngineSession] = {}
+        self._of: Dict["Client", EngineSession] = {}      # a WebSocket client -> the session it carries
+        self._probing: Dict["Client", EngineSession] = {}  # a WebSocket probed for a session's upgrade
+        self._polls: Dict["Client", EngineSession] = {}    # a held poll -> its session
+        self._next_client = 0
+
+    def matches(self, request: "Request") -> bool:
+        return request.path == self.path or request.path + "/" == self.path
+
+    def counts(self) -> Dict[str, int]:
+        """Sessions on long-polling (their WebSockets count as connections of transport "socketio")."""
+        return {"socketio-polling": sum(1 for s in self.sessions.values() if s.transport == POLLING)}
+
+    def holds_poll(self, client: "Client") -> bool:
+        return client in self._polls
+
+    # -- HTTP: handshake, long-polling GET and POST ------------------------------------
+
+    def handle_http(self, client: "Client", request: "Request") -> None:
+        response = self._respond(client, request)
+        if response is not None:
+            # Sent here, not returned: a returned response closes the connection after it,
+            # and these say "Connection: keep-alive" (clients reuse the connection at once).
+            self.context.server.http_reply(client, response, keep_alive=True)
+
+    def _respond(self, client: "Client", request: "Request") -> Optional[bytes]:
+        cors = cors_headers(request, self.context.cors_origins)
+        if request.method == "OPTIONS":
+            if cors:
+                return http_response(204, headers=cors + [("Access-Control-Allow-Methods", "GET, POST"),
+                                                          ("Access-Control-Allow-Headers", "Content-Type")],
+                                     keep_alive=request.keep_alive)
+            raise HTTPError(405, "method not allowed", [("Allow", "GET, POST")])
+        try:
+            self._check_eio(request)
+            transport = request.query_value("transport")
+            if transport != POLLING:
+                raise eio.EngineIOError(eio.UNKNOWN_TRANSPORT if transport != WEBSOCKET else eio.BAD_REQUEST)
+            sid = request.query_value("sid")
+            if sid is None:
+                if request.method != "GET":
+                    raise eio.EngineIOError(eio.BAD_HANDSHAKE_METHOD)
+                return self._handshake_polling(client, request, cors)
+            session = self.sessions.get(sid)
+            if session is None:
+                raise eio.EngineIOError(eio.UNKNOWN_SID)
+            self._check_access(client, request)  # every request of a session, not the handshake only
+            if session.transport != POLLING:
+                raise eio.EngineIOError(eio.BAD_REQUEST, "Bad request: transport mismatch")
+            if request.method == "GET":
+                self._poll(client, session, cors)
+                return None
+            if request.method == "POST":
+                return self._post(session, request, cors)
+            raise eio.EngineIOError(eio.BAD_REQUEST)
+        except eio.EngineIOError as exc:
+            self.context.server.stats.http_errors += 1
+            return http_response(exc.status, exc.body(), "application/json", cors, keep_alive=request.keep_alive)
+
+    @staticmethod
+    def _check_eio(request: "Request") -> None:
+        if request.query_value("EIO") != "4":
+            raise eio.EngineIOError(eio.UNSUPPORTED_VERSION)
+
+    def _open_packet(self, session: EngineSession, upgrades: List[str]) -> str:
+        return eio.OPEN + json.dumps({
+            "sid": session.sid, "upgrades": upgrades,
+            "pingInterval": int(self.ping_interval * 1000), "pingTimeout": int(self.ping_timeout * 1000),
+            "maxPayload": self.context.server.max_message_size}, separators=(",", ":"))
+
+    def _new_session(self, client: "Client", request: "Request", transport: str) -> EngineSession:
+        """A session for a client whose access was checked; only the handshake's ``topics``
+        are kept of its request."""
+        now = time.monotonic()
+        self._next_client += 1
+        session = EngineSession(new_sid(), transport, tuple(request.query.get("topics", ())), client.rights, now,
+                                f"{os.getpid()}.sio{self._next_client}".encode())
+        session.next_ping = now + self.ping_interval
+        self.sessions[session.sid] = session
+        self.context.server.stats.sio_sessions += 1
+        if len(self.sessions) == 1:
+            self._schedule_tick()
+        log.debug("socket.io session %s opened over %s", session, transport)
+        return session
+
+    def _check_access(self, client: "Client", request: "Request") -> None:
+        """The server's origin and token checks, as Engine.IO errors (403, or 400)."""
+        try:
+            self.context.server.check_access(client, request)
+        except HTTPError as exc:
+            code = eio.FORBIDDEN if exc.status in (401, 403) else eio.BAD_REQUEST
+            raise eio.EngineIOError(code, exc.reason) from None
+
+    def _handshake_polling(self, client: "Client", request: "Request", cors: Cors) -> bytes:
+        """A polling session counts as a connection of the handshake's address (503 over the
+        connection limits) and must poll within ``handshake_timeout`` (else :meth:`_tick` closes it)."""
+        server = self.context.server
+        self._check_access(client, request)
+        host = peer_host(client.address)
+        if not server.take_slot(host):
+            log.info("refusing a socket.io session from %s: connection limit", host)
+            raise HTTPError(503, "too many connections", [("Retry-After", "5")])
+        session = self._new_session(client, request, POLLING)
+        session.slot = host
+        session.first_poll_by = time.monotonic() + server.handshake_timeout
+        return self._payload_response(request, [(eio.OPEN, self._open_packet(session, [WEBSOCKET])[1:])], cors)
+
+    def _release_slot(self, session: EngineSession) -> None:
+        """The session no longer counts as a connection (closed, or carried by a WebSocket now)."""
+        if session.slot is not None:
+            self.context.server.release_slot(session.slot)
+            session.slot = None
+        session.first_poll_by = 0.0
+
+    @staticmethod
+    def _payload_response(request: "Request", packets: List[eio.Packet], cors: Cors) -> bytes:
+        return http_response(200, eio.encode_payload(packets), "text/plain; charset=UTF-8",
+                             [("Cache-Control", "no-store")] + cors, keep_alive=request.keep_alive)
+
+    def _poll(self, client: "Client", session: EngineSession, cors: Cors) -> None:
+        if session.poll_client is not None:
+            # Two polls at once: engine.io answers 400 and closes the session.
+            self.close_session(session, "overlapping polls")
+            raise eio.EngineIOError(eio.BAD_REQUEST, "Bad request: overlapping polls")
+        session.last_seen = time.monotonic()
+        session.first_poll_by = 0.0
+        if not session.packets and session.probe_client is not None and session.probed:
+            # Upgrading: the client waits for this poll to end before it sends "5" (engine.io
+            # answers polls with a noop while upgrading); holding it would stall the upgrade.
+            session.packets.append((eio.NOOP, ""))
+        session.poll_client = client
+        session.poll_cors = cors
+        if session.packets:
+            self._answer_poll(session)
+            return
+        self._polls[client] = session
+        self.context.server.park(client, time.monotonic() + self.ping_interval + self.ping_timeout, self.name)
+
+    def _answer_poll(self, session: EngineSession) -> None:
+        """The held poll gets the packets waiting (the session stays)."""
+        client = session.poll_client
+        assert client is not None and client.request is not None
+        packets, session.packets, session.packet_bytes = session.packets, [], 0
+        session.poll_client = None
+        self._polls.pop(client, None)
+        client.transport = None
+        self.context.server.http_reply(client, self._payload_response(client.request, packets, session.poll_cors),
+                                       keep_alive=True)
+
+    def _post(self, session: EngineSession, request: "Request", cors: Cors) -> bytes:
+        if request.header("content-type") == "application/octet-stream":
+            self.close_session(session, "binary POST")
+            raise eio.EngineIOError(eio.BAD_REQUEST, "Bad request: binary content")
+        session.last_seen = time.monotonic()
+        try:
+            packets = eio.decode_payload(request.body)
+            for kind, data in packets:
+                self._packet(session, kind, data)
+                if session.closed:
+                    break
+        except Exception as exc:  # one bad packet ends its session, never the loop
+            self._bad_packet(session, exc)
+            self.close_session(session, "bad packet")
+            reason = str(exc) if isinstance(exc, eio.SocketIOError) else "invalid packet"
+            raise eio.EngineIOError(eio.BAD_REQUEST, f"Bad request: {reason}") from None
+        return http_response(200, b"ok", "text/html", cors, keep_alive=request.keep_alive)
+
+    def poll_deadline(self, client: "Client") -> None:
+        """A held poll reached its deadline: release it with a noop (the session stays)."""
+        session = self._polls.get(client)
+        if session is not None:
+            if not session.packets:
+                session.packets.append((eio.NOOP, ""))
+            self._answer_poll(session)
+
+    # -- WebSocket ---------------------------------------------------------------------
+
+    def check_upgrade(self, request: "Request") -> None:
+        """Before the 101: Engine.IO's checks for a WebSocket request (400 with its message)."""
+        try:
+            self._check_eio(request)
+            if request.query_value("transport") != WEBSOCKET:
+                raise eio.EngineIOError(eio.UNKNOWN_TRANSPORT)
+            sid = request.query_value("sid")
+            if sid is not None:
+                session = self.sessions.get(sid)
+                if session is None:
+                    raise eio.EngineIOError(eio.UNKNOWN_SID)
+                if session.transport != POLLING or session.probe_client is not None:
+                    raise eio.EngineIOError(eio.BAD_REQUEST)
+        except eio.EngineIOError as exc:
+            raise HTTPError(exc.status, exc.message) from None
+
+    def on_open(self, client: "Client") -> None:
+        request = client.request
+        assert request is not None
+        client.transport = self.name
+        sid = request.query_value("sid")
+        if sid is not None:
+            session = self.sessions[sid]  # checked before the 101
+            session.probe_client = client
+            self._probing[client] = session
+            return
+        session = self._new_session(client, request, WEBSOCKET)  # check_access ran before the 101
+        session.ws_client = client
+        self._of[client] = session
+        client.send(self._open_packet(session, []))
+
+    def on_message(self, client: "Client", data: Union[str, bytes]) -> None:
+        session = self._of.get(client)
+        try:
+            if session is None:
+                probing = self._probing.get(client)
+                if probing is not None:
+                    self._probe(client, probing, data)
+                return
+            kind, payload = eio.decode_ws_frame(data)
+            session.last_seen = time.monotonic()
+            self._packet(session, kind, payload)
+        except Exception as exc:  # one bad packet ends its session, never the loop
+            self._bad_packet(session if session is not None else client.id, exc)
+            if session is not None:
+                self.close_session(session, "bad packet")
+            else:
+                client.close(CLOSE_POLICY_VIOLATION, "parse error")
+
+    def _bad_packet(self, who: Any, exc: Exception) -> None:
+        """Count and log (one line, no traceback) a packet that ends its session: malformed
+        (:class:`~zmqws.protocol.errors.SocketIOError`), or one this module failed on."""
+        self.context.server.stats.protocol_errors += 1
+        if isinstance(exc, eio.SocketIOError):
+            log.info("socket.io client %s: %s", who, exc)
+        else:
+            log.warning("socket.io client %s: closed after an error in its packet: %r", who, exc)
+
+    def _probe(self, client: "Client", session: EngineSession, data: Union[str, bytes]) -> None:
+        """The upgrade of a polling session: 2probe → 3probe (and a noop to the poll), then 5."""
+        if data == eio.PING + "probe":
+            client.send(eio.PONG + "probe")
+            session.probed = True
+            if session.poll_client is not None:
+                session.packets.append((eio.NOOP, ""))
+                self._answer_poll(session)
+            return
+        if data == eio.UPGRADE:
+            old_member = session.member
+            session.transport = WEBSOCKET
+            self._release_slot(session)  # its WebSocket is a connection of its own
+            session.ws_client = client
+            session.probe_client = None
+            session.probed = False
+            del self._probing[client]
+            self._of[client] = session
+            pending, session.packets, session.packet_bytes = session.packets, [], 0
+            for kind, payload in pending:
+                self._send_ws(client, kind, payload)
+            if session.poll_client is not None:  # a poll still held: release it
+                session.packets.append((eio.NOOP, ""))
+                self._answer_poll(session)
+            self.layer.moved(session, old_member)
+            log.debug("socket.io session %s upgraded to websocket", session)
+            return
+        raise eio.SocketIOError("unexpected packet during the upgrade")
+
+    def gone(self, client: "Client") -> None:
+        """A client of this transport stops (its WebSocket closes, or a held poll's connection)."""
+        session = self._of.pop(client, None)
+        if session is not None and session.ws_client is client:
+            self.close_session(session, "transport closed", notify=False)
+        probing = self._probing.pop(client, None)
+        if probing is not None and probing.probe_client is client:
+            probing.probe_client = None
+            probing.probed = False
+        polled = self._polls.pop(client, None)
+        if polled is not None and polled.poll_client is client:
+            polled.poll_client = None  # the held poll's connection went away
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(self, session: EngineSession, packets: List[eio.Packet]) -> None:
+        """Engine.IO packets to a session, over its current transport."""
+        if session.closed:
+            return
+        if session.transport == WEBSOCKET:
+            assert session.ws_client is not None
+            for kind, payload in packets:
+                self._send_ws(session.ws_client, kind, payload)
+            return
+        for kind, payload in packets:
+            session.packets.append((kind, payload))
+            session.packet_bytes += len(payload) + 1
+        if session.packet_bytes > self.context.server.max_queue:
+            self.context.server.stats.slow_closed += 1
+            self.close_session(session, "slow consumer")
+            return
+        if session.poll_client is not None:
+            self._answer_poll(session)
+
+    @staticmethod
+    def _send_ws(client: "Client", kind: str, payload: Union[str, bytes]) -> None:
+        client.send(payload if isinstance(payload, bytes) else kind + payload)
+
+    # -- Engine.IO packets from the client -------------------------------------------------------
+
+    def _packet(self, session: EngineSession, kind: str, data: Union[str, bytes]) -> None:
+        if kind == eio.PONG:
+            session.ping_sent_at = 0.0
+        elif kind == eio.PING:
+            self.send(session, [(eio.PONG, data if isinstance(data, str) else "")])
+        elif kind == eio.MESSAGE:
+            self.layer.on_packet(session, data)
+        elif kind == eio.CLOSE:
+            self.close_session(session, "client close", notify=False)
+        elif kind != eio.NOOP:
+            raise eio.SocketIOError(f"unexpected packet {kind!r}")
+
+    # -- timers and closing ----------------------------------------------------------------
+
+    def _schedule_tick(self) -> None:
+        # Fine enough that a ping goes out well within the client's pingInterval + pingTimeout
+        # (a client that hears no ping by then closes the session with "ping timeout").
+        # Fine enough too that a session that never polls goes soon after handshake_timeout.
+        server = self.context.server
+        step = max(0.01, min(1.0, self.ping_interval / 2, self.ping_timeout / 2,
+                             server.handshake_timeout / 2 or 1.0))
+        assert server.loop is not None
+        server.loop.call_later(step, self._tick)
+
+    def _tick(self) -> None:
+        """Heartbeats: a ping every ping_interval; no pong (or poll) within ping_timeout closes;
+        a polling session without its first GET within handshake_timeout closes."""
+        now = time.monotonic()
+        stats = self.context.server.stats
+        for session in list(self.sessions.values()):
+            if session.first_poll_by and now >= session.first_poll_by:
+                stats.handshake_timeouts += 1
+                self.close_session(session, "no poll after the handshake")
+            elif session.ping_sent_at and now - session.ping_sent_at > self.ping_timeout:
+                stats.ping_timeouts += 1
+                self.close_session(session, "ping timeout")
+            elif not session.ping_sent_at and now >= session.next_ping:
+                session.ping_sent_at = now
+                session.next_ping = now + self.ping_interval
+                self.send(session, [(eio.PING, "")])
+        if self.sessions and not self.context.server.stopping:
+            self._schedule_tick()
+
+    def close_session(self, session: EngineSession, reason: str, notify: bool = True) -> None:
+        if session.closed:
+            return
+        self.layer.closed(session)
+        self._release_slot(session)
+        session.closed = True
+        self.sessions.pop(session.sid, None)
+        log.debug("socket.io session %s closed: %s", session, reason)
+        if session.transport == WEBSOCKET and session.ws_client is not None:
+            client = session.ws_client
+            if notify and client.open:
+                self._send_ws(client, eio.CLOSE, "")
+            self._of.pop(client, None)
+            client.close(CLOSE_NORMAL, "")
+        elif session.poll_client is not None:
+            # The held poll ends with a close packet, or with a noop when the client itself
+            # closed (engine.io's polling transport does the same).
+            session.packets.append((eio.CLOSE if notify else eio.NOOP, ""))
+            self._answer_poll(session)
+        if session.probe_client is not None:
+            session.probe_client.close(CLOSE_NORMAL, "")
+
