@@ -752,7 +752,7 @@ def test_10_a_plain_prefix_hook_restricts_writing_too(make_gateway, pull, ws_cli
 # -- 11. /metrics with --token ----------------------------------------------------------------
 
 def test_11_metrics_needs_the_token(make_gateway):
-    from zmqws.__main__ import build_gateway, build_parser
+    from zmqws.cli import build_parser, config_from_args
 
     def metrics(port: int, auth: str = "", query: str = "") -> tuple:
         request = f"GET /metrics{query} HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n".encode()
@@ -769,7 +769,7 @@ def test_11_metrics_needs_the_token(make_gateway):
     assert own_token.stats.forbidden == 1
     # The command line: --token protects /metrics too.
     args = build_parser().parse_args(["--demo", "--port", "0", "--token", "t0ken"])
-    cli = build_gateway(args, [], first_id=1, close_timeout=1.0).start()
+    cli = Gateway.from_config(config_from_args(args).replace(first_id=1, close_timeout=1.0)).start()
     try:
         assert metrics(cli.port)[0] == 401
         assert metrics(cli.port, "Authorization: Bearer t0ken\r\n")[0] == 200

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from zmqws.__main__ import build_parser
+from zmqws.cli import build_parser, config_from_args, parse_args
+from zmqws.gateway import Gateway
 
 from conftest import sigint_not_ignored, ws_connect
 
@@ -313,12 +314,10 @@ deflate-mem-level = 4
 
 
 def test_config_file_round_trip(tmp_path):
-    from zmqws.__main__ import build_gateway, parse_args
-
     path = tmp_path / "zmqws.toml"
     path.write_text(CONFIG)
     args = parse_args(["--config", str(path)])
-    gw = build_gateway(args, args.sub)
+    gw = Gateway.from_config(config_from_args(args))
     assert gw.sub_endpoints == ["tcp://127.0.0.1:5556", "tcp://127.0.0.1:5557"]
     assert (gw.max_queue, gw.max_message_size, gw.ping_interval, gw.close_timeout) == (8 << 20, 65536, 5.0, 0.5)
     assert gw.subscribe_all and gw.ready_any and gw.deflate is None
@@ -330,7 +329,7 @@ def test_config_file_round_trip(tmp_path):
     # the command line wins; a repeatable option given there replaces the file's list
     args = parse_args(["--config", str(path), "--sub", "tcp://x:1", "--max-queue", "1M",
                        "--payload", "binary"])
-    gw = build_gateway(args, args.sub)
+    gw = Gateway.from_config(config_from_args(args))
     assert gw.sub_endpoints == ["tcp://x:1"] and gw.max_queue == 1 << 20 and gw.payload_mode == "binary"
     assert gw.cors_origins == ["*"]  # not given on the command line: the file's
 
@@ -354,8 +353,6 @@ def test_config_file_errors_name_the_file_and_the_key(tmp_path, text, expected):
 
 
 def test_config_needs_tomllib(tmp_path, monkeypatch, capsys):
-    from zmqws.__main__ import parse_args
-
     path = tmp_path / "zmqws.toml"
     path.write_text("port = 0\n")
     monkeypatch.setitem(sys.modules, "tomllib", None)  # as on Python < 3.11: the import fails

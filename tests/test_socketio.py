@@ -1099,11 +1099,15 @@ def test_payload_round_trip(items):
 
 
 def test_cli_socketio_options():
-    from zmqws.__main__ import build_gateway, build_parser
+    from zmqws.cli import build_parser, config_from_args
+    from zmqws.gateway import Gateway
+
+    def build_gateway(args, **overrides):
+        return Gateway.from_config(config_from_args(args).replace(**overrides))
 
     args = build_parser().parse_args(["--sub", "tcp://127.0.0.1:1", "--sio-path", "/rt", "--sio-event", "topic",
                                       "--sio-ping-interval", "5", "--sio-ping-timeout", "2.5"])
-    gw = build_gateway(args, args.sub, port=0, close_timeout=1.0)
+    gw = build_gateway(args, port=0, close_timeout=1.0)
     assert (gw.sio.path, gw.sio.event, gw.sio.ping_interval, gw.sio.ping_timeout) == ("/rt/", "topic", 5.0, 2.5)
     gw.start()
     try:
@@ -1113,9 +1117,9 @@ def test_cli_socketio_options():
     finally:
         gw.stop(timeout=1.0)
     args = build_parser().parse_args(["--sub", "tcp://127.0.0.1:1", "--no-socketio"])
-    assert build_gateway(args, args.sub, port=0).sio is None
+    assert build_gateway(args, port=0).sio is None
     defaults = build_parser().parse_args(["--sub", "tcp://127.0.0.1:1"])
-    gw = build_gateway(defaults, defaults.sub, port=0)
+    gw = build_gateway(defaults, port=0)
     assert (gw.sio.path, gw.sio.event, gw.sio.ping_interval, gw.sio.ping_timeout) == ("/socket.io/", "message", 25.0, 20.0)
 
 
@@ -1124,7 +1128,7 @@ def test_cli_socketio_options():
     (["--sio-ping-interval", "0"], "must be more than 0"),
 ])
 def test_cli_refuses_bad_socketio_options(argv, message, capsys):
-    from zmqws.__main__ import main
+    from zmqws.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["--sub", "tcp://127.0.0.1:1"] + argv)

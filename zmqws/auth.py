@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Optional, Union
 from .protocol.handshake import HTTPError, Request
 from .rights import Rights, TokenFile
 
-__all__ = ["token_authenticator", "TokenFileAuthenticator", "request_token"]
+__all__ = ["token_authenticator", "TokenFileAuthenticator", "request_token", "authenticator"]
 
 Authenticator = Callable[[Request], Union[None, Iterable[str], Rights]]
 
@@ -72,3 +72,11 @@ class TokenFileAuthenticator:
         if rights is None:
             raise _unauthorized()
         return rights
+
+
+def authenticator(token: Optional[str], token_file: Optional[str]) -> Optional[Authenticator]:
+    """The hook of the command line's ``--token`` and ``--token-file`` (None: neither given):
+    with a token file, its tokens with their rights (and ``token`` with every right)."""
+    if token_file:
+        return TokenFileAuthenticator(TokenFile(token_file), token)
+    return token_authenticator(token) if token else None

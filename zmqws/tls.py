@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from typing import Optional
 
-__all__ = ["server_context"]
+__all__ = ["server_context", "checked_server_context"]
+
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----")
+_PEM_KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
 
 
 def server_context(certfile: str, keyfile: Optional[str] = None, password: Optional[str] = None
@@ -21,3 +25,38 @@ def server_context(certfile: str, keyfile: Optional[str] = None, password: Optio
     context.options |= ssl.OP_NO_COMPRESSION
     context.load_cert_chain(certfile, keyfile, password)
     return context
+
+
+def _read_pem(flag: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(1 << 20)
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: {exc.strerror or exc}") from None
+
+
+def checked_server_context(certfile: str, keyfile: Optional[str] = None) -> ssl.SSLContext:
+    """:func:`server_context` of ``--certfile``/``--keyfile``, each file opened and checked
+    first so that a ValueError names the flag and the file: missing, unreadable, not PEM,
+    encrypted, or a key that does not match the certificate."""
+    cert = _read_pem("--certfile", certfile)
+    if not _PEM_CERT.search(cert):
+        raise ValueError(f"--certfile {certfile}: not a PEM certificate "
+                         "(no -----BEGIN CERTIFICATE----- line)")
+    key_flag, key_path = ("--keyfile", keyfile) if keyfile else ("--certfile", certfile)
+    key = _read_pem("--keyfile", keyfile) if keyfile else cert
+    if not _PEM_KEY.search(key):
+        raise ValueError(f"--keyfile {keyfile}: not a PEM private key" if keyfile else
+                         f"--certfile {certfile}: holds no private key; give it with --keyfile")
+    if b"ENCRYPTED" in key:
+        raise ValueError(f"{key_flag} {key_path}: the private key is encrypted (passphrases are "
+                         "not supported: decrypt it, e.g. openssl pkey -in KEY -out KEY2)")
+    try:
+        return server_context(certfile, keyfile)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ValueError(f"{key_flag} {key_path}: the private key does not match the "
+                             f"certificate of --certfile {certfile}") from None
+        raise ValueError(f"--certfile {certfile}: {exc.reason or exc}") from None
+    except OSError as exc:
+        raise ValueError(f"--certfile {certfile}: {exc.strerror or exc}") from None

@@ -25,7 +25,6 @@ One Python thread serves one core.  With ``--workers N`` the parent:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import multiprocessing
 import os
@@ -35,9 +34,16 @@ import socket
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-__all__ = ["Supervisor"]
+from .auth import authenticator
+from .config import GatewayConfig
+from .logs import setup_logging
+from .service import fail, listen_error, serve
+from .tls import checked_server_context
+
+__all__ = ["Supervisor", "WorkerOptions"]
 
 log = logging.getLogger("zmqws")
 
@@ -46,69 +52,89 @@ RESTART_DELAY = 1.0       # seconds before a dead worker is replaced
 MAX_RESTART_DELAY = 30.0  # ... doubling while it keeps dying within 10 s of its start
 
 
-def _worker_main(args: argparse.Namespace, endpoint: str, port: int, stats_dir: str) -> None:
+@dataclass(frozen=True)
+class WorkerOptions:
+    """The supervisor's own options, and what each worker rebuilds its TLS context and token
+    hook from (an SSL context or a hook cannot be sent to a spawned process)."""
+
+    workers: int = 2
+    worker_timeout: float = 10.0  # seconds without a counters snapshot: hung; 0 = never checked
+    verbose: int = 0
+    log_format: str = "text"
+    certfile: Optional[str] = None
+    keyfile: Optional[str] = None
+    token: Optional[str] = None
+    token_file: Optional[str] = None
+
+
+def _worker_main(config: GatewayConfig, options: WorkerOptions, endpoint: str, port: int,
+                 stats_dir: str) -> None:
     """A worker process: an ordinary gateway fed by the parent's forwarder."""
-    from .__main__ import _setup_logging, build_gateway, serve
+    from .gateway import Gateway
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends SIGTERM
-    _setup_logging(args.verbose, args.log_format)
-    gateway = build_gateway(args, [endpoint], port=port, bind=False, reuse_port=True,
-                            upstream_ids=True, stats_dir=stats_dir,
-                            upstream_status_file=os.path.join(stats_dir, STATUS_FILE))
-    raise SystemExit(serve(gateway, args, [endpoint]))
+    setup_logging(options.verbose, options.log_format)
+    config = config.replace(
+        port=port, reuse_port=True, upstream_ids=True, stats_dir=stats_dir, sub_endpoints=(endpoint,),
+        bind=False, upstream_status_file=os.path.join(stats_dir, STATUS_FILE),
+        ssl_context=checked_server_context(options.certfile, options.keyfile) if options.certfile else None,
+        authenticate=authenticator(options.token, options.token_file))
+    raise SystemExit(serve(Gateway.from_config(config), config))
 
 
 class Supervisor:
-    """Runs and supervises ``args.workers`` gateway processes (see the module docstring)."""
+    """Runs and supervises ``options.workers`` gateway processes of ``config`` (see the
+    module docstring)."""
 
-    def __init__(self, args: argparse.Namespace, endpoints: List[str]) -> None:
-        self.args = args
-        self.endpoints = endpoints
+    def __init__(self, config: GatewayConfig, options: WorkerOptions) -> None:
+        # What is sent to each spawned worker: no SSL context, no hook (each rebuilds them).
+        self.config = config.replace(ssl_context=None, authenticate=None)
+        self.options = options
+        self.endpoints = list(config.upstream.sub_endpoints)
         self.stopping = threading.Event()
         self.restarts = 0
         self._ctx = multiprocessing.get_context("spawn")
         self._procs: List[Optional[multiprocessing.process.BaseProcess]] = []
 
     def run(self) -> int:
-        from .__main__ import _fail, listen_error
         from .proxy import Sequencer
 
         if not hasattr(socket, "SO_REUSEPORT"):
-            return _fail("--workers needs SO_REUSEPORT, which this system lacks")
+            return fail("--workers needs SO_REUSEPORT, which this system lacks")
 
-        args = self.args
-        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        server, options = self.config.server, self.options
+        family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
         reserve = socket.socket(family, socket.SOCK_STREAM)
         reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
-            reserve.bind((args.host, args.port))
+            reserve.bind((server.host, server.port))
         except OSError as exc:
             reserve.close()
-            return _fail(listen_error(args.host, args.port, exc))
+            return fail(listen_error(server.host, server.port, exc))
         self.port = reserve.getsockname()[1]
         folder = tempfile.mkdtemp(prefix="zmqws-workers-")
         endpoint = f"ipc://{folder}/messages.ipc"
         try:
             # With --upstream-ids the messages carry the ids of a stamping proxy upstream: pass
             # them on (the workers then agree with every other gateway behind that proxy).
-            sequencer = Sequencer(self.endpoints, [endpoint], stamp=not args.upstream_ids,
-                                  connect_xsub=not args.bind or args.demo,
+            sequencer = Sequencer(self.endpoints, [endpoint], stamp=not self.config.hub.upstream_ids,
+                                  connect_xsub=not self.config.upstream.bind,
                                   status_file=os.path.join(folder, STATUS_FILE))
         except ValueError as exc:
             reserve.close()
             shutil.rmtree(folder, ignore_errors=True)
-            return _fail(str(exc))
+            return fail(str(exc))
         sequencer.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
         if hasattr(signal, "SIGHUP"):  # each worker reloads its --token-file
             signal.signal(signal.SIGHUP, lambda *_: self._signal_workers(signal.SIGHUP))
         try:
-            self._procs = [self._spawn(endpoint, folder) for _ in range(args.workers)]
-            self._wait_listening(args.host, folder)
+            self._procs = [self._spawn(endpoint, folder) for _ in range(options.workers)]
+            self._wait_listening(server.host, folder)
             log.info("zmqws listening on port %d with %d workers (pids %s), SUB %s",
-                     self.port, args.workers, ", ".join(str(p.pid) for p in self._procs),
+                     self.port, options.workers, ", ".join(str(p.pid) for p in self._procs),
                      ", ".join(self.endpoints))
             started = {i: time.monotonic() for i in range(len(self._procs))}
             delay = {i: RESTART_DELAY for i in range(len(self._procs))}
@@ -124,7 +150,7 @@ class Supervisor:
                         continue
                     if proc is not None and proc.is_alive() and self._hung(proc, folder, now - started[i]):
                         log.warning("worker %d (pid %s) is hung (its loop wrote no counters for %.0f s); "
-                                    "killing it", i, proc.pid, args.worker_timeout)
+                                    "killing it", i, proc.pid, options.worker_timeout)
                         proc.kill()
                         proc.join(1)
                     if proc is not None and not proc.is_alive():
@@ -152,7 +178,7 @@ class Supervisor:
     def _hung(self, proc: multiprocessing.process.BaseProcess, folder: str, running: float) -> bool:
         """True when the worker's loop has not written its snapshot (every second, see
         :meth:`Gateway._write_snapshot`) for ``--worker-timeout`` seconds (0: never checked)."""
-        timeout = self.args.worker_timeout
+        timeout = self.options.worker_timeout
         if not timeout:
             return False
         try:
@@ -178,7 +204,7 @@ class Supervisor:
                 time.sleep(0.05)
 
     def _spawn(self, endpoint: str, folder: str) -> multiprocessing.process.BaseProcess:
-        proc = self._ctx.Process(target=_worker_main, args=(self.args, endpoint, self.port, folder),
+        proc = self._ctx.Process(target=_worker_main, args=(self.config, self.options, endpoint, self.port, folder),
                                  name="zmqws-worker", daemon=False)
         proc.start()
         return proc
@@ -196,7 +222,7 @@ class Supervisor:
         live = [p for p in self._procs if p is not None and p.is_alive()]
         for proc in live:
             proc.terminate()
-        deadline = time.monotonic() + self.args.close_timeout + 5
+        deadline = time.monotonic() + self.config.server.close_timeout + 5
         for proc in live:
             proc.join(max(0.1, deadline - time.monotonic()))
             if proc.is_alive():
