@@ -337,6 +337,30 @@ def test_config_file_round_trip(tmp_path):
     assert result.returncode == 0 and result.stdout == "zmqws: configuration OK\n", result.stderr
 
 
+def test_arguments_become_the_config(monkeypatch, tmp_path):
+    monkeypatch.delenv("ZMQWS_METRICS_TOKEN", raising=False)
+    monkeypatch.setenv("ZMQWS_TOKEN", "from-env")
+    config = config_from_args(parse_args([
+        "--demo", "--bind", "--sub", "tcp://127.0.0.1:5", "--sub", "tcp://127.0.0.1:6", "--separator", "|",
+        "--upstream-topic", "up", "--no-deflate", "--no-metrics", "--no-socketio", "--payload", "binary",
+        "--format", "json", "--cors-origin", "*", "--max-queue", "64K"]))
+    assert config.upstream.sub_endpoints == ("tcp://127.0.0.1:5", "tcp://127.0.0.1:6")
+    assert config.upstream.bind is False  # with --demo the SUB socket connects
+    assert (config.transports.separator, config.upstream.upstream_topic) == (b"|", b"up")
+    assert (config.server.deflate, config.http.metrics, config.transports.socketio) == (False, False, False)
+    assert (config.hub.payload_mode, config.transports.envelope) == ("binary", "json")
+    assert (config.http.cors_origins, config.server.max_queue) == (("*",), 64 << 10)
+    assert config.http.metrics_token == "from-env" and config.server.authenticate is not None
+    assert config.server.ssl_context is None
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("reader prices.\n")
+    config = config_from_args(parse_args(["--sub", "tcp://127.0.0.1:5", "--bind", "--token-file", str(tokens),
+                                          "--metrics-token", "scrape"]))
+    assert config.upstream.bind is True and config.http.metrics_token == "scrape"
+    assert config.server.authenticate.tokens.lookup("reader").read == frozenset({b"prices."})
+
+
 @pytest.mark.parametrize("text, expected", [
     ("sub = ['tcp://a:1']\nsubscribe = true\n", "unknown key 'subscribe'"),
     ("sub = ['tcp://a:1']\nport = 'eighty'\n", "port: not a port number: 'eighty'"),

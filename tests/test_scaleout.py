@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -449,6 +450,45 @@ def test_workers_sigterm_to_the_whole_group_is_still_graceful(spawn, zmq_context
         assert parent.popen.wait(15) == 0, parent.output()[-3000:]
         assert codes == [1001] * len(codes), codes
         wait_until(lambda: not group_members(parent.pid), timeout=5, message="every process to exit")
+    finally:
+        publisher.close()
+
+
+def _tls_upgrade_status(port: int, token: Optional[str]) -> int:
+    """The status of a WebSocket opening handshake over TLS (any certificate accepted)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    path = "/" if token is None else f"/?token={token}"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+                         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                         "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+            return int(sock.recv(64).split(b" ", 2)[1])
+
+
+def test_workers_rebuild_their_tls_context_and_token_hook(spawn, zmq_context, tmp_path):
+    """An SSL context and a token hook cannot be sent to a spawned worker: each worker builds
+    them again from --certfile/--keyfile and --token-file, and serves wss:// with the tokens."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("reader-token *\n")
+    publisher = Publisher(zmq_context, 20.0).start()
+    try:
+        parent = spawn(sys.executable, "-m", "zmqws", "--sub", publisher.endpoint, "--workers", "2",
+                       "--port", "0", "--close-timeout", "1", "--certfile", str(cert), "--keyfile", str(key),
+                       "--token-file", str(tokens))
+        port = int(parent.wait_for(WORKERS_LINE, timeout=20).group(1))
+        # The kernel spreads connections over both workers: 2 * 16 of them reach each one
+        # but for a chance of 2 ** -15.
+        assert {_tls_upgrade_status(port, "reader-token") for _ in range(16)} == {101}
+        assert {_tls_upgrade_status(port, None) for _ in range(16)} == {401}
+        parent.popen.send_signal(signal.SIGTERM)
+        assert parent.popen.wait(15) == 0, parent.output()[-3000:]
     finally:
         publisher.close()
 
