@@ -64,7 +64,7 @@ def _size_text(value: int) -> str:
     return str(value)
 
 
-def _option(group: Any, flag: str, name: Optional[str] = None, **kwargs: Any) -> argparse.Action:
+def _option(group: Any, flag: str, name: Optional[str] = None, **kwargs: Any) -> None:
     """A flag that sets the config field ``name`` (default: the flag's own name), with the
     config's default (:func:`zmqws.config.default`); ``%(size)s`` in its help shows it as a size."""
     name = name or flag[2:].replace("-", "_")
@@ -75,7 +75,7 @@ def _option(group: Any, flag: str, name: Optional[str] = None, **kwargs: Any) ->
         value = value.decode("utf-8")
     if "help" in kwargs and isinstance(value, int):
         kwargs["help"] = kwargs["help"].replace("%(size)s", _size_text(value))
-    return group.add_argument(flag, dest=name, default=value, **kwargs)
+    group.add_argument(flag, dest=name, default=value, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:

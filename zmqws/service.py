@@ -12,7 +12,8 @@ import logging
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import __version__
 from .config import GatewayConfig
@@ -70,7 +71,7 @@ def serve(gateway: "Gateway", config: GatewayConfig, demo: bool = False) -> int:
         return fail(start_error(config, exc))
     started = time.monotonic()
 
-    def on_signal(signum, frame):  # noqa: ARG001
+    def on_signal(signum: int, frame: Optional[FrameType]) -> None:  # noqa: ARG001
         # One graceful stop: a second SIGTERM (systemd's KillMode=control-group signals every
         # process, and a --workers parent forwards its own) must not cut it short.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

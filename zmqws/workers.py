@@ -134,7 +134,7 @@ class Supervisor:
             self._procs = [self._spawn(endpoint, folder) for _ in range(options.workers)]
             self._wait_listening(server.host, folder)
             log.info("zmqws listening on port %d with %d workers (pids %s), SUB %s",
-                     self.port, options.workers, ", ".join(str(p.pid) for p in self._procs),
+                     self.port, options.workers, ", ".join(str(p.pid) for p in self._procs if p is not None),
                      ", ".join(self.endpoints))
             started = {i: time.monotonic() for i in range(len(self._procs))}
             delay = {i: RESTART_DELAY for i in range(len(self._procs))}
