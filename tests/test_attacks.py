@@ -395,6 +395,18 @@ def test_4_polling_sessions_count_per_address(make_gateway):
     assert len(gw.sio.sessions) == 2 and gw.stats.refused == 1
 
 
+def test_4_refused_sessions_cost_no_log_line_each(make_gateway, caplog):
+    """At the limit, a flood of handshakes is refused (503) in a bounded number of log lines."""
+    caplog.set_level(logging.INFO, logger="zmqws")
+    gw = make_gateway(None, max_connections_per_address=3)
+    assert sio_handshakes(gw.port, 10) == [200, 200, 503]
+    for _ in range(50):
+        assert sio_handshakes(gw.port, 1) == [503]
+    wait_until(lambda: gw.stats.refused >= 51)
+    lines = [r for r in caplog.records if "refusing a socket.io session" in r.getMessage()]
+    assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]
+
+
 def test_4_a_session_that_never_polls_is_closed_after_the_handshake_timeout(make_gateway):
     gw = make_gateway(None, handshake_timeout=0.5)
     idle, active = (json.loads(http_exchange(gw.port, b"GET /socket.io/?EIO=4&transport=polling "

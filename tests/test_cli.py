@@ -416,6 +416,24 @@ def test_json_logs_and_a_short_stop_line(spawn, run_async):
     assert re.search(r"connections \d+, messages in \d+, deliveries \d+", stop), stop
 
 
+def test_without_v_only_start_stop_and_upstream_lines(spawn, run_async):
+    """Each connection is logged with -v only: without it, what a client does costs no log line."""
+    process = spawn(sys.executable, "-m", "zmqws", "--demo", "--port", "0")
+    port = int(process.wait_for_line("stderr", LISTENING).group(1))
+
+    async def main():
+        for _ in range(3):
+            async with ws_connect(port, "/?format=json") as ws:
+                await ws.recv()
+    run_async(main())
+    process.wait_for_line("stderr", "upstream tcp://127.0.0.1:\\d+: connected")
+    process.popen.send_signal(signal.SIGTERM)
+    assert process.popen.wait(timeout=10) == 0
+    stderr = process.rest("stderr")
+    assert "connect client=" not in stderr and "disconnect client=" not in stderr, stderr
+    assert "stopped after " in stderr
+
+
 def test_the_example_config_file_of_the_docs_is_valid(tmp_path):
     usage = (ROOT / "docs" / "usage.md").read_text()
     example = re.search(r"```toml\n(# /etc/zmqws/zmqws.toml\n.*?)```", usage, re.S).group(1)

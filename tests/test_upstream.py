@@ -44,7 +44,7 @@ def readyz(http_exchange, port: int):
 
 def upstream_lines(caplog, endpoint: str):
     return [r.getMessage() for r in caplog.records
-            if r.name == "zmqws" and r.getMessage().startswith(f"upstream {endpoint}:")]
+            if r.name.startswith("zmqws") and r.getMessage().startswith(f"upstream {endpoint}:")]
 
 
 @pytest.fixture

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import datetime, timezone
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
-__all__ = ["JsonFormatter", "setup_logging", "LOG_FORMATS"]
+__all__ = ["JsonFormatter", "LogLimiter", "setup_logging", "LOG_FORMATS"]
 
 LOG_FORMATS = ("text", "json")
 
@@ -38,12 +39,44 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, ensure_ascii=False, default=str)
 
 
+#: Loggers whose information lines are shown at every verbosity: the start and stop
+#: lines (``zmqws.service``) and the upstream endpoints' state (``zmqws.upstream``).
+ALWAYS_INFO = ("zmqws.service", "zmqws.upstream")
+
+
 def setup_logging(verbose: int, log_format: str = "text") -> None:
-    """The root handler on stderr: warnings (``verbose`` 0), info (1) or debug (2+); the
-    ``zmqws`` logger shows its start and stop lines at every level."""
+    """The root handler on stderr: warnings (``verbose`` 0), info (1: connections, policy
+    decisions) or debug (2+); start, stop and upstream lines at every level."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
-    logging.getLogger("zmqws").setLevel(min(level, logging.INFO))  # startup lines are always shown
+    logging.getLogger("zmqws").setLevel(level)
+    for name in ALWAYS_INFO:
+        logging.getLogger(name).setLevel(min(level, logging.INFO))
+
+
+class LogLimiter:
+    """At most one line of each kind every ``interval`` seconds, saying how many it held back:
+    what a client can make the gateway log is bounded like everything else it can make it do."""
+
+    __slots__ = ("logger", "interval", "_marks")
+
+    def __init__(self, logger: logging.Logger, interval: float = 5.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._marks: Dict[str, Tuple[float, int]] = {}  # kind -> (last line, lines held back)
+
+    def log(self, level: int, kind: str, message: str, *args: Any,
+            extra: Optional[Dict[str, Any]] = None) -> None:
+        now = time.monotonic()
+        last, held = self._marks.get(kind, (-self.interval, 0))
+        if now - last < self.interval:
+            self._marks[kind] = (last, held + 1)
+            return
+        self._marks[kind] = (now, 0)
+        if held:
+            message += " (and %d more like it since the last line)"
+            args += (held,)
+        self.logger.log(level, message, *args, extra=extra)

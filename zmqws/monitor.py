@@ -42,7 +42,7 @@ import zmq
 
 __all__ = ["UpstreamMonitor", "RETRY_LOG_INTERVAL"]
 
-log = logging.getLogger("zmqws")
+log = logging.getLogger("zmqws.upstream")
 
 RETRY_LOG_INTERVAL = 60.0  # seconds between two "still not connected" lines of one endpoint
 _DRAIN_BUDGET = 1000       # monitor events handled per loop turn at most

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["serve", "fail", "listen_error", "start_error"]
 
-log = logging.getLogger("zmqws")
+log = logging.getLogger("zmqws.service")
 
 _LISTEN_REASONS = {
     errno.EADDRINUSE: ("--port", "address already in use"),

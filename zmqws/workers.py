@@ -45,7 +45,7 @@ from .tls import checked_server_context
 
 __all__ = ["Supervisor", "WorkerOptions"]
 
-log = logging.getLogger("zmqws")
+log = logging.getLogger("zmqws.service")
 
 STATUS_FILE = "upstream.json"  # the forwarder's upstream endpoints, for the workers' /readyz
 RESTART_DELAY = 1.0       # seconds before a dead worker is replaced

@@ -23,6 +23,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Tuple, Union
 
+from ..logs import LogLimiter
 from ..peer import peer_host
 from ..protocol import engineio as eio
 from ..protocol.errors import HTTPError
@@ -121,6 +122,7 @@ class EngineIOTransport:
         self._probing: Dict["Client", EngineSession] = {}  # a WebSocket probed for a session's upgrade
         self._polls: Dict["Client", EngineSession] = {}    # a held poll -> its session
         self._next_client = 0
+        self._refusals = LogLimiter(log)
 
     def matches(self, request: "Request") -> bool:
         return request.path == self.path or request.path + "/" == self.path
@@ -216,7 +218,8 @@ class EngineIOTransport:
         self._check_access(client, request)
         host = peer_host(client.address)
         if not server.take_slot(host):
-            log.info("refusing a socket.io session from %s: connection limit", host)
+            self._refusals.log(logging.INFO, "refuse", "refusing a socket.io session from %s: connection limit",
+                               host)
             raise HTTPError(503, "too many connections", [("Retry-After", "5")])
         session = self._new_session(client, request, POLLING)
         session.slot = host
