@@ -6,6 +6,8 @@
 Runtime dependencies: the Python standard library and pyzmq.
 """
 
+from typing import Any
+
 from .server import Client, WebSocketServer
 from .stats import Stats
 
@@ -14,7 +16,7 @@ __version__ = "0.1.0"
 __all__ = ["Gateway", "WebSocketServer", "Client", "Stats", "__version__"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name == "Gateway":  # imported lazily so the plain server does not need zmq's SUB side
         from .gateway import Gateway
         return Gateway

@@ -34,7 +34,7 @@ import socket
 import ssl
 import sys
 import time
-from typing import Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .protocol.connection import ClientConnection, CloseReceived, ConnectionFailed, Message
@@ -288,7 +288,7 @@ class Printer:
         self.last_id = doc["id"]
         self._print(self._render(text, doc))
 
-    def _render(self, text: str, doc: dict) -> str:
+    def _render(self, text: str, doc: Dict[str, Any]) -> str:
         if self.format == "json":
             return text
         data = doc.get("data", "")

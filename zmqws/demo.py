@@ -11,7 +11,7 @@ import math
 import random
 import threading
 import time
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import zmq
 
@@ -28,7 +28,7 @@ class DemoPublisher:
     """Publishes ``[topic, JSON]`` messages (``prices.<SYMBOL>`` and ``news``) at ``rate`` per second."""
 
     def __init__(self, endpoint: str = "tcp://127.0.0.1:*", rate: float = 10.0,
-                 context: Optional[zmq.Context] = None) -> None:
+                 context: Optional[zmq.Context[Any]] = None) -> None:
         self._context = context or zmq.Context.instance()
         self._pub = self._context.socket(zmq.PUB)
         self._pub.setsockopt(zmq.LINGER, 0)
@@ -58,7 +58,7 @@ class DemoPublisher:
             self.sent += 1
             if self.sent % 25 == 0:
                 topic = "news"
-                body = {"headline": rng.choice(HEADLINES)}
+                body: Dict[str, Any] = {"headline": rng.choice(HEADLINES)}
             else:
                 symbol = rng.choice(list(prices))
                 drift = math.sin(self.sent / 50.0) * 0.001

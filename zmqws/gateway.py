@@ -36,6 +36,7 @@ from .peer import Client
 from .server import WebSocketServer
 from .transports import Context
 from .transports.poll import PollTransport
+from .transports.engineio import EngineIOTransport
 from .transports.socketio import SocketIOLayer
 from .transports.sse import SseTransport
 from .transports.websocket import WebSocketTransport
@@ -119,7 +120,7 @@ class Gateway(WebSocketServer):
 
 
     def __init__(self, sub_endpoint: Union[str, Sequence[str], None] = None, port: int = 8080, *,
-                 config: Optional[GatewayConfig] = None, zmq_context: Optional[zmq.Context] = None,
+                 config: Optional[GatewayConfig] = None, zmq_context: Optional[zmq.Context[Any]] = None,
                  on_connect: Optional[Callable[[Client], Any]] = None, on_message: Optional[MessageHook] = None,
                  on_disconnect: Optional[Callable[[Client], Any]] = None, **options: Any) -> None:
         if config is None:
@@ -156,7 +157,7 @@ class Gateway(WebSocketServer):
         return self.loop.call_later(delay, callback)
 
     @property
-    def sio(self) -> Optional[Any]:
+    def sio(self) -> Optional[EngineIOTransport]:
         """The Engine.IO sessions (None without Socket.IO)."""
         return self.socketio.engine if self.socketio is not None else None
 
@@ -220,9 +221,10 @@ class GatewayApp(App):
         super().__init__(on_connect, on_message, on_disconnect)
         self.gateway = gateway
 
-    def _sio_request(self, request: Optional["Request"]) -> bool:
+    def _sio_for(self, request: Optional["Request"]) -> Optional[EngineIOTransport]:
+        """The Engine.IO sessions when ``request`` is theirs (under ``sio_path``)."""
         sio = self.gateway.sio
-        return sio is not None and request is not None and sio.matches(request)
+        return sio if sio is not None and request is not None and sio.matches(request) else None
 
     def setup(self) -> None:
         gateway = self.gateway
@@ -251,33 +253,37 @@ class GatewayApp(App):
             self.gateway.snapshots.close()
 
     def handle_http(self, client: Client, request: "Request") -> Optional[bytes]:
-        if self._sio_request(request):
-            self.gateway.sio.handle_http(client, request)
+        sio = self._sio_for(request)
+        if sio is not None:
+            sio.handle_http(client, request)
             return None
         return self.gateway.http.handle(client, request)
 
     def body_limit(self, request: "Request") -> int:
         """Only Engine.IO's POST carries a body (packets, up to ``max_message_size``)."""
-        if request.method == "POST" and self._sio_request(request):
+        if request.method == "POST" and self._sio_for(request) is not None:
             return self.gateway.max_message_size
         return 0
 
     def accept_websocket(self, client: Client, request: "Request") -> None:
-        if self._sio_request(request):
-            self.gateway.sio.check_upgrade(request)
+        sio = self._sio_for(request)
+        if sio is not None:
+            sio.check_upgrade(request)
         else:
             self.gateway.websocket.accept(client, request)
 
     def on_open(self, client: Client) -> None:
-        if self._sio_request(client.request):
-            self.gateway.sio.on_open(client)
+        sio = self._sio_for(client.request)
+        if sio is not None:
+            sio.on_open(client)
         else:
             self.gateway.websocket.on_open(client)
         super().on_open(client)
 
     def on_message(self, client: Client, message: "Message") -> None:
-        if client.transport == "socketio":
-            self.gateway.sio.on_message(client, message.data if message.binary else message.data.decode("utf-8"))
+        sio = self.gateway.sio
+        if sio is not None and client.transport == sio.name:
+            sio.on_message(client, message.data if message.binary else message.data.decode("utf-8"))
         elif self.gateway.websocket.on_message(client, message):
             super().on_message(client, message)
 

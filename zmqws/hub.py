@@ -50,17 +50,20 @@ class Output(Protocol):
     """What the hub needs of the server's output queues (members are its clients)."""
 
     max_queue: int
-    drop_slow: bool  # the slow-consumer policy drops (else it closes)
 
-    def fanout(self, data: bytes, members: Iterable[Any], count: int) -> Optional[List[Any]]: ...
+    @property
+    def drop_slow(self) -> bool:
+        """The slow-consumer policy drops (else it closes)."""
 
-    def queue(self, member: Any, data: bytes) -> None: ...
+    def fanout(self, data: bytes, members: Iterable[Any], count: int, /) -> Optional[List[Any]]: ...
 
-    def queued_bytes(self, member: Any) -> int: ...
+    def queue(self, member: Any, data: bytes, /) -> None: ...
 
-    def refill_when_drained(self, member: Any, wanted: bool) -> None: ...
+    def queued_bytes(self, member: Any, /) -> int: ...
 
-    def close_slow(self, member: Any) -> None: ...
+    def refill_when_drained(self, member: Any, wanted: bool, /) -> None: ...
+
+    def close_slow(self, member: Any, /) -> None: ...
 
 
 class Subscriber:
@@ -127,11 +130,15 @@ class Hub:
         # Text when it can be: what is not UTF-8 cannot be a text frame (RFC 6455 §5.6),
         # a JSON string or a Socket.IO string, so it goes out as binary.
         opcode = OP_TEXT if self._text_ok and is_utf8(payload) else OP_BINARY
-        multipart = topic is not None
-        stored = Stored(self.last_id, topic if multipart else b"", payload, opcode, multipart)
+        if topic is None:
+            stored = Stored(self.last_id, b"", payload, opcode, False)
+            routes = self.router.match(payload)
+        else:
+            stored = Stored(self.last_id, topic, payload, opcode, True)
+            routes = self.router.match(topic)
         self.history.add(stored)
         active = self._active
-        for route in self.router.match(topic if multipart else payload):
+        for route in routes:
             if not route.pending:
                 active.append(route)
             route.pending.append(stored)

@@ -21,6 +21,7 @@ removing one is O(1).  Without epoll everything goes into the ``zmq.Poller``.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
 import logging
@@ -164,7 +165,7 @@ class Loop:
         self.thread_id = threading.get_ident()
         poll = self.poller.poll
         epoll = self._epoll
-        epoll_fd = epoll.fileno() if epoll is not None else None
+        epoll_fd = epoll.fileno() if epoll is not None else -1
         handlers = self._handlers
         timers = self._timers
         calls = self._calls
@@ -177,7 +178,7 @@ class Loop:
             try:
                 ready = poll(timeout)
             except zmq.ZMQError as exc:  # pragma: no cover - EINTR on some platforms
-                if exc.errno == zmq.EINTR:
+                if exc.errno == errno.EINTR:
                     continue
                 raise
             self.turns += 1
@@ -208,10 +209,12 @@ class Loop:
 
     def _expand(self, ready: List[Tuple[Any, int]], epoll_fd: int) -> List[Tuple[Any, int]]:
         """Replace the epoll descriptor's readiness by the ready descriptors in its set."""
-        out = []
+        out: List[Tuple[Any, int]] = []
+        epoll = self._epoll
+        assert epoll is not None
         for obj, revents in ready:
             if obj == epoll_fd:
-                out.extend((fd, _from_epoll(mask)) for fd, mask in self._epoll.poll(0, 4096))
+                out.extend((fd, _from_epoll(mask)) for fd, mask in epoll.poll(0, 4096))
             else:
                 out.append((obj, revents))
         return out

@@ -36,7 +36,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 import zmq
 
@@ -124,7 +124,7 @@ class UpstreamMonitor:
     endpoint becomes connected or not connected.
     """
 
-    def __init__(self, monitor: zmq.Socket, bind: bool,
+    def __init__(self, monitor: zmq.Socket[Any], bind: bool,
                  call_soon_threadsafe: Callable[[Callable[[], None]], None],
                  log_interval: float = RETRY_LOG_INTERVAL,
                  on_change: Optional[Callable[[], None]] = None) -> None:

@@ -29,7 +29,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Deque, List, Optional, Sequence
+from typing import Any, Callable, Deque, List, Optional, Sequence
 
 import zmq
 
@@ -55,7 +55,7 @@ class Sequencer:
 
     def __init__(self, xsub: Sequence[str], xpub: Sequence[str], *, stamp: bool = True,
                  connect_xsub: bool = False, capture: Optional[str] = None,
-                 first_id: Optional[int] = None, context: Optional[zmq.Context] = None,
+                 first_id: Optional[int] = None, context: Optional[zmq.Context[Any]] = None,
                  hwm: int = 100_000, status_file: Optional[str] = None) -> None:
         self._context = context or zmq.Context.instance()
         self.stamp = stamp
@@ -189,8 +189,8 @@ class Sequencer:
                 sock.close(linger=0)
 
 
-def _steerable_proxy(front: zmq.Socket, back: zmq.Socket, capture: Optional[zmq.Socket],
-                     control: zmq.Socket) -> None:
+def _steerable_proxy(front: zmq.Socket[Any], back: zmq.Socket[Any], capture: Optional[zmq.Socket[Any]],
+                     control: zmq.Socket[Any]) -> None:
     """The proxy thread: signals are for the main thread (an EINTR here would restart
     libzmq's proxy in the middle of a multipart message)."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -205,7 +205,7 @@ def run_proxy(xsub: Sequence[str], xpub: Sequence[str], capture: Optional[str] =
     signal that arrives while it is forwarding rather than polling.  KeyboardInterrupt
     (SIGINT, or SIGTERM as :func:`main` sets it up) stops the proxy and propagates.
     """
-    context = zmq.Context.instance()
+    context: zmq.Context[Any] = zmq.Context.instance()
     front = context.socket(zmq.XSUB)
     back = context.socket(zmq.XPUB)
     cap = context.socket(zmq.PUB) if capture else None

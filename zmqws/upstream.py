@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from typing import TYPE_CHECKING, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import zmq
 
@@ -67,14 +67,14 @@ class UpstreamSockets:
     hub: "Hub"
 
     def __init__(self, config: "UpstreamConfig", stats: "Stats",
-                 context: Optional[zmq.Context] = None) -> None:
+                 context: Optional[zmq.Context[Any]] = None) -> None:
         self.config = config
         self.stats = stats
         self._own_context = context is None
         self._context = context
         self._loop: Optional["Loop"] = None
-        self._sub: Optional[zmq.Socket] = None
-        self._out: Optional[zmq.Socket] = None
+        self._sub: Optional[zmq.Socket[Any]] = None
+        self._out: Optional[zmq.Socket[Any]] = None
         self._monitor: Optional[UpstreamMonitor] = None
         self._catch_all_since: Optional[float] = None  # when b"" was subscribed (gap detection)
         self._gap_logged_at = float("-inf")
@@ -117,7 +117,7 @@ class UpstreamSockets:
                          "PUSH" if config.push_endpoint else "PUB")
         loop.register(sub, zmq.POLLIN, self._on_sub)
 
-    def _attach(self, sock: zmq.Socket, endpoint: str, kind: str) -> None:
+    def _attach(self, sock: zmq.Socket[Any], endpoint: str, kind: str) -> None:
         bind = self.config.bind
         try:
             if bind:

@@ -91,6 +91,11 @@ class Wire:
         """A turn's messages to each member of a route that is not ``shared``."""
         raise NotImplementedError
 
+    def answer(self, member: Any, items: List[Any]) -> bool:
+        """A resume with something to tell (a notice, messages) to a member of a wire that is
+        not ``shared``: True when that ends its subscription (a long-poll is answered)."""
+        raise NotImplementedError
+
 
 class WebSocketWire(Wire):
     """WebSocket frames (RFC 6455 §5.2), compressed by ``deflater`` when one is given (RFC 7692

@@ -68,7 +68,8 @@ class JoinQuery:
         except TopicRefused as exc:
             raise HTTPError(exc.status, exc.message) from None
         self.chose_topics = bool(topics)
-        self.envelope = request.query_value("format", config.envelope)
+        envelope = request.query_value("format")
+        self.envelope = config.envelope if envelope is None else envelope
         if self.envelope not in ("payload", "topic", "json"):
             raise HTTPError(400, "format must be one of payload, topic, json")
         if config.require_topic and not any(topics):

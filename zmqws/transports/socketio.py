@@ -228,7 +228,8 @@ class SocketIOLayer:
         session.connected = True
         hub = self.context.hub
         hub.flush()  # this turn's messages were routed before this socket joined
-        packets = [(eio.MESSAGE, eio.encode_sio(eio.CONNECT, {"sid": session.sio_sid, "pid": session.pid}))]
+        packets: List[eio.Packet] = [
+            (eio.MESSAGE, eio.encode_sio(eio.CONNECT, {"sid": session.sio_sid, "pid": session.pid}))]
         for m in replay:
             packets.extend(self.event_packets(m))
         self.engine.send(session, packets)
