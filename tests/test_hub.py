@@ -567,6 +567,18 @@ def test_missed_gives_the_notice_and_the_messages(rig):
     assert notice == {"gap": [ids[-1] + 1, ids[-1] + 5]} and missed == []
 
 
+def test_missed_past_the_history_names_the_evicted_ids():
+    rig = Rig(history=2)
+    rig.join("keeper", [])  # marker 1
+    rig.publish(*[(b"t", b"%d" % i) for i in range(5)])  # 2..6, history keeps 5, 6
+    notice, missed = rig.hub.missed([b"t"], 2)
+    assert notice == {"gap": [3, 4]} and [m.id for m in missed] == [5, 6]
+    held = FakeWire(shared=False)
+    rig.join("p", ["t"], since=2, wire=held)
+    (_member, items), = held.answered
+    assert items[0] == {"gap": [3, 4]} and [m.id for m in items[1:]] == [5, 6]
+
+
 def test_resume_on_a_wire_not_shared_is_answered_by_the_wire(rig):
     rig.join("keeper", [])
     ids = rig.publish((b"t", b"1"), (b"t", b"2"))
