@@ -12,12 +12,20 @@ stopped or closed by a fixture finalizer, and every wait is bounded.
 * ``run_async(coro, timeout)``: run asyncio client code under a deadline.
 * ``wait_until(predicate, timeout)``: poll a condition under a deadline.
 * ``http_exchange(port, request_bytes)``, ``upgrade_request(...)``: raw HTTP.
+* ``http_conn(port)``, ``get(conn, target)``: ``http.client`` requests; ``read_response(sock)``:
+  one response from a raw socket; :class:`SSEClient` (with :class:`SSEParser`): an event stream.
+* ``recv``, ``recv_json``, ``nothing_within``: bounded receives of a ``websockets`` client.
+* ``make_zmq(kind)``, ``recv_parts``: ZeroMQ sockets of any kind bound to ``tcp://127.0.0.1:*``.
+* ``inflate(payload, wbits)``: a permessage-deflate payload inflated by zlib.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
+import http.client
+import json
 import os
 import queue
 import re
@@ -28,8 +36,10 @@ import subprocess
 import struct
 import threading
 import time
+import zlib
+from collections import deque
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 import pytest
 from websockets.asyncio.client import connect
@@ -581,3 +591,300 @@ def spawn():
     yield start
     for process in processes:
         process.stop()
+
+
+# -- HTTP clients: http.client, raw responses, event streams ---------------------------------------
+
+
+def _parse_head(head: bytes) -> Tuple[int, Dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    version, status, _ = (lines[0] + " ").split(" ", 2)
+    assert version == "HTTP/1.1", lines[0]
+    headers: Dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status), headers
+
+
+def read_response(sock: socket.socket, timeout: float = 5.0) -> Tuple[int, Dict[str, str], bytes]:
+    """One HTTP response with a Content-Length from a raw socket."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while True:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if sep:
+            status, headers = _parse_head(head)
+            length = int(headers.get("content-length", "0"))
+            if len(rest) >= length:
+                return status, headers, rest[:length]
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no complete response within {timeout} s: {data[:200]!r}")
+        sock.settimeout(remaining)
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"connection closed before the end of the response: {data[:200]!r}")
+        data += chunk
+
+
+@pytest.fixture
+def http_conn():
+    """``http_conn(port)`` → an http.client.HTTPConnection (5 s timeout); closed at teardown."""
+    made: List[http.client.HTTPConnection] = []
+
+    def make(port: int, timeout: float = 5.0) -> http.client.HTTPConnection:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        made.append(conn)
+        return conn
+
+    yield make
+    for conn in made:
+        conn.close()
+
+
+def get(conn: http.client.HTTPConnection, target: str, headers: Optional[Dict[str, str]] = None,
+        method: str = "GET") -> Tuple[http.client.HTTPResponse, bytes, float]:
+    """One request on ``conn``: (response, body, seconds until the whole response was read)."""
+    start = time.monotonic()
+    conn.request(method, target, headers=headers or {})
+    response = conn.getresponse()
+    body = response.read()
+    return response, body, time.monotonic() - start
+
+
+def ids_of(docs) -> List[int]:
+    return [d["id"] for d in docs]
+
+
+class SSEEvent:
+    """A dispatched event: ``type`` ("message" unless ``event:`` said otherwise), ``data``, ``last_event_id``."""
+
+    __slots__ = ("type", "data", "last_event_id")
+
+    def __init__(self, type_: str, data: str, last_event_id: str) -> None:
+        self.type = type_
+        self.data = data
+        self.last_event_id = last_event_id
+
+    def __repr__(self) -> str:
+        return f"SSEEvent({self.type!r}, {self.data!r}, id={self.last_event_id!r})"
+
+
+_EOL = re.compile(r"\r\n|\r|\n")
+
+
+class SSEParser:
+    """WHATWG HTML §9.2.6 "Interpreting an event stream", fed with bytes.
+
+    UTF-8 decoding (a leading BOM dropped), lines ended by CRLF, LF or CR,
+    comment lines, ``field: value`` with one leading space removed, the
+    ``event``/``data``/``id``/``retry`` fields, and dispatch on an empty line:
+    an event whose data buffer is empty is not dispatched, and the data's last
+    LF is removed.  An event not ended by an empty line is never dispatched.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._text = ""
+        self._started = False
+        self._data = ""
+        self._event = ""
+        self._id = ""  # the last event ID buffer: it persists across events
+        self.retry: Optional[int] = None
+        self.comments: List[str] = []
+        self.lines = 0
+
+    def feed(self, chunk: bytes) -> List[SSEEvent]:
+        text = self._text + self._decoder.decode(chunk)
+        if not self._started and text:
+            self._started = True
+            if text[0] == "\ufeff":
+                text = text[1:]
+        events: List[SSEEvent] = []
+        pos = 0
+        while True:
+            m = _EOL.search(text, pos)
+            if m is None:
+                break
+            if m.group() == "\r" and m.end() == len(text):
+                break  # maybe the first half of a CRLF: wait for the next chunk
+            self._line(text[pos:m.start()], events)
+            pos = m.end()
+        self._text = text[pos:]
+        return events
+
+    def _line(self, line: str, events: List[SSEEvent]) -> None:
+        self.lines += 1
+        if line == "":
+            self._dispatch(events)
+            return
+        if line.startswith(":"):
+            self.comments.append(line[1:])
+            return
+        field, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if field == "event":
+            self._event = value
+        elif field == "data":
+            self._data += value + "\n"
+        elif field == "id":
+            if "\0" not in value:
+                self._id = value
+        elif field == "retry":
+            if value and all("0" <= c <= "9" for c in value):
+                self.retry = int(value)
+        # any other field is ignored
+
+    def _dispatch(self, events: List[SSEEvent]) -> None:
+        if self._data == "":
+            self._event = ""
+            return
+        data = self._data[:-1] if self._data.endswith("\n") else self._data
+        events.append(SSEEvent(self._event or "message", data, self._id))
+        self._data = ""
+        self._event = ""
+
+
+class SSEClient:
+    """An event stream on a raw socket: the request by hand, the head parsed, the body fed to SSEParser."""
+
+    def __init__(self, port: int, target: str, headers: Sequence[Tuple[str, str]] = (),
+                 rcvbuf: Optional[int] = None, method: str = "GET") -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:  # before connect, so that the advertised window is small too
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(5.0)
+        self.sock.connect(("127.0.0.1", port))
+        lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Accept: text/event-stream"]
+        lines += [f"{name}: {value}" for name, value in headers]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        self.parser = SSEParser()
+        self.events: Deque[SSEEvent] = deque()
+        self.raw = bytearray()  # the body as received
+        self.eof = False
+        self.status: Optional[int] = None
+        self.headers: Dict[str, str] = {}
+        self._buf = b""
+
+    def read_head(self, timeout: float = 5.0) -> Tuple[int, Dict[str, str]]:
+        deadline = time.monotonic() + timeout
+        while b"\r\n\r\n" not in self._buf:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise AssertionError(f"closed before the response head: {self._buf!r}")
+            self._buf += chunk
+        head, _, rest = self._buf.partition(b"\r\n\r\n")
+        self.status, self.headers = _parse_head(head)
+        self._feed(rest)
+        return self.status, self.headers
+
+    def _feed(self, data: bytes) -> None:
+        self.raw += data
+        self.events.extend(self.parser.feed(data))
+
+    def pump(self, timeout: float) -> bool:
+        """One recv (up to ``timeout`` s); False once the server has closed the stream."""
+        if self.eof:
+            return False
+        self.sock.settimeout(max(0.001, timeout))
+        try:
+            chunk = self.sock.recv(262144)
+        except socket.timeout:
+            return True
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            self.eof = True
+            return False
+        self._feed(chunk)
+        return True
+
+    def next_event(self, timeout: float = 5.0) -> SSEEvent:
+        deadline = time.monotonic() + timeout
+        while not self.events:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no event within {timeout} s")
+            if not self.pump(remaining):
+                raise AssertionError("the server closed the event stream")
+        return self.events.popleft()
+
+    def take(self, n: int, timeout: float = 5.0) -> List[SSEEvent]:
+        deadline = time.monotonic() + timeout
+        return [self.next_event(max(0.0, deadline - time.monotonic())) for _ in range(n)]
+
+    def nothing_within(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self.events:
+            if not self.pump(deadline - time.monotonic()):
+                break
+        return not self.events
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:  # pragma: no cover
+            pass
+
+
+# -- permessage-deflate --------------------------------------------------------------------------
+
+TAIL = b"\x00\x00\xff\xff"  # RFC 7692 §7.2.1: the end of a sync flush, removed by the sender
+
+
+def inflate(payload: bytes, wbits: int = 15) -> bytes:
+    """A compressed message's payload inflated by zlib, as a client does (RFC 7692 §7.2.2)."""
+    d = zlib.decompressobj(-wbits)
+    return d.decompress(payload + TAIL) + d.flush()
+
+
+# -- asyncio WebSocket clients: bounded receives ---------------------------------------------------
+
+
+async def recv(ws, timeout: float = 5.0):
+    return await asyncio.wait_for(ws.recv(), timeout)
+
+
+async def recv_json(ws, timeout: float = 5.0):
+    return json.loads(await recv(ws, timeout))
+
+
+async def nothing_within(ws, seconds: float) -> bool:
+    """True if no message arrives on ``ws`` within ``seconds``."""
+    try:
+        message = await asyncio.wait_for(ws.recv(), seconds)
+    except asyncio.TimeoutError:
+        return True
+    raise AssertionError(f"unexpected message {message!r}")
+
+
+# -- ZeroMQ sockets of any kind --------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_zmq(zmq_context):
+    """``make_zmq(kind, **options)`` → (socket, endpoint): bound to tcp://127.0.0.1:*, closed at teardown."""
+    sockets = []
+
+    def make(kind: int, subscribe: Optional[bytes] = None, **options):
+        sock = zmq_context.socket(kind)
+        sockets.append(sock)
+        sock.setsockopt(zmq.LINGER, 0)
+        for name, value in options.items():
+            sock.setsockopt(getattr(zmq, name.upper()), value)
+        if subscribe is not None:
+            sock.setsockopt(zmq.SUBSCRIBE, subscribe)
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        return sock, f"tcp://127.0.0.1:{port}"
+
+    yield make
+    for sock in sockets:
+        sock.close(linger=0)
+
+
+def recv_parts(sock: zmq.Socket, timeout: float = 5.0) -> List[bytes]:
+    assert sock.poll(int(timeout * 1000)), f"nothing received within {timeout} s"
+    return sock.recv_multipart(zmq.NOBLOCK)

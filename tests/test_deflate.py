@@ -29,7 +29,8 @@ from zmqws.protocol.frames import (
 )
 from zmqws.protocol.handshake import parse_extensions
 
-TAIL = b"\x00\x00\xff\xff"
+from conftest import TAIL, inflate as zlib_inflate
+
 MASK = b"\x11\x22\x33\x44"
 
 # Offers sent by real clients (Sec-WebSocket-Extensions of their opening handshake).
@@ -96,11 +97,6 @@ def split(data: bytes, cuts) -> list:
     points = sorted({c % (len(data) + 1) for c in cuts})
     bounds = [0] + points + [len(data)]
     return [data[a:b] for a, b in zip(bounds, bounds[1:])]
-
-
-def zlib_inflate(payload: bytes, wbits: int) -> bytes:
-    d = zlib.decompressobj(-wbits)
-    return d.decompress(payload + TAIL) + d.flush()
 
 
 # =============================================================================

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -26,13 +25,12 @@ from typing import List, Optional, Sequence, Tuple
 
 import pytest
 
-from conftest import NODE_DIR, NodeProcess, ws_connect as plain_ws_connect
+from conftest import NODE_DIR, TAIL, NodeProcess, inflate, recv, ws_connect as plain_ws_connect
 from zmqws.protocol.frames import OP_BINARY, OP_TEXT
 
 pytestmark = pytest.mark.timeout(60)
 
 KiB = 1 << 10
-TAIL = b"\x00\x00\xff\xff"
 NODE_CLIENT = NODE_DIR / "ws_client.mjs"
 
 CHROMIUM = "permessage-deflate; client_max_window_bits"
@@ -51,10 +49,6 @@ FIN, RSV1 = 0x80, 0x40
 def ws_connect(port: int, path: str = "/", **options):
     """A ``websockets`` client with its default compression (permessage-deflate offered)."""
     return plain_ws_connect(port, path, compression="deflate", **options)
-
-
-async def recv(ws, timeout: float = 5.0):
-    return await asyncio.wait_for(ws.recv(), timeout)
 
 
 WORDS = ("price bid ask volume open close high low symbol exchange market order trade "
@@ -78,11 +72,6 @@ def big_json(rng: random.Random, seq: int, size: int = KiB) -> str:
     text = json.dumps(doc)
     assert len(text) == size
     return text
-
-
-def inflate(payload: bytes, wbits: int = 15) -> bytes:
-    d = zlib.decompressobj(-wbits)
-    return d.decompress(payload + TAIL) + d.flush()
 
 
 def recv_raw_frame(client, timeout: float = 5.0) -> Tuple[int, bytes, bytes]:

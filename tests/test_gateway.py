@@ -1,4 +1,10 @@
-"""Integration tests of the Gateway: a real PUB socket → Gateway → WebSocket clients on 127.0.0.1."""
+"""Integration tests of the Gateway as a whole: a real PUB socket → Gateway → clients on 127.0.0.1.
+
+Fan-out to many clients in order, multipart messages, payload modes, ``publish()``
+from another thread and without ZeroMQ, the counters, one route's failure
+contained, and slow consumers that do not hurt the others.  Each room's own
+tests are in tests/test_<module>.py (test_websocket, test_sse, test_poll,
+test_socketio, test_upstream, test_httpapp, test_hub...)."""
 
 from __future__ import annotations
 
@@ -170,82 +176,7 @@ def test_counters_follow_clients(gateway, pub, run_async, wait_until):
     assert gateway.stats.ws_connections >= 3
 
 
-# -- ZeroMQ side configurations -----------------------------------------------------------------
-
-
-def test_bind_mode_with_connecting_publisher(make_gateway, make_pub, run_async, wait_subscribed, tmp_path):
-    endpoint = f"ipc://{tmp_path}/gateway.ipc"
-    gw = make_gateway(endpoint, bind=True)
-    publisher = make_pub(connect=endpoint)
-    wait_subscribed(publisher, gw)
-
-    async def main():
-        async with ws_connect(gw.port) as ws:
-            for i in range(10):
-                publisher.send(f"bound {i}".encode())
-            return [await ws.recv() for _ in range(10)]
-    assert run_async(main()) == [f"bound {i}" for i in range(10)]
-
-
-def test_bind_mode_with_two_connecting_publishers(make_gateway, make_pub, run_async, wait_subscribed,
-                                                 tmp_path):
-    endpoint = f"ipc://{tmp_path}/gateway.ipc"
-    gw = make_gateway(endpoint, bind=True)
-    publishers = [make_pub(connect=endpoint) for _ in range(2)]
-    for publisher in publishers:
-        wait_subscribed(publisher, gw)
-
-    async def main():
-        async with ws_connect(gw.port) as ws:
-            publishers[0].send(b"from 0")
-            publishers[1].send(b"from 1")
-            return {await ws.recv(), await ws.recv()}
-    assert run_async(main()) == {"from 0", "from 1"}
-
-
-def test_several_sub_endpoints(make_gateway, make_pub, run_async, wait_subscribed):
-    pubs = [make_pub() for _ in range(3)]
-    gw = make_gateway([p.endpoint for p in pubs])
-    for p in pubs:
-        wait_subscribed(p, gw)
-
-    async def main():
-        async with ws_connect(gw.port) as ws:
-            for i in range(20):
-                for k, p in enumerate(pubs):
-                    p.send(f"{k}:{i}".encode())
-            return [await ws.recv() for _ in range(60)]
-    received = run_async(main())
-    for k in range(3):  # in order per publisher
-        assert [m for m in received if m.startswith(f"{k}:")] == [f"{k}:{i}" for i in range(20)]
-
-
-def test_bad_endpoint_raises_value_error():
-    gw = Gateway("nonsense://x", 0)
-    with pytest.raises(ValueError, match=r"cannot connect SUB socket to 'nonsense://x'"):
-        gw.start()
-    gw.stop()  # safe after a failed start
-
-
-def test_bad_endpoint_releases_the_port():
-    gw = Gateway("nonsense://x", 0)
-    with pytest.raises(ValueError):
-        gw.start()
-    # The listening socket made before the SUB failed must be closed again.
-    probe = socket.socket()
-    try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(("127.0.0.1", gw.port))
-        probe.listen(1)
-    finally:
-        probe.close()
-
-
-def test_bad_bind_endpoint_raises_value_error(make_pub):
-    taken = make_pub()
-    gw = Gateway(taken.endpoint, 0, bind=True)  # address already bound by the PUB
-    with pytest.raises(ValueError, match="cannot bind SUB socket"):
-        gw.start()
+# -- an exception in one route ------------------------------------------------------------------
 
 
 def test_an_exception_in_one_route_costs_that_route_one_turn_only(make_gateway, raw_ws, wait_until,
@@ -270,54 +201,6 @@ def test_an_exception_in_one_route_costs_that_route_one_turn_only(make_gateway, 
         assert [ws.recv_frame()[2] for _ in range(2)] == [b"lost for json", b"next"]
     assert json.loads(failing.recv_frame()[2])["data"] == "next"
     assert all(not route.pending for route in gw.hub.router.routes())
-
-
-# -- HTTP ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def plain_gateway(make_gateway):
-    return make_gateway(None)
-
-
-@pytest.mark.parametrize("path", ["/", "/index.html"])
-def test_get_page(plain_gateway, http_exchange, path):
-    status, headers, body = http_exchange(plain_gateway.port,
-                                          f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-    assert status == 200
-    assert headers["content-type"].startswith("text/html")
-    assert int(headers["content-length"]) == len(body)
-    assert b"WebSocket" in body
-    assert body.lstrip().lower().startswith(b"<!doctype html")
-
-
-def test_head_page_returns_headers_only(plain_gateway, http_exchange):
-    _status, get_headers, get_body = http_exchange(plain_gateway.port,
-                                                   b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-    status, headers, body = http_exchange(plain_gateway.port, b"HEAD / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-    assert status == 200
-    assert body == b""
-    assert headers["content-type"].startswith("text/html")
-    assert int(headers["content-length"]) == len(get_body)
-
-
-@pytest.mark.parametrize("request_bytes, status", [
-    (b"GET /other HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
-    (b"GET /../zmqws/gateway.py HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
-    (b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n", 405),
-    (b"HEAD /other HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
-], ids=["other", "traversal", "post", "head-other"])
-def test_other_http_requests(plain_gateway, http_exchange, request_bytes, status):
-    got, _headers, body = http_exchange(plain_gateway.port, request_bytes)
-    assert got == status
-    assert b"Traceback" not in body
-    if request_bytes.startswith(b"HEAD"):
-        assert body == b""
-
-
-def test_page_disabled(make_gateway, http_exchange):
-    gw = make_gateway(None, page=None)
-    assert http_exchange(gw.port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")[0] == 404
 
 
 # -- slow consumers -------------------------------------------------------------------------------
@@ -434,16 +317,3 @@ def test_slow_consumer_does_not_hurt_others(make_gateway, pub, raw_ws, run_async
         if frame[2].startswith(b'{"gap":'):  # the end of the backlog was dropped: told first
             frame = slow.recv_frame(timeout=5)
         assert frame == (True, OP_TEXT, b"after the backlog")
-
-
-
-# -- HTTP: the page's icon --------------------------------------------------------------------------
-
-
-def test_favicon_is_served_not_counted_as_an_error(plain_gateway, http_exchange):
-    """Browsers ask for /favicon.ico by themselves: a real icon, not a 404 in http_errors."""
-    status, headers, body = http_exchange(plain_gateway.port, b"GET /favicon.ico HTTP/1.1\r\nHost: localhost\r\n\r\n")
-    assert status == 200
-    assert headers["content-type"].startswith("image/")
-    assert body[:4] == b"\x00\x00\x01\x00"  # an ICO header: reserved 0, type 1 (icon)
-    assert plain_gateway.stats.http_errors == 0

@@ -1,10 +1,12 @@
-"""Integration tests of the gateway's topic features, with real clients and real ZeroMQ sockets.
+"""The hub's behaviour seen end to end (zmqws/hub.py through a real Gateway), with real clients
+and real ZeroMQ sockets.
 
-Topic filtering (``?topic=``), control messages (``{"subscribe": ...}``),
-upstream subscriptions (observed on an XPUB socket), envelopes (``?format=``),
-client → ZeroMQ forwarding (PUSH/PUB) with its flood and high-water-mark
-limits, resume (``?since=``) with gap notices, and the routing structures
-(:mod:`zmqws.routing`) at scale and in unit tests.
+Topic filtering (``?topic=``), topic changes while messages flow, upstream
+subscriptions and their linger (observed on an XPUB socket), envelopes
+(``?format=``), resume (``?since=``) with gap notices.  The hub's unit tests
+are in tests/test_hub.py, the routing structures' in tests/test_routing.py,
+the WebSocket control messages and client → ZeroMQ forwarding in
+tests/test_websocket.py and tests/test_upstream.py.
 
 Every server, socket and thread started here is stopped by a fixture or a
 ``finally``; every wait is bounded.
@@ -14,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import gc
 import json
 import random
 import threading
@@ -24,38 +24,14 @@ from typing import Dict, List, Optional, Sequence
 
 import pytest
 import zmq
-from websockets.exceptions import ConnectionClosed
 
-from conftest import ws_connect
-from zmqws.protocol.frames import OP_TEXT
+from conftest import nothing_within, recv, recv_json, ws_connect
 from zmqws.gateway import Gateway
-from zmqws.routing import History, Router, Stored, Upstream
 
 pytestmark = pytest.mark.timeout(40)
 
-KiB = 1 << 10
-
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-
-
-async def recv(ws, timeout: float = 5.0):
-    return await asyncio.wait_for(ws.recv(), timeout)
-
-
-async def recv_json(ws, timeout: float = 5.0):
-    return json.loads(await recv(ws, timeout))
-
-
-async def nothing_within(ws, seconds: float) -> bool:
-    """True if no message arrives on ``ws`` within ``seconds``."""
-    try:
-        message = await asyncio.wait_for(ws.recv(), seconds)
-    except asyncio.TimeoutError:
-        return True
-    raise AssertionError(f"unexpected message {message!r}")
 
 
 def _text(message) -> str:
@@ -243,42 +219,8 @@ def test_many_clients_over_many_topics_each_get_exactly_their_topics_in_order(ga
 
 
 # =================================================================================================
-# 2. Control messages
+# 2. Topic changes while messages flow
 # =================================================================================================
-
-
-def test_control_messages_are_acknowledged(gateway, pub, run_async):
-    async def main():
-        async with ws_connect(gateway.port, "/?topic=a") as ws:
-            await ws.send(json.dumps({"subscribe": "b"}))
-            assert await recv_json(ws) == {"ack": "subscribe", "topic": "b", "topics": ["a", "b"]}
-            await ws.send(json.dumps({"subscribe": "b"}))  # already there: acknowledged, unchanged
-            assert await recv_json(ws) == {"ack": "subscribe", "topic": "b", "topics": ["a", "b"]}
-            await ws.send(json.dumps({"unsubscribe": "a"}))
-            assert await recv_json(ws) == {"ack": "unsubscribe", "topic": "a", "topics": ["b"]}
-            await ws.send(json.dumps({"unsubscribe": "zzz"}))  # not subscribed: unchanged
-            assert await recv_json(ws) == {"ack": "unsubscribe", "topic": "zzz", "topics": ["b"]}
-            # Not control messages: ignored (no push socket), no answer, the connection stays.
-            await ws.send(json.dumps({"subscribe": 42}))
-            await ws.send(json.dumps({"subscribe": "c", "extra": 1}))
-            await ws.send("{not json")
-            pub.send_multipart([b"a.1", b"for a"])
-            pub.send_multipart([b"b.1", b"for b"])
-            assert await recv(ws) == "for b"
-            await ws.send(json.dumps({"unsubscribe": "b"}))
-            assert await recv_json(ws) == {"ack": "unsubscribe", "topic": "b", "topics": []}
-            pub.send_multipart([b"b.2", b"not any more"])
-            assert await nothing_within(ws, 0.1)
-
-        # A client that asked for no topic gets everything until it names one.
-        async with ws_connect(gateway.port) as ws:
-            await ws.send(json.dumps({"subscribe": "x"}))
-            assert await recv_json(ws) == {"ack": "subscribe", "topic": "x", "topics": ["x"]}
-            pub.send_multipart([b"y", b"not for x"])
-            pub.send_multipart([b"x.1", b"for x"])
-            assert await recv(ws) == "for x"
-
-    run_async(main())
 
 
 def test_subscribe_and_unsubscribe_while_publishing(gateway, pub, run_async):
@@ -541,221 +483,7 @@ def test_unknown_envelope_option_is_refused():
 
 
 # =================================================================================================
-# 5. Client → ZeroMQ
-# =================================================================================================
-
-
-@pytest.fixture
-def make_zmq(zmq_context):
-    """``make_zmq(kind, **options)`` → (socket, endpoint): bound to tcp://127.0.0.1:*, closed at teardown."""
-    sockets = []
-
-    def make(kind: int, subscribe: Optional[bytes] = None, **options):
-        sock = zmq_context.socket(kind)
-        sockets.append(sock)
-        sock.setsockopt(zmq.LINGER, 0)
-        for name, value in options.items():
-            sock.setsockopt(getattr(zmq, name.upper()), value)
-        if subscribe is not None:
-            sock.setsockopt(zmq.SUBSCRIBE, subscribe)
-        port = sock.bind_to_random_port("tcp://127.0.0.1")
-        return sock, f"tcp://127.0.0.1:{port}"
-
-    yield make
-    for sock in sockets:
-        sock.close(linger=0)
-
-
-def recv_parts(sock: zmq.Socket, timeout: float = 5.0) -> List[bytes]:
-    assert sock.poll(int(timeout * 1000)), f"nothing received within {timeout} s"
-    return sock.recv_multipart(zmq.NOBLOCK)
-
-
-def test_client_messages_are_pushed_upstream(make_gateway, make_zmq, run_async):
-    pull, endpoint = make_zmq(zmq.PULL)
-    gw = make_gateway(None, push_endpoint=endpoint)
-
-    async def main():
-        async with ws_connect(gw.port) as a, ws_connect(gw.port) as b, \
-                ws_connect(gw.port, "/?format=json") as j:
-            await a.send("from a")
-            parts_a = await asyncio.to_thread(recv_parts, pull)
-            await b.send(b"\x00from b")
-            parts_b = await asyncio.to_thread(recv_parts, pull)
-            await a.send("again a")
-            parts_a2 = await asyncio.to_thread(recv_parts, pull)
-            await j.send(json.dumps({"topic": "chat.room7", "data": "hi"}))
-            parts_j = await asyncio.to_thread(recv_parts, pull)
-            await j.send(json.dumps({"topic": "chat.room7", "data": {"n": 1}}))
-            parts_j2 = await asyncio.to_thread(recv_parts, pull)
-            await j.send("plain text from a json client")
-            parts_j3 = await asyncio.to_thread(recv_parts, pull)
-            return parts_a, parts_b, parts_a2, parts_j, parts_j2, parts_j3
-
-    parts_a, parts_b, parts_a2, parts_j, parts_j2, parts_j3 = run_async(main())
-    assert parts_a[0] == b"ws" and parts_a[2] == b"from a" and len(parts_a) == 3
-    assert parts_b[0] == b"ws" and parts_b[2] == b"\x00from b"
-    assert parts_a2 == [b"ws", parts_a[1], b"again a"], "a client's id is stable"
-    ids = {parts_a[1], parts_b[1], parts_j[1]}
-    assert len(ids) == 3 and all(ids), "client ids differ"
-    assert parts_j == [b"chat.room7", parts_j[1], b"hi"]
-    assert parts_j2 == [b"chat.room7", parts_j[1], b'{"n": 1}']
-    assert parts_j3 == [b"ws", parts_j[1], b"plain text from a json client"]
-    assert gw.stats.upstream_messages == 6 and gw.stats.upstream_drops == 0
-
-
-def test_upstream_topic_option(make_gateway, make_zmq, run_async):
-    pull, endpoint = make_zmq(zmq.PULL)
-    gw = make_gateway(None, push_endpoint=endpoint, upstream_topic=b"from-browser")
-
-    async def main():
-        async with ws_connect(gw.port) as ws:
-            await ws.send("x")
-            return await asyncio.to_thread(recv_parts, pull)
-    parts = run_async(main())
-    assert parts[0] == b"from-browser" and parts[2] == b"x"
-
-
-def test_client_messages_are_published_upstream(make_gateway, make_zmq, run_async):
-    sub, endpoint = make_zmq(zmq.SUB, subscribe=b"")
-    gw = make_gateway(None, pub_endpoint=endpoint, client_rate=0)
-
-    async def main():
-        async with ws_connect(gw.port, "/?format=json") as ws:
-            # PUB → SUB slow joiner: probe until the SUB's subscription has reached the PUB.
-            deadline = time.monotonic() + 5
-            while not sub.poll(20):
-                assert time.monotonic() < deadline, "the SUB never received from the gateway's PUB"
-                await ws.send("probe")
-            await ws.send(json.dumps({"topic": "chat.room7", "data": "hi"}))
-            while True:
-                parts = await asyncio.to_thread(recv_parts, sub)
-                if parts[2] != b"probe":
-                    return parts
-    parts = run_async(main())
-    assert parts[0] == b"chat.room7" and parts[2] == b"hi" and parts[1]
-
-
-def test_give_push_or_pub_not_both():
-    with pytest.raises(ValueError, match="not both"):
-        Gateway(None, 0, push_endpoint="tcp://127.0.0.1:1", pub_endpoint="tcp://127.0.0.1:2")
-
-
-def test_client_messages_without_upstream_are_ignored(gateway, pub, run_async):
-    async def main():
-        async with ws_connect(gateway.port) as ws:
-            await ws.send("nobody listens")
-            await ws.send(b"\x01\x02")
-            await ws.send(json.dumps({"topic": "t", "data": "x"}))
-            await ws.send(json.dumps({"subscribe": "z"}))  # processed after the three above
-            assert await recv_json(ws) == {"ack": "subscribe", "topic": "z", "topics": ["z"]}
-            pub.send_multipart([b"z", b"still open"])
-            assert await recv(ws) == "still open"
-            await ws.ping()
-    run_async(main())
-    assert gateway.stats.upstream_messages == 0 and gateway.stats.upstream_drops == 0
-    assert gateway.stats.rate_limited == 0 and gateway.stats.protocol_errors == 0
-
-
-def test_flood_is_closed_with_1008_and_a_steady_client_stays(make_gateway, run_async):
-    rate = 20
-    gw = make_gateway(None, client_rate=rate)
-
-    async def main():
-        async with ws_connect(gw.port) as flood, ws_connect(gw.port) as steady:
-            async def flood_it():
-                try:
-                    for i in range(200):
-                        await flood.send(f"m{i}")
-                except ConnectionClosed:
-                    pass
-                await asyncio.wait_for(flood.wait_closed(), 5)
-                return flood.close_code
-
-            async def steady_it():
-                # More messages than the burst (the bucket holds `rate` tokens), below the rate.
-                for i in range(rate + 5):
-                    await steady.send(f"s{i}")
-                    await asyncio.sleep(1 / (rate * 0.6))
-                await steady.send(json.dumps({"subscribe": "alive"}))
-                return await recv_json(steady)
-
-            return await asyncio.gather(flood_it(), steady_it())
-
-    flood_code, ack = run_async(main())
-    assert flood_code == 1008
-    assert ack == {"ack": "subscribe", "topic": "alive", "topics": ["alive"]}
-    assert gw.stats.rate_limited == 1
-
-
-def test_upstream_full_drops_and_counts_while_others_are_served(make_gateway, make_pub, make_zmq,
-                                                               wait_subscribed, run_async):
-    # A PULL peer that is connected but never reads (after a first message): its queue
-    # (RCVHWM 1), the TCP buffers and the gateway's send queue (upstream_hwm) fill up.
-    pull, endpoint = make_zmq(zmq.PULL, rcvhwm=1, rcvbuf=4096)
-    pub = make_pub()
-    gw = make_gateway(pub.endpoint, push_endpoint=endpoint, upstream_hwm=10, client_rate=0)
-    wait_subscribed(pub, gw)
-    big = bytes(range(256)) * (256 * KiB // 256)
-
-    async def main():
-        async with ws_connect(gw.port) as sender, ws_connect(gw.port) as other:
-            await sender.send(b"first")
-            assert (await asyncio.to_thread(recv_parts, pull))[2] == b"first"  # connected
-            sent = 1
-            deadline = time.monotonic() + 20
-            while gw.stats.upstream_drops == 0:
-                assert time.monotonic() < deadline, "the upstream socket never filled up"
-                for _ in range(10):
-                    await sender.send(big)
-                    sent += 1
-                await asyncio.sleep(0.02)
-            for _ in range(20):  # everything is dropped now, quickly
-                await sender.send(b"small")
-                sent += 1
-            # The loop still serves the others (and the sender is still open).
-            pub.send(b"still served")
-            assert await recv(other) == "still served"
-            assert await recv(sender) == "still served"
-            await asyncio.to_thread(wait_until_counted, gw, sent)
-            return sent
-
-    sent = run_async(main(), timeout=30)
-    stats = gw.stats
-    assert stats.upstream_drops >= 20
-    assert stats.upstream_messages + stats.upstream_drops == sent
-    assert stats.rate_limited == 0 and stats.protocol_errors == 0
-
-
-def wait_until_counted(gw: Gateway, n: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while gw.stats.upstream_messages + gw.stats.upstream_drops < n:
-        assert time.monotonic() < deadline, "client messages not all counted"
-        time.sleep(0.005)
-
-
-def test_upstream_without_peer_drops_everything(make_gateway, make_pub, wait_subscribed, run_async,
-                                                tmp_path):
-    # bind=True and nobody connected to the PUSH: send(NOBLOCK) raises zmq.Again at once.
-    gw = make_gateway(f"ipc://{tmp_path}/sub.ipc", bind=True, push_endpoint=f"ipc://{tmp_path}/push.ipc",
-                      upstream_hwm=10)
-    pub = make_pub(connect=f"ipc://{tmp_path}/sub.ipc")
-    wait_subscribed(pub, gw)
-
-    async def main():
-        async with ws_connect(gw.port) as sender, ws_connect(gw.port) as other:
-            for i in range(50):
-                await sender.send(f"m{i}")
-            await asyncio.to_thread(wait_until_counted, gw, 50)
-            pub.send(b"still served")
-            assert await recv(other) == "still served"
-            assert await recv(sender) == "still served"
-    run_async(main())
-    assert gw.stats.upstream_drops == 50 and gw.stats.upstream_messages == 0
-
-
-# =================================================================================================
-# 6. Resume
+# 5. Resume
 # =================================================================================================
 
 
@@ -881,217 +609,3 @@ def test_since_zero_replays_the_history(gateway, pub, run_async, wait_until):
             got.append((await recv_json(ws))["data"])
             return got
     assert run_async(main()) == [f"z|{i}" for i in range(4)] + ["z|live"]
-
-
-# =================================================================================================
-# 7. Routing: scale, History, Upstream
-# =================================================================================================
-
-
-@contextlib.contextmanager
-def gc_paused():
-    """Time code without the garbage collector's passes over the whole test session's objects.
-
-    The timings use ``time.thread_time()``: CPU time of this thread, which a
-    busy machine (other processes, the gateways' loop threads) does not inflate.
-    """
-    enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-class FakeClient:
-    __slots__ = ("n",)
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-
-def make_router(n: int):
-    router = Router()
-    clients = [FakeClient(i) for i in range(n)]
-    for i, client in enumerate(clients):
-        router.add(client, [b"t%05d." % i], "payload", None)
-    return router, clients
-
-
-def test_ten_thousand_routes_each_topic_matches_exactly_its_route():
-    n = 10_000
-    router, clients = make_router(n)
-    assert len(router) == n
-    for i in range(0, n, 37):
-        routes = list(router.match(b"t%05d.sub.topic" % i))
-        assert len(routes) == 1
-        assert list(routes[0].members) == [clients[i]]
-        assert router.route_of(clients[i]) is routes[0]
-    assert list(router.match(b"t99999.x")) == []
-    assert list(router.match(b"t0")) == []  # shorter than every prefix
-    assert list(router.match(b"u00001.x")) == []
-
-
-def test_adding_and_removing_routes_costs_time_linear_in_their_number():
-    def build_and_tear_down(n: int) -> float:
-        best = float("inf")
-        for _ in range(3):
-            clients = [FakeClient(i) for i in range(n)]
-            prefixes = [[b"t%05d." % i] for i in range(n)]
-            router = Router()
-            with gc_paused():
-                start = time.thread_time()
-                for client, prefix in zip(clients, prefixes):
-                    router.add(client, prefix, "payload", None)
-                for client in clients:
-                    router.remove(client)
-                best = min(best, time.thread_time() - start)
-            assert len(router) == 0
-        return best
-
-    t_1k, t_10k = build_and_tear_down(1_000), build_and_tear_down(10_000)
-    # Linear: about 10 times as long; quadratic (re-deriving the prefix lengths from every
-    # prefix at each change) was 50 to 100 times.
-    assert t_10k / t_1k < 30, f"1 000 routes: {t_1k * 1e3:.1f} ms, 10 000: {t_10k * 1e3:.1f} ms"
-
-
-def _time_matches(router: Router, topics: List[bytes], repeat: int = 5) -> float:
-    best = float("inf")
-    match = router.match
-    for _ in range(repeat):
-        with gc_paused():
-            start = time.thread_time()
-            for topic in topics:
-                for _route in match(topic):
-                    pass
-            best = min(best, time.thread_time() - start)
-    return best
-
-
-def test_match_cost_does_not_grow_with_the_number_of_routes():
-    rng = random.Random(7692)
-    small, _ = make_router(100)
-    large, _ = make_router(10_000)
-    # Hits and misses alike, 10 000 matches each.
-    small_topics = [b"t%05d.x" % rng.randrange(200) for _ in range(10_000)]
-    large_topics = [b"t%05d.x" % rng.randrange(20_000) for _ in range(10_000)]
-    t_small = _time_matches(small, small_topics)
-    t_large = _time_matches(large, large_topics)
-    assert t_large / t_small < 3, f"100 routes: {t_small * 1e3:.1f} ms, 10 000: {t_large * 1e3:.1f} ms"
-
-
-def test_router_shares_routes_and_forgets_empty_ones():
-    router = Router()
-    a, b, c = FakeClient(1), FakeClient(2), FakeClient(3)
-    ra = router.add(a, [b"x", b"y"], "payload", None)
-    rb = router.add(b, [b"y", b"x"], "payload", None)
-    rc = router.add(c, [b"x", b"y"], "json", None)
-    assert ra is rb and ra is not rc and len(router) == 2
-    # A route with several prefixes that both match is yielded once.
-    assert sorted(len(r.members) for r in router.match(b"xy")) == [1, 2]
-    router.add(c, [b"xy"], "json", None)  # moving drops the old route
-    assert len(router) == 2
-    assert sorted(len(r.members) for r in router.match(b"xyz")) == [1, 2]
-    router.remove(a)
-    router.remove(b)
-    assert router.remove(b) is None
-    assert [list(r.members) for r in router.match(b"xyz")] == [[c]]
-    assert list(router.match(b"y")) == []
-    router.remove(c)
-    assert len(router) == 0 and list(router.match(b"xyz")) == []
-    # The empty prefix matches everything.
-    router.add(a, [b""], "payload", None)
-    assert [list(r.members) for r in router.match(b"")] == [[a]]
-    assert [list(r.members) for r in router.match(b"anything")] == [[a]]
-
-
-def stored(msg_id: int, payload: bytes = b"p", topic: bytes = b"") -> Stored:
-    return Stored(msg_id, topic, payload, OP_TEXT, bool(topic))
-
-
-def ids(items) -> List[int]:
-    return [m.id for m in items]
-
-
-def test_history_count_bound():
-    h = History(3)
-    assert h.after(0) == [] and h.first_missing == 0
-    for i in range(1, 6):
-        h.add(stored(i))
-    assert len(h) == 3
-    assert h.first_missing == 2
-    assert ids(h.after(0)) == [3, 4, 5]
-    assert ids(h.after(2)) == [3, 4, 5]
-    assert ids(h.after(3)) == [4, 5]
-    assert ids(h.after(4)) == [5]
-    assert h.after(5) == [] and h.after(99) == []
-
-
-def test_history_byte_bound_counts_topic_and_payload():
-    h = History(100, max_bytes=10)
-    h.add(stored(1, b"aaaa"))
-    h.add(stored(2, b"bbbb"))
-    assert ids(h.after(0)) == [1, 2] and h.first_missing == 0
-    h.add(stored(3, b"cc", topic=b"tt"))  # 4 + 4 + 4 = 12 > 10: the oldest goes
-    assert ids(h.after(0)) == [2, 3] and h.first_missing == 1
-    h.add(stored(4, b"x" * 50))  # larger than the bound on its own: kept, alone
-    assert ids(h.after(0)) == [4] and h.first_missing == 3
-    h.add(stored(5, b"y"))
-    assert ids(h.after(0)) == [5] and h.first_missing == 4
-
-
-def test_history_zero_keeps_nothing():
-    h = History(0)
-    for i in (1, 2, 7):
-        h.add(stored(i))
-    assert len(h) == 0 and h.after(0) == [] and h.first_missing == 7
-
-
-def test_history_after_with_ids_that_skip():
-    # Ids skip where subscription markers took one: after() searches, it does not index.
-    h = History(10)
-    for i in (1, 2, 5, 9, 10):
-        h.add(stored(i))
-    assert ids(h.after(0)) == [1, 2, 5, 9, 10]
-    assert ids(h.after(3)) == [5, 9, 10]
-    assert ids(h.after(5)) == [9, 10]
-    assert ids(h.after(8)) == [9, 10]
-    assert h.after(10) == []
-
-
-def test_upstream_reference_counts():
-    u = Upstream()
-    assert u.want(b"a", 1) is True      # first: SUBSCRIBE
-    assert u.want(b"a", 2) is False     # already subscribed
-    assert u.release(b"a") is False     # one left
-    assert u.release(b"a") is True      # nobody left: linger, then expire
-    assert u.subscribed == {b"a"}
-    assert u.want(b"a", 3) is False     # back within the linger: still subscribed
-    assert u.expire(b"a", 3) is False   # wanted again: no UNSUBSCRIBE
-    assert u.release(b"a") is True
-    assert u.expire(b"a", 4) is True    # UNSUBSCRIBE
-    assert u.subscribed == set() and u.counts == {}
-    assert u.expire(b"a", 5) is False   # not subscribed any more
-    assert u.release(b"never") is False
-
-
-def test_upstream_gap():
-    u = Upstream()
-    assert u.gap(b"a", 0) is None  # never subscribed: nothing known
-    u.want(b"a", 10)               # subscribed; the marker id is 10
-    assert u.gap(b"a", 10) is None and u.gap(b"a", 50) is None
-    assert u.gap(b"a", 4) == (5, 10)  # before the subscription: blind until the marker
-    u.release(b"a")
-    u.expire(b"a", 20)             # dropped after message 20
-    assert u.gap(b"a", 20) is None  # not subscribed now: the caller wants first
-    u.want(b"a", 25)               # again, marker 25
-    assert u.gap(b"a", 20) == (21, 25)
-    assert u.gap(b"a", 18) == (21, 25), "ids up to the drop were covered"
-    assert u.gap(b"a", 23) == (24, 25)
-    assert u.gap(b"a", 25) is None
-    # A broader subscription covers a narrower prefix.
-    u.want(b"", 30)
-    assert u.gap(b"a.b", 26) is None   # covered by a (since 25)
-    assert u.gap(b"b", 26) == (27, 30)  # only by "" (since 30)

@@ -1,8 +1,11 @@
-"""Upstream visibility: the SUB socket's monitor events as log lines, the
-``zmqws_upstream_connected`` gauge, ``GET /readyz``, and gaps in upstream ids."""
+"""The ZeroMQ side (zmqws/upstream.py) against real sockets on 127.0.0.1: visibility (the SUB
+socket's monitor events as log lines, the ``zmqws_upstream_connected`` gauge, ``GET /readyz``),
+gaps in upstream ids, bind mode and several endpoints, bad endpoints, and client messages
+sent upstream (PUSH or PUB, the high-water mark, no peer)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import signal
@@ -15,8 +18,12 @@ import pytest
 import zmq
 
 import zmqws.upstream
+from conftest import recv, recv_parts, ws_connect
+from zmqws.gateway import Gateway
 
 pytestmark = pytest.mark.timeout(40)
+
+KiB = 1 << 10
 
 READYZ = b"GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n"
 METRICS = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"
@@ -265,3 +272,155 @@ def test_a_listener_that_is_not_zeromq_is_not_connected(make_gateway, http_excha
         stop.set()
         thread.join(5)
         listener.close()
+
+
+# -- ZeroMQ side configurations: bind, several endpoints, bad endpoints ----------------------------
+
+
+def test_bind_mode_with_connecting_publisher(make_gateway, make_pub, run_async, wait_subscribed, tmp_path):
+    endpoint = f"ipc://{tmp_path}/gateway.ipc"
+    gw = make_gateway(endpoint, bind=True)
+    publisher = make_pub(connect=endpoint)
+    wait_subscribed(publisher, gw)
+
+    async def main():
+        async with ws_connect(gw.port) as ws:
+            for i in range(10):
+                publisher.send(f"bound {i}".encode())
+            return [await ws.recv() for _ in range(10)]
+    assert run_async(main()) == [f"bound {i}" for i in range(10)]
+
+
+def test_bind_mode_with_two_connecting_publishers(make_gateway, make_pub, run_async, wait_subscribed,
+                                                 tmp_path):
+    endpoint = f"ipc://{tmp_path}/gateway.ipc"
+    gw = make_gateway(endpoint, bind=True)
+    publishers = [make_pub(connect=endpoint) for _ in range(2)]
+    for publisher in publishers:
+        wait_subscribed(publisher, gw)
+
+    async def main():
+        async with ws_connect(gw.port) as ws:
+            publishers[0].send(b"from 0")
+            publishers[1].send(b"from 1")
+            return {await ws.recv(), await ws.recv()}
+    assert run_async(main()) == {"from 0", "from 1"}
+
+
+def test_several_sub_endpoints(make_gateway, make_pub, run_async, wait_subscribed):
+    pubs = [make_pub() for _ in range(3)]
+    gw = make_gateway([p.endpoint for p in pubs])
+    for p in pubs:
+        wait_subscribed(p, gw)
+
+    async def main():
+        async with ws_connect(gw.port) as ws:
+            for i in range(20):
+                for k, p in enumerate(pubs):
+                    p.send(f"{k}:{i}".encode())
+            return [await ws.recv() for _ in range(60)]
+    received = run_async(main())
+    for k in range(3):  # in order per publisher
+        assert [m for m in received if m.startswith(f"{k}:")] == [f"{k}:{i}" for i in range(20)]
+
+
+def test_bad_endpoint_raises_value_error():
+    gw = Gateway("nonsense://x", 0)
+    with pytest.raises(ValueError, match=r"cannot connect SUB socket to 'nonsense://x'"):
+        gw.start()
+    gw.stop()  # safe after a failed start
+
+
+def test_bad_endpoint_releases_the_port():
+    gw = Gateway("nonsense://x", 0)
+    with pytest.raises(ValueError):
+        gw.start()
+    # The listening socket made before the SUB failed must be closed again.
+    probe = socket.socket()
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", gw.port))
+        probe.listen(1)
+    finally:
+        probe.close()
+
+
+def test_bad_bind_endpoint_raises_value_error(make_pub):
+    taken = make_pub()
+    gw = Gateway(taken.endpoint, 0, bind=True)  # address already bound by the PUB
+    with pytest.raises(ValueError, match="cannot bind SUB socket"):
+        gw.start()
+
+
+# -- client messages upstream: PUSH or PUB, high-water mark, no peer -------------------------------
+
+
+def test_give_push_or_pub_not_both():
+    with pytest.raises(ValueError, match="not both"):
+        Gateway(None, 0, push_endpoint="tcp://127.0.0.1:1", pub_endpoint="tcp://127.0.0.1:2")
+
+
+def test_upstream_full_drops_and_counts_while_others_are_served(make_gateway, make_pub, make_zmq,
+                                                               wait_subscribed, run_async):
+    # A PULL peer that is connected but never reads (after a first message): its queue
+    # (RCVHWM 1), the TCP buffers and the gateway's send queue (upstream_hwm) fill up.
+    pull, endpoint = make_zmq(zmq.PULL, rcvhwm=1, rcvbuf=4096)
+    pub = make_pub()
+    gw = make_gateway(pub.endpoint, push_endpoint=endpoint, upstream_hwm=10, client_rate=0)
+    wait_subscribed(pub, gw)
+    big = bytes(range(256)) * (256 * KiB // 256)
+
+    async def main():
+        async with ws_connect(gw.port) as sender, ws_connect(gw.port) as other:
+            await sender.send(b"first")
+            assert (await asyncio.to_thread(recv_parts, pull))[2] == b"first"  # connected
+            sent = 1
+            deadline = time.monotonic() + 20
+            while gw.stats.upstream_drops == 0:
+                assert time.monotonic() < deadline, "the upstream socket never filled up"
+                for _ in range(10):
+                    await sender.send(big)
+                    sent += 1
+                await asyncio.sleep(0.02)
+            for _ in range(20):  # everything is dropped now, quickly
+                await sender.send(b"small")
+                sent += 1
+            # The loop still serves the others (and the sender is still open).
+            pub.send(b"still served")
+            assert await recv(other) == "still served"
+            assert await recv(sender) == "still served"
+            await asyncio.to_thread(wait_until_counted, gw, sent)
+            return sent
+
+    sent = run_async(main(), timeout=30)
+    stats = gw.stats
+    assert stats.upstream_drops >= 20
+    assert stats.upstream_messages + stats.upstream_drops == sent
+    assert stats.rate_limited == 0 and stats.protocol_errors == 0
+
+
+def wait_until_counted(gw: Gateway, n: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while gw.stats.upstream_messages + gw.stats.upstream_drops < n:
+        assert time.monotonic() < deadline, "client messages not all counted"
+        time.sleep(0.005)
+
+
+def test_upstream_without_peer_drops_everything(make_gateway, make_pub, wait_subscribed, run_async,
+                                                tmp_path):
+    # bind=True and nobody connected to the PUSH: send(NOBLOCK) raises zmq.Again at once.
+    gw = make_gateway(f"ipc://{tmp_path}/sub.ipc", bind=True, push_endpoint=f"ipc://{tmp_path}/push.ipc",
+                      upstream_hwm=10)
+    pub = make_pub(connect=f"ipc://{tmp_path}/sub.ipc")
+    wait_subscribed(pub, gw)
+
+    async def main():
+        async with ws_connect(gw.port) as sender, ws_connect(gw.port) as other:
+            for i in range(50):
+                await sender.send(f"m{i}")
+            await asyncio.to_thread(wait_until_counted, gw, 50)
+            pub.send(b"still served")
+            assert await recv(other) == "still served"
+            assert await recv(sender) == "still served"
+    run_async(main())
+    assert gw.stats.upstream_drops == 50 and gw.stats.upstream_messages == 0

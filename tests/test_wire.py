@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
-import zlib
 
 import pytest
 
+from conftest import inflate
 from zmqws.protocol.deflate import PerMessageDeflate
 from zmqws.protocol.frames import OP_BINARY, OP_TEXT, FrameParser, encode_frame
 from zmqws.protocol.sse import encode_event
@@ -98,13 +98,10 @@ def test_websocket_notice_is_a_text_frame():
     assert wire.encode_notice({"gap": [1, 2]}, "topic") == encode_frame(OP_TEXT, b'$gap {"gap":[1,2]}')
 
 
-def inflate(frame: bytes):
+def read_frame(frame: bytes):
     """(opcode, rsv1, payload) of one server frame, inflated when RSV1 says so (RFC 7692 §7.2.2)."""
     parsed, = FrameParser(require_mask=False, allowed_rsv=0x40).feed(frame)
-    payload = parsed.payload
-    if parsed.rsv1:
-        payload = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
-    return parsed.opcode, parsed.rsv1, payload
+    return parsed.opcode, parsed.rsv1, inflate(parsed.payload) if parsed.rsv1 else parsed.payload
 
 
 def test_deflate_wire_round_trips_through_zlib():
@@ -112,9 +109,9 @@ def test_deflate_wire_round_trips_through_zlib():
     m = text(5, "compress me " * 50, b"t")
     frame = wire.encode(m, "topic")
     assert len(frame) < len(encode_frame(*ENVELOPES.body(m, "topic")))
-    assert inflate(frame) == (OP_TEXT, True, b"t " + m.payload)
+    assert read_frame(frame) == (OP_TEXT, True, b"t " + m.payload)
     notice = {"gap": [1, 100000]}
-    assert inflate(wire.encode_notice(notice, "payload"))[2] == json.dumps(notice, separators=(",", ":")).encode()
+    assert read_frame(wire.encode_notice(notice, "payload"))[2] == json.dumps(notice, separators=(",", ":")).encode()
 
 
 def test_deflate_wire_sends_short_messages_uncompressed():
