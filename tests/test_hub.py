@@ -680,19 +680,24 @@ def test_drop_policy_notes_the_gap_and_tells_it_before_the_next_message():
     assert rig.stats.gaps == 1
 
 
-def test_a_gap_notice_waits_while_it_and_the_next_message_do_not_fit():
+@pytest.mark.xfail(strict=True, reason="Hub._tell_gaps defers the notice when it and the turn's batch do "
+                   "not fit, but the batch is still queued: the member gets a later message before it "
+                   "is told of the gap")
+def test_a_gap_is_told_before_any_later_message_even_when_the_queue_is_nearly_full():
     size = frame_size(10, b"p")
     rig = Rig(max_queue=3 * size, drop_slow=True, first_id=10)
     rig.join("slow", ["t"])
     ids = []
     for _ in range(5):
-        ids += rig.publish((b"t", b"p"))
+        ids += rig.publish((b"t", b"p"))  # the queue takes three, the next two are dropped
     rig.output.queues["slow"].pop()  # room for one frame, not for a notice and a frame
     ids += rig.publish((b"t", b"p"))
-    assert rig.got("slow") == ids[:2] + [ids[5]]
-    assert rig.stats.gaps == 0  # not told yet: the gap is still open
+    got = rig.got("slow")
     ids += rig.publish((b"t", b"p"))
-    assert rig.got("slow") == [{"gap": [ids[3], ids[4]]}, ids[6]]
+    got += rig.got("slow")
+    notice = got.index({"gap": [ids[3], ids[4]]})
+    later = [i for i, item in enumerate(got) if isinstance(item, int) and item > ids[4]]
+    assert later and notice < later[0], got
 
 
 def test_drop_policy_on_a_wire_without_gap_notices_closes_the_member():
