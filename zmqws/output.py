@@ -12,8 +12,8 @@ What docs/DESIGN.md ("The loop") asks of the writes:
   ``max_queue`` gets the slow-consumer policy: close with 1008 (RFC 6455
   §7.4.1) and count it, or drop the messages and count them.
 
-The hub sees these queues through :class:`zmqws.hub.Output` (the server's
-methods of the same names).  The end of a connection (closing, lingering,
+:class:`OutputQueues` is what the hub writes to (:class:`zmqws.hub.Output`);
+the server offers the same methods to the transports.  The end of a connection (closing, lingering,
 abort) is :class:`zmqws.connections.Connections`'s.
 """
 
@@ -64,18 +64,13 @@ class OutputQueues:
 
     def __init__(self, config: ServerConfig, stats: Stats, app: App, connections: Connections) -> None:
         self.max_queue = config.max_queue
-        self.slow_client = config.slow_client
+        self.drop_slow = config.slow_client == "drop"  # the slow-consumer policy drops (else it closes)
         self.stats = stats
         self.app = app
         self.connections = connections
         self._would_block = would_block_errors(config.ssl_context is not None)
         self._dirty: Dict[Client, None] = {}   # clients with output queued this turn
         self._refill: Dict[Client, None] = {}  # clients to refill when their queue drains
-
-    @property
-    def drop_slow(self) -> bool:
-        """The slow-consumer policy drops messages (else it closes the client)."""
-        return self.slow_client == "drop"
 
     def queued(self, client: Client) -> None:
         """Output was queued on ``client``: write it at the end of the turn."""
@@ -126,7 +121,7 @@ class OutputQueues:
         """The slow-consumer policy (its queue would pass ``max_queue``); ``force_close``:
         close whatever the policy (what is queued is not droppable, e.g. pongs)."""
         self.stats.drops += count
-        if self.slow_client == "drop" and not force_close:
+        if self.drop_slow and not force_close:
             self.stats.dropped_slow += count
             return
         self.stats.slow_closed += 1
@@ -142,6 +137,11 @@ class OutputQueues:
     def close_slow(self, client: Client) -> None:
         """Close a client as a slow consumer (1008), whatever the policy."""
         self._slow_client(client, 0, force_close=True)
+
+    @staticmethod
+    def queued_bytes(client: Client) -> int:
+        """Bytes queued on ``client`` and not written yet."""
+        return client.session.out_bytes
 
     def refill_when_drained(self, client: Client, wanted: bool) -> None:
         """Call ``app.on_refill(client)`` once its queue drains below half of ``max_queue``."""

@@ -109,24 +109,18 @@ class WebSocketServer:
         self.server_config = config
         self.app = app if app is not None else App(on_connect, on_message, on_disconnect)
         self.app.attach(self)
-        self.host = config.host
+        # The options, as attributes (read-only: the parts took their copies).
+        self.host, self.backlog, self.reuse_port = config.host, config.backlog, config.reuse_port
+        self.ssl_context, self.authenticate = config.ssl_context, config.authenticate
         self.subprotocols = list(config.subprotocols)
-        self.max_message_size = config.max_message_size
-        self.max_fragments = config.max_fragments
+        self.max_message_size, self.max_fragments = config.max_message_size, config.max_fragments
         self.max_header_size = config.max_header_size
-        self.max_queue = config.max_queue
-        self.slow_client = config.slow_client
-        self.ping_interval = config.ping_interval
-        self.ping_timeout = config.ping_timeout
-        self.handshake_timeout = config.handshake_timeout
-        self.close_timeout = config.close_timeout
-        self.backlog = config.backlog
-        self.reuse_port = config.reuse_port
-        self.ssl_context = config.ssl_context
+        self.max_queue, self.slow_client = config.max_queue, config.slow_client
+        self.ping_interval, self.ping_timeout = config.ping_interval, config.ping_timeout
+        self.handshake_timeout, self.close_timeout = config.handshake_timeout, config.close_timeout
+        self.idle_timeout = config.idle_timeout
         self.max_connections_per_address = config.max_connections_per_address
         self.max_requests_per_connection = config.max_requests_per_connection
-        self.idle_timeout = config.idle_timeout
-        self.authenticate = config.authenticate
         self.stats = Stats()
         self.stopping = False
         self.loop: Optional[Loop] = None
@@ -314,9 +308,9 @@ class WebSocketServer:
         """Output was queued on ``client``: write it at the end of the turn."""
         self.output.queued(client)
 
-    @staticmethod
-    def queued_bytes(client: Client) -> int:
-        return client.session.out_bytes
+    def queued_bytes(self, client: Client) -> int:
+        """Bytes queued on ``client`` and not written yet."""
+        return self.output.queued_bytes(client)
 
     def refill_when_drained(self, client: Client, wanted: bool) -> None:
         """Call ``app.on_refill(client)`` once its queue drains below half of ``max_queue``."""
