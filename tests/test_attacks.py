@@ -129,7 +129,7 @@ def test_1_socketio_client_within_its_rights_gets_only_them(make_gateway, raw_ws
 
 def _http_client_of(gateway, predicate=lambda client: True):
     """The gateway's client objects (loop-thread data read from the test: a snapshot)."""
-    return [c for c in list(gateway._clients.values()) if predicate(c)]
+    return [c for c in gateway.connection_list() if predicate(c)]
 
 
 def _read_responses(sock: socket.socket, count: int, timeout: float = 10.0) -> List[bytes]:
@@ -243,7 +243,7 @@ def queue_peak(gw: Gateway) -> Dict[str, int]:
     peak = {"bytes": 0}
 
     def sample() -> None:
-        for client in list(gw._clients.values()):
+        for client in gw.connection_list():
             if client.transport is not None and client.session.out_bytes > peak["bytes"]:
                 peak["bytes"] = client.session.out_bytes
 
@@ -384,7 +384,7 @@ def test_4_polling_sessions_count_as_connections(make_gateway):
     # the connection itself and 19 sessions make 20 connections: the 20th session is refused
     assert statuses == [200] * 19 + [503]
     assert len(gw.sio.sessions) == 19 and metric(gw.port, "zmqws_refused_total") == 1
-    wait_until(lambda: not gw._clients)
+    wait_until(lambda: not gw.connection_list())
     assert sio_handshakes(gw.port, 1) == [503]  # the 20th connection would be the 21st
     assert len(gw.sio.sessions) == 19 and gw.stats.refused == 2
 
@@ -553,11 +553,11 @@ class _FullListener:
 
     def __init__(self, gateway) -> None:
         self.gateway = gateway
-        self.real = gateway._listener
+        self.real = gateway.listener.sock
         self.full = True
 
     def accept(self):
-        if self.full and self.gateway._reserve_fd is not None:
+        if self.full and self.gateway.listener.reserve_fd is not None:
             raise OSError(errno.EMFILE, "Too many open files")
         return self.real.accept()
 
@@ -570,7 +570,7 @@ class _FullListener:
 
 def test_7_accept_at_the_limit_refuses_and_rests(make_gateway):
     gateway = make_gateway(None)
-    listener = gateway._listener = _FullListener(gateway)
+    listener = gateway.listener.sock = _FullListener(gateway)
     turns = gateway.loop.turns
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
@@ -578,7 +578,7 @@ def test_7_accept_at_the_limit_refuses_and_rests(make_gateway):
     assert gateway.loop.turns - turns < 200  # no busy loop on the ready listener
     assert gateway.stats.refused == 3 and gateway.stats.accept_errors == 3
     listener.full = False
-    wait_until(lambda: gateway._reserve_fd is not None, message="the reserve descriptor back")
+    wait_until(lambda: gateway.listener.reserve_fd is not None, message="the reserve descriptor back")
     assert _healthz(gateway.port) == 200
 
 

@@ -136,7 +136,7 @@ def on_loop(gw, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
 
 
 def parked_polls(gw) -> int:
-    return on_loop(gw, lambda: sum(1 for c in gw._clients.values() if c.parked))
+    return on_loop(gw, lambda: sum(1 for c in gw.connection_list() if c.parked))
 
 
 def drop_connections(gw, transport: str) -> int:
@@ -147,7 +147,7 @@ def drop_connections(gw, transport: str) -> int:
             for client in clients:
                 client.close(1001, "test: going away")
             return len(clients)
-        victims = [c for c in gw._clients.values() if c.transport == transport]
+        victims = [c for c in gw.connection_list() if c.transport == transport]
         for client in victims:
             gw.abort(client)  # the TCP connection is gone at once: no response, no end of stream
         return len(victims)

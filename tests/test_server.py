@@ -477,7 +477,7 @@ def test_client_vanishing_mid_handshake_is_cleaned_up(echo_server, raw_ws, upgra
     gone.send_raw(upgrade_request()[:40])
     wait_until(lambda: echo_server.stats.bytes_in >= 40, timeout=1)
     gone.close()
-    wait_until(lambda: not echo_server._clients, timeout=1, message="the half-handshake socket to be dropped")
+    wait_until(lambda: not echo_server.connection_list(), timeout=1, message="the half-handshake socket to be dropped")
     other = raw_ws(echo_server.port)
     other.send_frame(OP_TEXT, b"ok")
     assert other.recv_frame() == (True, OP_TEXT, b"ok")

@@ -2,7 +2,7 @@
 
 ::
 
-    ZeroMQ SUB ──► upstream.py ──► hub.py ──► wire.py ──► server.py (output queues, sendmsg)
+    ZeroMQ SUB ──► upstream.py ──► hub.py ──► wire.py ──► output.py (output queues, sendmsg)
                   (drain, ids)    (routes,     (one encoding    (one write per client
                                    history)     per wire kind)   per loop turn)
 
@@ -131,7 +131,7 @@ class Gateway(WebSocketServer):
         app = GatewayApp(self, on_connect, on_message, on_disconnect)
         super().__init__(app=app, config=config.server)
         self.upstream = UpstreamSockets(config.upstream, self.stats, zmq_context)
-        self.hub = Hub(config.hub, self.stats, self, self.upstream.subscribe, self.upstream.unsubscribe,
+        self.hub = Hub(config.hub, self.stats, self.output, self.upstream.subscribe, self.upstream.unsubscribe,
                        self._call_later, behind_timeout=config.server.handshake_timeout)
         self.upstream.hub = self.hub
         context = Context(self, self.hub, self.upstream, config.transports, config.http.cors_origins)

@@ -14,7 +14,7 @@ __all__ = ["Client", "Phase", "peer_host", "address_text"]
 
 
 class Server(Protocol):
-    """What a client needs of its server (:class:`zmqws.server.WebSocketServer`)."""
+    """What a client needs of its server's connections (:class:`zmqws.connections.Connections`)."""
 
     handshake_timeout: float
     ssl_context: Any

@@ -117,7 +117,7 @@ class OutputQueue:
         self.out.append(data)
         self.out_bytes += len(data)
 
-    def discard_output(self, keep_head: Optional[bytes] = None) -> None:
+    def discard_output(self, keep_head: Optional[Union[bytes, memoryview]] = None) -> None:
         """Drop everything queued except ``keep_head`` (the unsent rest of a partly written frame)."""
         self.out[:] = [keep_head] if keep_head else []
         self.out_bytes = len(keep_head) if keep_head else 0
