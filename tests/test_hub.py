@@ -680,9 +680,6 @@ def test_drop_policy_notes_the_gap_and_tells_it_before_the_next_message():
     assert rig.stats.gaps == 1
 
 
-@pytest.mark.xfail(strict=True, reason="Hub._tell_gaps defers the notice when it and the turn's batch do "
-                   "not fit, but the batch is still queued: the member gets a later message before it "
-                   "is told of the gap")
 def test_a_gap_is_told_before_any_later_message_even_when_the_queue_is_nearly_full():
     size = frame_size(10, b"p")
     rig = Rig(max_queue=3 * size, drop_slow=True, first_id=10)
@@ -695,9 +692,12 @@ def test_a_gap_is_told_before_any_later_message_even_when_the_queue_is_nearly_fu
     got = rig.got("slow")
     ids += rig.publish((b"t", b"p"))
     got += rig.got("slow")
-    notice = got.index({"gap": [ids[3], ids[4]]})
+    notice = next(i for i, item in enumerate(got) if isinstance(item, dict))
+    first, last = got[notice]["gap"]
+    assert first == ids[3] and last >= ids[4], got  # the batch that did not fit with it is in it too
     later = [i for i, item in enumerate(got) if isinstance(item, int) and item > ids[4]]
     assert later and notice < later[0], got
+    assert all(i in got or first <= i <= last for i in ids[3:]), (ids, got)  # nothing lost untold
 
 
 def test_drop_policy_on_a_wire_without_gap_notices_closes_the_member():
@@ -787,8 +787,6 @@ def test_move_routes_the_new_member_on_the_new_wire(rig):
     assert "other" not in rig.hub.subscribers
 
 
-@pytest.mark.xfail(strict=True, reason="Hub.move unroutes the old member before its flush: the "
-                   "messages taken in the turn of the move reach neither member")
 def test_move_loses_nothing_taken_in_the_same_turn(rig):
     rig.join("polling", ["t"])
     rig.hub.take(b"t", b"pending")

@@ -85,6 +85,53 @@ class Subscriber:
         self.replayed = 0  # a paced resume: the last id the replay has dealt with
 
 
+class LostIds:
+    """The ``drop`` policy's bookkeeping: the ids each member lost, told in-band (a gap
+    notice) before the next message it gets."""
+
+    __slots__ = ("hub", "gaps")
+
+    def __init__(self, hub: "Hub") -> None:
+        self.hub = hub
+        self.gaps: Dict[Any, List[int]] = {}  # member -> [first, last] id lost, until told
+
+    def note(self, members: List[Any], first: int, last: int) -> None:
+        """The drop policy: remember the ids each member lost, to tell it before the next
+        message it gets (:meth:`tell`); a wire without gap notices is closed instead
+        (its client recovers from the history)."""
+        gaps = self.gaps
+        for member in members:
+            subscriber = self.hub.subscribers.get(member)
+            if subscriber is None:
+                continue
+            if not subscriber.wire.gap_notices:
+                self.hub.output.close_slow(member)
+                continue
+            gap = gaps.get(member)
+            gaps[member] = [gap[0] if gap is not None else first, last]
+
+    def tell(self, members: Dict[Any, None], size: int) -> List[Any]:
+        """Queue ``{"gap": [first, last]}`` on each member that lost messages, when it and the
+        next ``size`` bytes fit in the member's queue; the members for which they do not: they
+        lose this turn's messages too (told with the rest), so that no message comes before
+        the notice of an earlier loss."""
+        gaps = self.gaps
+        hub = self.hub
+        output = hub.output
+        untold = []
+        for member in [m for m in (gaps if len(gaps) < len(members) else members) if m in gaps and m in members]:
+            subscriber = hub.subscribers[member]
+            notice = subscriber.wire.encode_notice({"gap": gaps[member]}, subscriber.envelope)
+            queued = output.queued_bytes(member)
+            if queued + len(notice) + size <= output.max_queue or not queued:
+                output.queue(member, notice)
+                del gaps[member]
+                hub.stats.gaps += 1
+            else:
+                untold.append(member)
+        return untold
+
+
 class Hub:
     """See the module docstring.  ``subscribe(prefix)``/``unsubscribe(prefix)``: the SUB
     socket's; ``call_later(delay, callback)``: the loop's timers."""
@@ -116,7 +163,7 @@ class Hub:
         self._text_ok = config.payload_mode != "binary"
         self._active: List[Route] = []  # routes with messages this turn
         self._send_error_log_at = 0.0
-        self._gaps: Dict[Any, List[int]] = {}  # drop policy: [first, last] id lost, until told
+        self.lost = LostIds(self)
         self._behind: Dict[Any, int] = {}  # upstream ids: joined with an id not taken yet
         self._refilling: Dict[Any, None] = {}  # a paced replay goes on when the queue drains
         self._lingering: Dict[bytes, "Timer"] = {}
@@ -198,41 +245,17 @@ class Hub:
                     frame = cache[key] = encode(m, envelope)
                 frames.append(frame)
         blob = frames[0] if len(frames) == 1 else b"".join(frames)
-        if self._gaps:
-            self._tell_gaps(route.members, len(blob))
-        over = self.output.fanout(blob, route.members, len(frames))
-        if over and self.output.drop_slow:
-            self._note_drops(over, batch[0].id, batch[-1].id)
-
-    def _note_drops(self, members: List[Any], first: int, last: int) -> None:
-        """The drop policy: remember the ids each member lost, to tell it before the next
-        message it gets (:meth:`_tell_gaps`); a wire without gap notices is closed instead
-        (its client recovers from the history)."""
-        gaps = self._gaps
-        for member in members:
-            subscriber = self.subscribers.get(member)
-            if subscriber is None:
-                continue
-            if not subscriber.wire.gap_notices:
-                self.output.close_slow(member)
-                continue
-            gap = gaps.get(member)
-            gaps[member] = [gap[0] if gap is not None else first, last]
-
-    def _tell_gaps(self, members: Dict[Any, None], size: int) -> None:
-        """Queue ``{"gap": [first, last]}`` on each member that lost messages, when it and the
-        next ``size`` bytes fit in the member's queue."""
-        gaps = self._gaps
-        output = self.output
-        told = [m for m in (gaps if len(gaps) < len(members) else members) if m in gaps and m in members]
-        for member in told:
-            subscriber = self.subscribers[member]
-            notice = subscriber.wire.encode_notice({"gap": gaps[member]}, subscriber.envelope)
-            queued = output.queued_bytes(member)
-            if queued + len(notice) + size <= output.max_queue or not queued:
-                output.queue(member, notice)
-                del gaps[member]
-                self.stats.gaps += 1
+        members: Iterable[Any] = route.members
+        untold: List[Any] = []
+        if self.lost.gaps:
+            untold = self.lost.tell(route.members, len(blob))
+            if untold:  # dropped as the slow-consumer policy drops, and told with the rest
+                members = [m for m in route.members if m not in untold]
+                self.stats.drops += len(frames) * len(untold)
+                self.stats.dropped_slow += len(frames) * len(untold)
+        over = self.output.fanout(blob, members, len(frames))
+        if untold or (over and self.output.drop_slow):
+            self.lost.note(untold + (over or []), batch[0].id, batch[-1].id)
 
     # -- topics: rights and caps, the one check for every transport --------------------
 
@@ -453,11 +476,11 @@ class Hub:
 
     def move(self, old: Any, new: Any, wire: "Wire") -> None:
         """Route ``new`` where ``old`` was, on ``wire`` (a Socket.IO session moving to WebSocket)."""
+        self.flush()  # this turn's messages go to the old member, on its route, first
         subscriber = self.subscribers.pop(old, None)
         self.router.remove(old)
         if subscriber is None:
             return
-        self.flush()
         subscriber.wire = wire
         self.subscribers[new] = subscriber
         self.router.add(new, subscriber.prefixes, subscriber.envelope, wire)
@@ -468,7 +491,7 @@ class Hub:
         self._behind.pop(member, None)
         if self._refilling.pop(member, 0) is None:
             self.output.refill_when_drained(member, False)
-        self._gaps.pop(member, None)
+        self.lost.gaps.pop(member, None)
         self.router.remove(member)
         if subscriber is not None:
             for prefix in subscriber.prefixes:
