@@ -915,6 +915,11 @@ class WebSocketServer:
         client.session.queue(data)
         self._dirty[client] = None
 
+    def write_now(self, client: Client) -> None:
+        """Write a client's queue now, not with what the rest of the turn queues (loop thread)."""
+        if self._dirty.pop(client, 0) is None and not client.want_write and client.phase != GONE:
+            self._flush(client)
+
     @staticmethod
     def queued_bytes(client: Client) -> int:
         return client.session.out_bytes
