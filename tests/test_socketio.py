@@ -1387,7 +1387,7 @@ def test_the_connect_answer_is_written_on_its_own(make_gateway, raw_ws):
     connect = ws.recv_frame()[2]
     assert json.loads(connect[2:])["pid"] == pid  # recovered
     assert [sio_event(ws.recv_frame()[2].decode())[1] for _ in range(2)] == ["missed 1", "missed 2"]
-    wait_until(lambda: len(recorder.writes) >= 2)  # recorded once sendmsg has returned
+    wait_until(lambda: recorder.writes)  # recorded once sendmsg has returned
     assert recorder.writes[0] == bytes([0x81, len(connect)]) + connect
 
 
@@ -1418,7 +1418,22 @@ def test_cli_socketio_options():
     assert build_gateway(args, port=0).sio is None
     defaults = build_parser().parse_args(["--sub", "tcp://127.0.0.1:1"])
     gw = build_gateway(defaults, port=0)
-    assert (gw.sio.path, gw.socketio.event, gw.sio.ping_interval, gw.sio.ping_timeout) == ("/socket.io/", "message", 25.0, 20.0)
+    assert (gw.sio.path, gw.socketio.event, gw.sio.ping_interval, gw.sio.ping_timeout) == (
+        "/socket.io/", "message", 25.0, 20.0)
+    assert gw.socketio.namespaces == {"/"} and gw.socketio.recovery is True
+
+
+def test_cli_namespace_and_recovery_options():
+    from zmqws.cli import build_parser, config_from_args
+    from zmqws.gateway import Gateway
+
+    args = build_parser().parse_args(["--sub", "tcp://127.0.0.1:1", "--sio-namespace", "/custom",
+                                      "--sio-namespace", "chat", "--no-sio-recovery"])
+    gw = Gateway.from_config(config_from_args(args).replace(port=0))
+    assert gw.socketio.namespaces == {"/", "/custom", "/chat"} and gw.socketio.recovery is False
+    for bad in ("/", "a,b", "/x?y"):
+        with pytest.raises(ValueError, match="not a namespace name"):
+            Gateway(None, 0, sio_namespaces=[bad])
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -22,9 +22,10 @@
   carries ``{"topics": [...]}``); any other event goes upstream as ``[event
   name, client id, first argument]`` if the client may write that topic, and
   is acknowledged ``{"ok": true}`` (``false`` and an ``error`` otherwise).
-* Connection state recovery (``pid``/``offset``): a socket that comes back to its namespace within ``sio_recovery_seconds``
-  gets what it missed from the hub's history, unless some of it is gone or it
-  would not fit in ``max_queue``.  Off with ``sio_recovery=False``.
+* Connection state recovery (``pid``/``offset``): a socket that comes back to
+  its namespace within ``sio_recovery_seconds`` gets what it missed from the
+  hub's history, unless some of it is gone or it would not fit in
+  ``max_queue``.  Off with ``sio_recovery=False``.
 """
 
 from __future__ import annotations
