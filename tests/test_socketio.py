@@ -1211,6 +1211,32 @@ def test_namespaces_follow_the_upgrade_to_websocket(make_gateway, raw_ws):
     assert ws.recv_frame()[2] == b'43/custom,1[{"topics":["x."]}]'
 
 
+def test_a_message_is_encoded_once_per_namespace_over_websocket(make_gateway, raw_ws, monkeypatch):
+    """Sockets of one namespace with different topics are on different routes: the event's
+    frames are still built once for all of them."""
+    gw = make_gateway(None, sio_namespaces=["/custom"])
+    sockets = []
+    for topics in (["a."], ["a.", "b."], ["a."]):
+        ws = raw_ws(gw.port, path="/socket.io/?EIO=4&transport=websocket")
+        ws.recv_frame()
+        ws.send_frame(OP_TEXT, b"40/custom," + json.dumps({"topics": topics}).encode())
+        assert ws.recv_frame()[2].startswith(b"40/custom,{")
+        sockets.append(ws)
+    (wire,) = gw.socketio._ws_wires.values()
+    encoded: List[int] = []
+    encode = type(wire).encode
+
+    def counted(self, m, envelope):
+        encoded.append(m.id)
+        return encode(self, m, envelope)
+
+    monkeypatch.setattr(type(wire), "encode", counted)
+    gw.publish("x", topic="custom/a.1")
+    for ws in sockets:
+        assert sio_event(ws.recv_frame()[2].decode(), "/custom")[:2] == ["message", "x"]
+    assert len(encoded) == 1
+
+
 @pytest.mark.parametrize("mode", ["websocket", "polling"])
 def test_node_client_on_two_namespaces(mode, make_gateway, node_sio):
     """socket.io-client multiplexes ``/`` and ``/custom`` on one connection: each gets its own

@@ -63,7 +63,7 @@ class NamespaceSocket:
     """One Socket.IO socket: a namespace connection of an Engine.IO session, and the hub's
     member (the same over polling and WebSocket: the session's transport may change under it)."""
 
-    __slots__ = ("session", "nsp", "prefix", "client_id", "sio_sid", "pid", "all_topics", "__weakref__")
+    __slots__ = ("session", "nsp", "prefix", "client_id", "sio_sid", "pid", "all_topics")
 
     def __init__(self, session: EngineSession, nsp: str) -> None:
         self.session = session
@@ -80,10 +80,10 @@ class NamespaceSocket:
 
 
 class SioWebSocketWire(WebSocketWire):
-    """Socket.IO sockets of one namespace over WebSocket: a turn's events built once (one frame
-    per packet), the same bytes queued on each socket's connection."""
+    """Socket.IO sockets of one namespace over WebSocket: an event's frames built once (one frame
+    per packet) for every route of the wire, the same bytes queued on each socket's connection."""
 
-    __slots__ = ("layer", "nsp", "prefix")
+    __slots__ = ("layer", "nsp", "prefix", "_frames", "_newest")
     shared = False       # the members are sockets: delivered to their sessions' connections
     gap_notices = False  # Socket.IO has none: a socket that lost messages recovers instead
     name = "socketio"
@@ -93,6 +93,8 @@ class SioWebSocketWire(WebSocketWire):
         self.layer = layer
         self.nsp = nsp
         self.prefix = namespace_prefix(nsp)
+        self._frames: Dict[int, bytes] = {}  # this turn's events, by message id (routes share them)
+        self._newest = 0
 
     def encode(self, m: "Stored", envelope: str) -> bytes:
         out = []
@@ -104,7 +106,17 @@ class SioWebSocketWire(WebSocketWire):
         return out[0] if len(out) == 1 else b"".join(out)
 
     def deliver(self, members: List[Any], batch: List["Stored"]) -> None:
-        blob = b"".join([self.encode(m, ENVELOPE) for m in batch])
+        if batch[0].id > self._newest:  # ids only grow: a later turn, the previous one's frames are done
+            self._frames = {}
+        frames = self._frames
+        parts = []
+        for m in batch:
+            frame = frames.get(m.id)
+            if frame is None:
+                frame = frames[m.id] = self.encode(m, ENVELOPE)
+            parts.append(frame)
+        self._newest = max(self._newest, batch[-1].id)
+        blob = parts[0] if len(parts) == 1 else b"".join(parts)
         server = self.layer.context.server
         over = server.fanout(blob, [socket.session.ws_client for socket in members], len(batch))
         if over and server.drop_slow:  # no gap notice in Socket.IO: closed, the client recovers
