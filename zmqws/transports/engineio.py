@@ -458,8 +458,8 @@ class EngineIOTransport:
         """Engine.IO v4 heartbeat: the server pings every ``ping_interval`` and waits ``ping_timeout``
         for the pong."""
         if not session.closed:
+            self._heartbeat(session, self.ping_timeout, self._ping_timeout)  # cancelled if the send closes it
             self.send(session, [(eio.PING, "")])
-            self._heartbeat(session, self.ping_timeout, self._ping_timeout)
 
     def _ping_timeout(self, session: EngineSession) -> None:
         if not session.closed:
