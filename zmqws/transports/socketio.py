@@ -162,7 +162,7 @@ class SocketIOLayer:
         self.engine = EngineIOTransport(context, self)
         self._poll_wires: Dict[str, SioPollWire] = {}
         self._ws_wires: Dict[Tuple[str, object], SioWebSocketWire] = {}
-        # pid -> (namespace, sio sid, prefixes, until): sockets whose transport dropped
+        # pid -> (namespace, sio sid, prefixes, until): sockets that left, recoverable until then
         self._recoverable: Dict[str, Tuple[str, str, List[bytes], float]] = {}
 
     def _wire(self, socket: NamespaceSocket) -> Wire:
