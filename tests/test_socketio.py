@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 
 from conftest import NODE_DIR, NodeProcess, wait_subscribed, wait_until
 from zmqws.protocol import engineio as eio
-from zmqws.protocol.frames import OP_TEXT
+from zmqws.protocol.frames import OP_CLOSE, OP_TEXT
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -175,7 +175,7 @@ class NodeSio(NodeProcess):
                 return line
 
     def event(self, timeout: float = 10.0) -> Tuple[str, Any, Optional[str]]:
-        """The next ``event`` line (with ``echo``): (name, data, offset)."""
+        """The next ``event`` line (with ``echo``): (name, data, offset, namespace)."""
         return tuple(json.loads(self.expect("event ", timeout)[6:]))
 
     def send(self, command: Dict[str, Any]) -> None:
@@ -1094,6 +1094,330 @@ def test_payload_round_trip(items):
 
 
 # =================================================================================================
+# 6. namespaces
+# =================================================================================================
+
+
+def poll_until(client: RawPolling, count: int, timeout: float = 5.0) -> List[str]:
+    """Packets from a raw polling session's GETs (pings answered) until ``count`` non-ping ones."""
+    got: List[str] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        assert time.monotonic() < deadline, got
+        status, body = client.get()
+        assert status == 200, body
+        for packet in packets(body):
+            if packet == "2":
+                client.post(b"3")
+            elif packet != "6":
+                got.append(packet)
+    return got
+
+
+def sio_event(packet: str, nsp: str = "/") -> List[Any]:
+    """The arguments of an EVENT packet (``42...`` as the Engine.IO message) of namespace ``nsp``."""
+    head = "42" if nsp == "/" else f"42{nsp},"
+    assert packet.startswith(head), packet
+    return json.loads(packet[len(head):])
+
+
+def events_by_namespace(items: List[str]) -> Dict[str, List[Any]]:
+    """EVENT packets (one per namespace) as {namespace: arguments}."""
+    out = {}
+    for packet in items:
+        nsp = packet[2:].partition(",")[0] if packet.startswith("42/") else "/"
+        out[nsp] = sio_event(packet, nsp)
+    return out
+
+
+def test_namespaces_are_sockets_of_their_own(make_gateway, pull):
+    """Raw Engine.IO: ``/`` and ``/custom`` on one session are two sockets (sids, pids, client
+    ids, topics under ``custom/``); an unknown namespace is refused; ``41/custom,`` ends that
+    socket only, and the namespace can be joined again on the same session."""
+    sock, endpoint = pull
+    gw = make_gateway(None, sio_namespaces=["/custom"], push_endpoint=endpoint)
+    client = RawPolling(gw.port)
+    body = b'40{"topics":["prices."]}\x1e40/custom,{"topics":["prices."]}\x1e40/nope,'
+    assert client.post(body) == (200, b"ok")
+    main, custom, refused = poll_until(client, 3)
+    assert refused == '44/nope,{"message":"Invalid namespace"}'
+    assert main.startswith("40{") and custom.startswith("40/custom,{")
+    main, custom = json.loads(main[2:]), json.loads(custom[len("40/custom,"):])
+    assert main["sid"] != custom["sid"] and main["pid"] != custom["pid"]
+    gw.publish("p0", topic="prices.x")
+    gw.publish("p1", topic="custom/prices.x")
+    gw.publish("no", topic="custom/news")
+    got = events_by_namespace(poll_until(client, 2))
+    assert {nsp: args[:2] for nsp, args in got.items()} == {"/": ["message", "p0"], "/custom": ["message", "p1"]}
+    assert client.post(b'42["order","a"]\x1e42/custom,7["order","b"]') == (200, b"ok")
+    assert poll_until(client, 1) == ['43/custom,7[{"ok":true}]']
+    received = [sock.recv_multipart() for _ in range(2) if sock.poll(5000)]
+    assert [(r[0], r[2]) for r in received] == [(b"order", b"a"), (b"custom/order", b"b")]
+    assert received[1][1] == received[0][1] + b"/custom"  # a client id of its own
+    assert client.post(b"41/custom,") == (200, b"ok")
+    gw.publish("p2", topic="custom/prices.x")
+    gw.publish("p3", topic="prices.x")
+    (event,) = poll_until(client, 1)
+    assert sio_event(event)[:2] == ["message", "p3"]
+    assert client.sid in gw.sio.sessions and list(gw.sio.sessions[client.sid].sockets) == ["/"]
+    assert client.post(b"40/custom,") == (200, b"ok")  # no topic: everything under custom/
+    (again,) = poll_until(client, 1)
+    assert json.loads(again[len("40/custom,"):])["sid"] != custom["sid"]
+    gw.publish("p4", topic="custom/news")
+    (event,) = poll_until(client, 1)
+    assert sio_event(event, "/custom")[:2] == ["message", "p4"]
+    assert client.post(b'42/custom,1["subscribe","a."]') == (200, b"ok")
+    assert poll_until(client, 1) == ['43/custom,1[{"topics":["a."]}]']  # replaces "everything"
+    assert gw.hub.subscribers[gw.sio.sessions[client.sid].sockets["/custom"]].prefixes == [b"custom/a."]
+
+
+def test_namespace_topics_obey_the_rights_of_the_zeromq_topics(make_gateway, pull):
+    from zmqws.rights import Rights
+
+    sock, endpoint = pull
+    rights = Rights.of(read=["custom/a.", "b."], write=["custom/w."])
+    gw = make_gateway(None, sio_namespaces=["custom"], push_endpoint=endpoint,
+                      authenticate=lambda request: rights)
+    client = RawPolling(gw.port)
+    assert client.post(b'40/custom,{"topics":["b."]}') == (200, b"ok")
+    assert poll_until(client, 1) == ['44/custom,{"message":"topic not allowed: custom/b."}']
+    assert client.post(b"40/custom,") == (200, b"ok")
+    assert poll_until(client, 1)[0].startswith("40/custom,{")
+    socket = gw.sio.sessions[client.sid].sockets["/custom"]
+    assert gw.hub.subscribers[socket].prefixes == [b"custom/a."]  # all it may read there
+    assert client.post(b'42/custom,1["w.x","yes"]\x1e42/custom,2["b.x","no"]') == (200, b"ok")
+    assert poll_until(client, 2) == ['43/custom,1[{"ok":true}]',
+                                     '43/custom,2[{"ok":false,"error":"topic not allowed for writing"}]']
+    assert sock.poll(5000) and sock.recv_multipart()[::2] == [b"custom/w.x", b"yes"]
+    assert not sock.poll(200)
+
+
+def test_namespaces_follow_the_upgrade_to_websocket(make_gateway, raw_ws):
+    gw = make_gateway(None, sio_namespaces=["/custom"])
+    client = RawPolling(gw.port)
+    assert client.post(b'40{"topics":["t"]}\x1e40/custom,') == (200, b"ok")
+    assert len(poll_until(client, 2)) == 2
+    ws = raw_ws(gw.port, path=f"/socket.io/?EIO=4&transport=websocket&sid={client.sid}")
+    ws.send_frame(OP_TEXT, b"2probe")
+    assert ws.recv_frame()[2] == b"3probe"
+    assert client.get() == (200, b"6")
+    ws.send_frame(OP_TEXT, b"5")
+    wait_until(lambda: gw.sio.sessions[client.sid].transport == "websocket")
+    gw.publish("c", topic="custom/t")
+    gw.publish("m", topic="t")
+    got = events_by_namespace([ws.recv_frame()[2].decode() for _ in range(2)])
+    assert {nsp: args[:2] for nsp, args in got.items()} == {"/": ["message", "m"], "/custom": ["message", "c"]}
+    ws.send_frame(OP_TEXT, b'42/custom,1["subscribe","x."]')
+    assert ws.recv_frame()[2] == b'43/custom,1[{"topics":["x."]}]'
+
+
+def test_a_message_is_encoded_once_per_namespace_over_websocket(make_gateway, raw_ws, monkeypatch):
+    """Sockets of one namespace with different topics are on different routes: the event's
+    frames are still built once for all of them."""
+    gw = make_gateway(None, sio_namespaces=["/custom"])
+    sockets = []
+    for topics in (["a."], ["a.", "b."], ["a."]):
+        ws = raw_ws(gw.port, path="/socket.io/?EIO=4&transport=websocket")
+        ws.recv_frame()
+        ws.send_frame(OP_TEXT, b"40/custom," + json.dumps({"topics": topics}).encode())
+        assert ws.recv_frame()[2].startswith(b"40/custom,{")
+        sockets.append(ws)
+    (wire,) = gw.socketio._ws_wires.values()
+    encoded: List[int] = []
+    encode = type(wire).encode
+
+    def counted(self, m, envelope):
+        encoded.append(m.id)
+        return encode(self, m, envelope)
+
+    monkeypatch.setattr(type(wire), "encode", counted)
+    gw.publish("x", topic="custom/a.1")
+    for ws in sockets:
+        assert sio_event(ws.recv_frame()[2].decode(), "/custom")[:2] == ["message", "x"]
+    assert len(encoded) == 1
+
+
+@pytest.mark.parametrize("mode", ["websocket", "polling"])
+def test_node_client_on_two_namespaces(mode, make_gateway, node_sio):
+    """socket.io-client multiplexes ``/`` and ``/custom`` on one connection: each gets its own
+    events; disconnecting ``/custom`` leaves ``/`` and the connection as they are."""
+    gw = make_gateway(None, sio_namespaces=["/custom"])
+    client = node_sio(f"http://127.0.0.1:{gw.port}", transports=[mode], auth={"topics": ["a."]},
+                      namespaces={"/custom": {"auth": {"topics": ["a."]}}}, stdin=True, echo=True)
+    client.expect("connect ")
+    client.expect("nsp-connect /custom false")
+    gw.publish("main 1", topic="a.x")
+    gw.publish("custom 1", topic="custom/a.x")
+    gw.publish("other", topic="custom/b.x")
+    events = [client.event() for _ in range(2)]
+    assert sorted((e[3], e[1]) for e in events) == [("/", "main 1"), ("/custom", "custom 1")]
+    client.send({"disconnect": "/custom"})
+    client.expect("nsp-disconnect /custom io client disconnect")
+    wait_until(lambda: list(next(iter(gw.sio.sessions.values())).sockets) == ["/"])
+    gw.publish("custom 2", topic="custom/a.x")
+    gw.publish("main 2", topic="a.x")
+    name, data, _offset, nsp = client.event()
+    assert (name, nsp, data) == ("message", "/", "main 2")
+    client.send({"finish": True})
+    result = client.result()
+    assert [(e["nsp"], e["data"]) for e in result["events"] if e["data"].endswith("2")] == [("/", "main 2")]
+    assert len(result["connects"]) == 1 and result["disconnects"] == ["io client disconnect"]
+    assert gw.stats.sio_sessions == 1
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_python_socketio_client_on_two_namespaces(transport, make_gateway):
+    import socketio
+
+    gw = make_gateway(None, sio_namespaces=["/custom"])
+    client = socketio.Client(reconnection=False)
+    got: Dict[str, List[Any]] = {"/": [], "/custom": []}
+    for nsp in got:
+        client.on("message", partial(lambda nsp, data, offset: got[nsp].append(data), nsp), namespace=nsp)
+    client.connect(f"http://127.0.0.1:{gw.port}", namespaces=["/", "/custom"], transports=[transport],
+                   auth={"topics": ["a."]}, wait_timeout=5)
+    try:
+        assert client.get_sid("/") != client.get_sid("/custom")
+        gw.publish("m", topic="a.1")
+        gw.publish("c", topic="custom/a.1")
+        gw.publish("x", topic="b.1")
+        wait_until(lambda: got["/"] and got["/custom"], message="an event in each namespace")
+        assert client.call("subscribe", "b.", namespace="/custom", timeout=5) == {"topics": ["a.", "b."]}
+        gw.publish("cb", topic="custom/b.1")
+        wait_until(lambda: len(got["/custom"]) == 2)
+        assert got == {"/": ["m"], "/custom": ["c", "cb"]}
+    finally:
+        client.disconnect()
+
+
+# =================================================================================================
+# 6b. Engine.IO / Socket.IO conformance
+# =================================================================================================
+
+
+def test_a_silent_polling_session_is_closed_at_its_ping_timeout(make_gateway):
+    """The session closes ``pingTimeout`` after its unanswered ping (a timer of its own, not a
+    coarse tick: here a tick would be 0.2 s); its held poll gets the close packet, a later
+    poll 400 "Session ID unknown"."""
+    gw = make_gateway(None, sio_ping_interval=0.4, sio_ping_timeout=0.5)
+    client = RawPolling(gw.port)
+    assert client.post(b"40") == (200, b"ok")
+    assert client.get()[1].startswith(b"40{")
+    assert client.get() == (200, b"2")
+    pinged = time.monotonic()
+    assert client.get() == (200, b"1")
+    waited = time.monotonic() - pinged
+    assert 0.45 <= waited <= 0.56, waited
+    assert_engineio_error(http_request(gw.port, "GET", f"EIO=4&transport=polling&sid={client.sid}"), 1)
+    assert gw.stats.ping_timeouts == 1
+
+
+def test_a_polling_session_that_answers_pings_stays(make_gateway):
+    gw = make_gateway(None, sio_ping_interval=0.1, sio_ping_timeout=0.2)
+    client = RawPolling(gw.port)
+    assert client.post(b"40") == (200, b"ok")
+    assert client.get()[1].startswith(b"40{")
+    for _ in range(5):
+        assert client.get() == (200, b"2")
+        assert client.post(b"3") == (200, b"ok")
+    assert client.sid in gw.sio.sessions and gw.stats.ping_timeouts == 0
+
+
+def upgraded(gw, raw_ws) -> Tuple[RawPolling, Any]:
+    """A raw polling session, connected to ``/`` and upgraded to a raw WebSocket."""
+    client = RawPolling(gw.port)
+    assert client.post(b"40") == (200, b"ok")
+    assert client.get()[1].startswith(b"40{")
+    ws = raw_ws(gw.port, path=f"/socket.io/?EIO=4&transport=websocket&sid={client.sid}")
+    ws.send_frame(OP_TEXT, b"2probe")
+    assert ws.recv_frame()[2] == b"3probe"
+    assert client.get() == (200, b"6")
+    return client, ws
+
+
+def test_a_second_websocket_for_an_upgrading_or_upgraded_session_is_opened_then_closed(make_gateway, raw_ws):
+    """engine.io completes that handshake and closes the new WebSocket at once (not an HTTP
+    400); the session goes on over its own WebSocket, and polling with its sid is a 400."""
+    gw = make_gateway(None)
+    client, ws = upgraded(gw, raw_ws)
+    probing = raw_ws(gw.port, path=f"/socket.io/?EIO=4&transport=websocket&sid={client.sid}")  # a 101
+    assert probing.recv_frame()[1] == OP_CLOSE
+    ws.send_frame(OP_TEXT, b"5")
+    wait_until(lambda: gw.sio.sessions[client.sid].transport == "websocket")
+    second = raw_ws(gw.port, path=f"/socket.io/?EIO=4&transport=websocket&sid={client.sid}")
+    assert second.recv_frame()[1] == OP_CLOSE
+    assert_engineio_error(http_request(gw.port, "GET", f"EIO=4&transport=polling&sid={client.sid}"), 3)
+    gw.publish("still upgraded")
+    assert sio_event(ws.recv_frame()[2].decode())[:2] == ["message", "still upgraded"]
+
+
+def test_no_sio_recovery_sends_no_pid_and_no_offset(make_gateway, raw_ws):
+    import socketio
+
+    gw = make_gateway(None, sio_recovery=False)
+    ws = raw_ws(gw.port, path="/socket.io/?EIO=4&transport=websocket")
+    ws.recv_frame()
+    ws.send_frame(OP_TEXT, b'40{"pid":"x","offset":"1"}')
+    assert set(json.loads(ws.recv_frame()[2][2:])) == {"sid"}
+    got: List[Any] = []
+    client = socketio.Client(reconnection=False)
+    client.on("message", lambda data: got.append(data))  # exactly the event's arguments
+    client.connect(f"http://127.0.0.1:{gw.port}", transports=["websocket"], wait_timeout=5)
+    try:
+        gw.publish("text")
+        gw.publish(b"\xff\x00")
+        assert ws.recv_frame()[2] == b'42["message","text"]'
+        assert ws.recv_frame()[2] == b'451-["message",{"_placeholder":true,"num":0}]'
+        assert ws.recv_frame()[2] == b"\xff\x00"
+        wait_until(lambda: len(got) == 2, message="both events in the one-argument handler")
+        assert got == ["text", b"\xff\x00"]
+    finally:
+        client.disconnect()
+
+
+class WriteRecorder:
+    """A server-side client socket's stand-in that records each ``sendmsg`` (one write each)."""
+
+    def __init__(self, sock) -> None:
+        self.sock = sock
+        self.writes: List[bytes] = []
+
+    def sendmsg(self, buffers, *args):
+        sent = self.sock.sendmsg(buffers, *args)
+        self.writes.append(b"".join(bytes(b) for b in buffers)[:sent])
+        return sent
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def test_the_connect_answer_is_written_on_its_own(make_gateway, raw_ws):
+    """A recovery with messages to replay: the CONNECT answer goes in a write of its own, the
+    events after it (clients that read one frame per read lose what shares its read)."""
+    gw = make_gateway(None, linger=10)
+    first = raw_ws(gw.port, path="/socket.io/?EIO=4&transport=websocket")
+    first.recv_frame()
+    first.send_frame(OP_TEXT, b"40")
+    pid = json.loads(first.recv_frame()[2][2:])["pid"]
+    gw.publish("seen")
+    offset = sio_event(first.recv_frame()[2].decode())[2]
+    first.sock.close()
+    wait_until(lambda: not gw.sio.sessions)
+    gw.publish("missed 1")
+    gw.publish("missed 2")
+    ws = raw_ws(gw.port, path="/socket.io/?EIO=4&transport=websocket")
+    ws.recv_frame()
+    (server_side,) = [c for c in gw.connection_list() if c.transport == "socketio"]
+    recorder = server_side.sock = WriteRecorder(server_side.sock)
+    ws.send_frame(OP_TEXT, b"40" + json.dumps({"pid": pid, "offset": offset}).encode())
+    connect = ws.recv_frame()[2]
+    assert json.loads(connect[2:])["pid"] == pid  # recovered
+    assert [sio_event(ws.recv_frame()[2].decode())[1] for _ in range(2)] == ["missed 1", "missed 2"]
+    wait_until(lambda: recorder.writes)  # recorded once sendmsg has returned
+    assert recorder.writes[0] == bytes([0x81, len(connect)]) + connect
+
+
+# =================================================================================================
 # 7. the command line's Socket.IO options
 # =================================================================================================
 
@@ -1120,7 +1444,22 @@ def test_cli_socketio_options():
     assert build_gateway(args, port=0).sio is None
     defaults = build_parser().parse_args(["--sub", "tcp://127.0.0.1:1"])
     gw = build_gateway(defaults, port=0)
-    assert (gw.sio.path, gw.socketio.event, gw.sio.ping_interval, gw.sio.ping_timeout) == ("/socket.io/", "message", 25.0, 20.0)
+    assert (gw.sio.path, gw.socketio.event, gw.sio.ping_interval, gw.sio.ping_timeout) == (
+        "/socket.io/", "message", 25.0, 20.0)
+    assert gw.socketio.namespaces == {"/"} and gw.socketio.recovery is True
+
+
+def test_cli_namespace_and_recovery_options():
+    from zmqws.cli import build_parser, config_from_args
+    from zmqws.gateway import Gateway
+
+    args = build_parser().parse_args(["--sub", "tcp://127.0.0.1:1", "--sio-namespace", "/custom",
+                                      "--sio-namespace", "chat", "--no-sio-recovery"])
+    gw = Gateway.from_config(config_from_args(args).replace(port=0))
+    assert gw.socketio.namespaces == {"/", "/custom", "/chat"} and gw.socketio.recovery is False
+    for bad in ("/", "a,b", "/x?y"):
+        with pytest.raises(ValueError, match="not a namespace name"):
+            Gateway(None, 0, sio_namespaces=[bad])
 
 
 @pytest.mark.parametrize("argv, message", [

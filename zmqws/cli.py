@@ -166,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     _option(sio, "--sio-ping-timeout", type=_seconds, metavar="S",
             help="close a Socket.IO session that does not answer a ping within this "
                  "(default: %(default)s)")
+    _option(sio, "--sio-namespace", "sio_namespaces", action="append", metavar="NAME",
+            help="also accept Socket.IO connections to this namespace (repeatable; / always); "
+                 "its topic T is the ZeroMQ topic NAME/T, e.g. chat/room1 in /chat "
+                 "(default: / only)")
+    _option(sio, "--no-sio-recovery", "sio_recovery", action="store_false",
+            help="no connection state recovery: no pid in the CONNECT answer, no offset after "
+                 "each event's arguments (for clients whose handlers take exactly the event's "
+                 "arguments)")
     sec = p.add_argument_group("security")
     sec.add_argument("--certfile", metavar="FILE",
                      help="serve wss:// and https:// with this PEM certificate (chain)")

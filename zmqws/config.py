@@ -132,9 +132,14 @@ class TransportConfig:
     sio_ping_interval: float = 25.0
     sio_ping_timeout: float = 20.0
     sio_recovery_seconds: float = 120.0
+    sio_recovery: bool = True
+    sio_namespaces: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _choice("envelope", self.envelope, ENVELOPES)
+        for name in self.sio_namespaces:
+            if not name.strip("/") or "," in name or "?" in name:
+                raise ValueError(f"sio_namespaces: {name!r} is not a namespace name (like /chat)")
 
 
 @dataclass(frozen=True)
@@ -153,7 +158,7 @@ class HttpConfig:
 
 _ROOMS: Dict[str, Type[Any]] = {"server": ServerConfig, "hub": HubConfig, "upstream": UpstreamConfig,
                                 "transports": TransportConfig, "http": HttpConfig}
-_SEQUENCES = {"subprotocols", "allow_origins", "allow_hosts", "sub_endpoints", "cors_origins"}
+_SEQUENCES = {"subprotocols", "allow_origins", "allow_hosts", "sub_endpoints", "cors_origins", "sio_namespaces"}
 
 
 def _room_of() -> Dict[str, str]:

@@ -100,7 +100,9 @@ class Gateway(WebSocketServer):
       ``/metrics`` asks what the ``authenticate`` hook asks of clients.
     * ``socketio``: serve Socket.IO (Engine.IO v4) clients under ``sio_path``;
       ``sio_event``: the event name of messages (``"topic"``: the topic);
-      ``sio_ping_interval``/``sio_ping_timeout``: Engine.IO heartbeats.
+      ``sio_ping_interval``/``sio_ping_timeout``: Engine.IO heartbeats;
+      ``sio_namespaces``: namespaces served besides ``/`` (topics under ``NAME/``);
+      ``sio_recovery``: connection state recovery (a ``pid``, offsets after events).
     * ``ready_any``: ``GET /readyz`` answers 200 once any SUB endpoint is
       connected (default: once every one is); ``upstream_log_interval``:
       seconds between two "still not connected" lines of one endpoint;

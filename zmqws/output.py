@@ -161,6 +161,11 @@ class OutputQueues:
                 if not client.want_write and client.phase != GONE:
                     self.flush(client)
 
+    def write_now(self, client: Client) -> None:
+        """Write a client's queue now, not with what the rest of the turn queues."""
+        if self._dirty.pop(client, 0) is None and not client.want_write and client.phase != GONE:
+            self.flush(client)
+
     def flush(self, client: Client) -> None:
         """One ``sendmsg`` of the client's queue; POLLOUT stays registered only while output remains."""
         out = client.session.out

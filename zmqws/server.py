@@ -312,6 +312,10 @@ class WebSocketServer:
         """Bytes queued on ``client`` and not written yet."""
         return self.output.queued_bytes(client)
 
+    def write_now(self, client: Client) -> None:
+        """Write a client's queue now, not with what the rest of the turn queues (loop thread)."""
+        self.output.write_now(client)
+
     def refill_when_drained(self, client: Client, wanted: bool) -> None:
         """Call ``app.on_refill(client)`` once its queue drains below half of ``max_queue``."""
         self.output.refill_when_drained(client, wanted)

@@ -19,6 +19,9 @@
 //   echo         true: print a line "event [NAME, DATA, OFFSET]" (JSON) for every event
 //   stdin        true: also read commands, one JSON object a line, from standard input:
 //                {"emit": NAME, "args": [...], "ack": true} | {"close_engine": true} | {"finish": true}
+//                | {"disconnect": "/NAME"} (that namespace's socket only)
+//   namespaces   {"/NAME": {"auth": {...}}, ...}: also open these namespaces on the same
+//                connection (socket.io.socket(NAME)); their events count and are recorded too
 //   timeout      seconds before giving up (exit status 2, partial result on stderr; default 20)
 //
 // Lines printed while running (one a line):
@@ -27,9 +30,10 @@
 //   disconnect <reason>
 //   ack <index> <JSON of the ack's arguments>
 //   connect_error <message>
+//   nsp-connect <namespace> <recovered> / nsp-disconnect <namespace> <reason>   (for "namespaces")
 //   event [NAME, DATA, OFFSET]             with "echo"
 // and at the end one JSON line:
-//   {"events": [{"event", "data", "offset"}], "connects": [{"transport", "recovered", "id"}],
+//   {"events": [{"event", "data", "offset", "nsp"}], "connects": [{"transport", "recovered", "id"}],
 //    "acks": {INDEX: [args]}, "upgrades": [...], "disconnects": [...], "transport": "..."}
 // where "data" is the first argument: a string or JSON value as is, binary as {"bin": BASE64}.
 
@@ -157,18 +161,30 @@ socket.on('connect_error', (err) => {
   line(`connect_error ${err.message}`);
 });
 
-socket.onAny((event, ...args) => {
+function onEvent(nsp, event, args) {
   const offset = args.length > 1 && typeof args[args.length - 1] === 'string' ? args[args.length - 1] : null;
   const data = encodeValue(args[0]);
-  result.events.push({ event, data, offset });
-  if (options.echo) line(`event ${JSON.stringify([event, data, offset])}`);
+  result.events.push({ event, data, offset, nsp });
+  if (options.echo) line(`event ${JSON.stringify([event, data, offset, nsp])}`);
   if (options.until !== undefined && data === options.until) untilSeen = true;
   if (options.closeAfter && !closedOnce && result.events.length >= options.closeAfter) {
     closedOnce = true;
     socket.io.engine.close();
   }
   maybeFinish();
-});
+}
+socket.onAny((event, ...args) => onEvent(socket.nsp, event, args));
+
+const others = {};
+for (const [nsp, nspOptions] of Object.entries(options.namespaces || {})) {
+  const other = socket.io.socket(nsp, nspOptions);
+  others[nsp] = other;
+  other.on('connect', () => line(`nsp-connect ${nsp} ${Boolean(other.recovered)}`));
+  other.on('disconnect', (reason) => line(`nsp-disconnect ${nsp} ${reason}`));
+  other.on('connect_error', (err) => line(`connect_error ${nsp} ${err.message}`));
+  other.onAny((event, ...args) => onEvent(nsp, event, args));
+  other.connect();
+}
 
 if (options.stdin) {
   const lines = readline.createInterface({ input: process.stdin });
@@ -177,6 +193,7 @@ if (options.stdin) {
     const command = JSON.parse(text);
     if (command.emit) emit(command.emit, command.args, command.ack);
     else if (command.close_engine) socket.io.engine.close();
+    else if (command.disconnect) others[command.disconnect].disconnect();
     else if (command.finish) finish();
   });
 }

@@ -6,7 +6,10 @@
   send its first GET within ``handshake_timeout``;
 * the upgrade from polling to WebSocket (``2probe``/``3probe``, a ``6``
   noop to release the pending poll, ``5``);
-* heartbeats (``2``/``3``) and their timeout; the close packet.
+* heartbeats (``2``/``3``) on per-session timers: a ping ``ping_interval`` after
+  the open packet (or the last pong), and the session closed ``ping_timeout``
+  after a ping without its pong (to the loop's timer precision, a few ms);
+* the close packet.
 
 What a session's messages mean is the Socket.IO layer's
 (:mod:`zmqws.transports.socketio`); the packet formats are in
@@ -21,7 +24,7 @@ import json
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Tuple, Union
 
 from ..logs import LogLimiter
 from ..peer import peer_host
@@ -32,6 +35,7 @@ from ..protocol.handshake import http_response
 from . import cors_headers
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..loop import Timer
     from ..peer import Client
     from ..protocol.handshake import Request
     from ..rights import Rights
@@ -57,20 +61,19 @@ class Layer(Protocol):
 
     def on_packet(self, session: "EngineSession", data: Union[str, bytes]) -> None: ...
 
-    def moved(self, session: "EngineSession", old_member: Any) -> None: ...
+    def moved(self, session: "EngineSession") -> None: ...
 
     def closed(self, session: "EngineSession") -> None: ...
 
 
 class EngineSession:
-    """One Engine.IO session (and its Socket.IO socket on the main namespace)."""
+    """One Engine.IO session (and, in ``sockets``, its Socket.IO sockets by namespace)."""
 
     __slots__ = ("sid", "transport", "ws_client", "poll_client", "probe_client", "probed", "poll_cors",
-                 "packets", "packet_bytes", "last_seen", "ping_sent_at", "next_ping", "topics", "rights",
-                 "sio_sid", "pid", "connected", "reassembler", "closed", "client_id", "slot",
-                 "first_poll_by", "__weakref__")
+                 "packets", "packet_bytes", "topics", "rights", "sockets", "reassembler", "closed",
+                 "client_id", "slot", "heartbeat", "pinged", "first_poll", "__weakref__")
 
-    def __init__(self, sid: str, transport: str, topics: Tuple[str, ...], rights: "Rights", now: float,
+    def __init__(self, sid: str, transport: str, topics: Tuple[str, ...], rights: "Rights",
                  client_id: bytes) -> None:
         self.sid = sid
         self.transport = transport
@@ -81,28 +84,20 @@ class EngineSession:
         self.probed = False                           # ... that answered the probe
         self.packets: List[eio.Packet] = []           # waiting for the next poll
         self.packet_bytes = 0
-        self.last_seen = now
-        self.ping_sent_at = 0.0
-        self.next_ping = 0.0
         self.topics = topics  # the handshake's ?topics= values (the rest of its request is not kept)
         self.rights = rights  # what the client may read and write (its authentication)
-        self.sio_sid: Optional[str] = None
-        self.pid: Optional[str] = None
-        self.connected = False
+        self.sockets: Dict[str, Any] = {}  # namespace -> its connected Socket.IO socket (the layer's)
         self.reassembler: Optional[eio.Reassembler] = None
         self.closed = False
         self.client_id = client_id
         self.slot: Optional[str] = None  # a polling session counts as a connection of this address
-        self.first_poll_by = 0.0         # a polling session's first GET must come before (0: came)
+        self.heartbeat: Optional["Timer"] = None   # the next ping, or the end of the wait for its pong
+        self.pinged = False                        # ... which one: a ping was sent, no pong yet
+        self.first_poll: Optional["Timer"] = None  # a polling session's first GET must come before
 
     def __str__(self) -> str:
         """The session in log lines: its client id (``PID.sioN``), never the sid, which is a credential."""
         return self.client_id.decode("ascii")
-
-    @property
-    def member(self) -> Any:
-        """What the hub routes to: the WebSocket client, or the session itself when polling."""
-        return self.ws_client if self.transport == WEBSOCKET else self
 
 
 class EngineIOTransport:
@@ -191,15 +186,12 @@ class EngineIOTransport:
     def _new_session(self, client: "Client", request: "Request", transport: str) -> EngineSession:
         """A session for a client whose access was checked; only the handshake's ``topics``
         are kept of its request."""
-        now = time.monotonic()
         self._next_client += 1
-        session = EngineSession(new_sid(), transport, tuple(request.query.get("topics", ())), client.rights, now,
+        session = EngineSession(new_sid(), transport, tuple(request.query.get("topics", ())), client.rights,
                                 f"{os.getpid()}.sio{self._next_client}".encode())
-        session.next_ping = now + self.ping_interval
         self.sessions[session.sid] = session
         self.context.server.stats.sio_sessions += 1
-        if len(self.sessions) == 1:
-            self._schedule_tick()
+        self._heartbeat(session, self.ping_interval, self._ping)
         log.debug("socket.io session %s opened over %s", session, transport)
         return session
 
@@ -213,7 +205,7 @@ class EngineIOTransport:
 
     def _handshake_polling(self, client: "Client", request: "Request", cors: Cors) -> bytes:
         """A polling session counts as a connection of the handshake's address (503 over the
-        connection limits) and must poll within ``handshake_timeout`` (else :meth:`_tick` closes it)."""
+        connection limits) and must poll within ``handshake_timeout`` (else it is closed)."""
         server = self.context.server
         self._check_access(client, request)
         host = peer_host(client.address)
@@ -223,7 +215,8 @@ class EngineIOTransport:
             raise HTTPError(503, "too many connections", [("Retry-After", "5")])
         session = self._new_session(client, request, POLLING)
         session.slot = host
-        session.first_poll_by = time.monotonic() + server.handshake_timeout
+        if server.handshake_timeout > 0:
+            session.first_poll = self._timer(server.handshake_timeout, lambda: self._no_first_poll(session))
         return self._payload_response(request, [(eio.OPEN, self._open_packet(session, [WEBSOCKET])[1:])], cors)
 
     def _release_slot(self, session: EngineSession) -> None:
@@ -231,7 +224,13 @@ class EngineIOTransport:
         if session.slot is not None:
             self.context.server.release_slot(session.slot)
             session.slot = None
-        session.first_poll_by = 0.0
+        self._first_poll_came(session)
+
+    @staticmethod
+    def _first_poll_came(session: EngineSession) -> None:
+        if session.first_poll is not None:
+            session.first_poll.cancel()
+            session.first_poll = None
 
     @staticmethod
     def _payload_response(request: "Request", packets: List[eio.Packet], cors: Cors) -> bytes:
@@ -243,8 +242,7 @@ class EngineIOTransport:
             # Two polls at once: engine.io answers 400 and closes the session.
             self.close_session(session, "overlapping polls")
             raise eio.EngineIOError(eio.BAD_REQUEST, "Bad request: overlapping polls")
-        session.last_seen = time.monotonic()
-        session.first_poll_by = 0.0
+        self._first_poll_came(session)
         if not session.packets and session.probe_client is not None and session.probed:
             # Upgrading: the client waits for this poll to end before it sends "5" (engine.io
             # answers polls with a noop while upgrading); holding it would stall the upgrade.
@@ -272,7 +270,6 @@ class EngineIOTransport:
         if request.header("content-type") == "application/octet-stream":
             self.close_session(session, "binary POST")
             raise eio.EngineIOError(eio.BAD_REQUEST, "Bad request: binary content")
-        session.last_seen = time.monotonic()
         try:
             packets = eio.decode_payload(request.body)
             for kind, data in packets:
@@ -297,18 +294,16 @@ class EngineIOTransport:
     # -- WebSocket ---------------------------------------------------------------------
 
     def check_upgrade(self, request: "Request") -> None:
-        """Before the 101: Engine.IO's checks for a WebSocket request (400 with its message)."""
+        """Before the 101: Engine.IO's checks for a WebSocket request (400 with its message).
+        A session that is already upgraded (or upgrading) is not an HTTP error: that
+        WebSocket opens and is closed at once (:meth:`on_open`), as engine.io does."""
         try:
             self._check_eio(request)
             if request.query_value("transport") != WEBSOCKET:
                 raise eio.EngineIOError(eio.UNKNOWN_TRANSPORT)
             sid = request.query_value("sid")
-            if sid is not None:
-                session = self.sessions.get(sid)
-                if session is None:
-                    raise eio.EngineIOError(eio.UNKNOWN_SID)
-                if session.transport != POLLING or session.probe_client is not None:
-                    raise eio.EngineIOError(eio.BAD_REQUEST)
+            if sid is not None and sid not in self.sessions:
+                raise eio.EngineIOError(eio.UNKNOWN_SID)
         except eio.EngineIOError as exc:
             raise HTTPError(exc.status, exc.message) from None
 
@@ -318,7 +313,10 @@ class EngineIOTransport:
         client.transport = self.name
         sid = request.query_value("sid")
         if sid is not None:
-            session = self.sessions[sid]  # checked before the 101
+            session = self.sessions.get(sid)  # checked before the 101 (it may have closed since)
+            if session is None or session.transport != POLLING or session.probe_client is not None:
+                client.close(CLOSE_NORMAL, "")  # engine.io: a second transport is closed at once
+                return
             session.probe_client = client
             self._probing[client] = session
             return
@@ -336,7 +334,6 @@ class EngineIOTransport:
                     self._probe(client, probing, data)
                 return
             kind, payload = eio.decode_ws_frame(data)
-            session.last_seen = time.monotonic()
             self._packet(session, kind, payload)
         except Exception as exc:  # one bad packet ends its session, never the loop
             self._bad_packet(session if session is not None else client.id, exc)
@@ -364,7 +361,6 @@ class EngineIOTransport:
                 self._answer_poll(session)
             return
         if data == eio.UPGRADE:
-            old_member = session.member
             session.transport = WEBSOCKET
             self._release_slot(session)  # its WebSocket is a connection of its own
             session.ws_client = client
@@ -378,7 +374,7 @@ class EngineIOTransport:
             if session.poll_client is not None:  # a poll still held: release it
                 session.packets.append((eio.NOOP, ""))
                 self._answer_poll(session)
-            self.layer.moved(session, old_member)
+            self.layer.moved(session)
             log.debug("socket.io session %s upgraded to websocket", session)
             return
         raise eio.SocketIOError("unexpected packet during the upgrade")
@@ -421,11 +417,19 @@ class EngineIOTransport:
     def _send_ws(client: "Client", kind: str, payload: Union[str, bytes]) -> None:
         client.send(payload if isinstance(payload, bytes) else kind + payload)
 
+    def write_now(self, session: EngineSession) -> None:
+        """Over WebSocket: write what is queued for the session now, in a write of its own (a
+        Socket.IO CONNECT answer, before the events that follow it: some clients read one
+        frame per read)."""
+        if session.transport == WEBSOCKET and session.ws_client is not None and not session.closed:
+            self.context.server.write_now(session.ws_client)
+
     # -- Engine.IO packets from the client -------------------------------------------------------
 
     def _packet(self, session: EngineSession, kind: str, data: Union[str, bytes]) -> None:
         if kind == eio.PONG:
-            session.ping_sent_at = 0.0
+            if session.pinged:
+                self._heartbeat(session, self.ping_interval, self._ping)
         elif kind == eio.PING:
             self.send(session, [(eio.PONG, data if isinstance(data, str) else "")])
         elif kind == eio.MESSAGE:
@@ -437,40 +441,45 @@ class EngineIOTransport:
 
     # -- timers and closing ----------------------------------------------------------------
 
-    def _schedule_tick(self) -> None:
-        # Fine enough that a ping goes out well within the client's pingInterval + pingTimeout
-        # (a client that hears no ping by then closes the session with "ping timeout").
-        # Fine enough too that a session that never polls goes soon after handshake_timeout.
-        server = self.context.server
-        step = max(0.01, min(1.0, self.ping_interval / 2, self.ping_timeout / 2,
-                             server.handshake_timeout / 2 or 1.0))
-        assert server.loop is not None
-        server.loop.call_later(step, self._tick)
+    def _timer(self, delay: float, callback: Callable[[], None]) -> "Timer":
+        loop = self.context.server.loop
+        assert loop is not None
+        return loop.call_later(delay, callback)
 
-    def _tick(self) -> None:
-        """Heartbeats: a ping every ping_interval; no pong (or poll) within ping_timeout closes;
-        a polling session without its first GET within handshake_timeout closes."""
-        now = time.monotonic()
-        stats = self.context.server.stats
-        for session in list(self.sessions.values()):
-            if session.first_poll_by and now >= session.first_poll_by:
-                stats.handshake_timeouts += 1
-                self.close_session(session, "no poll after the handshake")
-            elif session.ping_sent_at and now - session.ping_sent_at > self.ping_timeout:
-                stats.ping_timeouts += 1
-                self.close_session(session, "ping timeout")
-            elif not session.ping_sent_at and now >= session.next_ping:
-                session.ping_sent_at = now
-                session.next_ping = now + self.ping_interval
-                self.send(session, [(eio.PING, "")])
-        if self.sessions and not self.context.server.stopping:
-            self._schedule_tick()
+    def _heartbeat(self, session: EngineSession, delay: float, then: Callable[[EngineSession], None]) -> None:
+        """The session's one heartbeat timer: ``then(session)`` in ``delay`` seconds (the previous
+        timer cancelled)."""
+        if session.heartbeat is not None:
+            session.heartbeat.cancel()
+        session.pinged = then == self._ping_timeout
+        session.heartbeat = self._timer(delay, lambda: then(session))
+
+    def _ping(self, session: EngineSession) -> None:
+        """Engine.IO v4 heartbeat: the server pings every ``ping_interval`` and waits ``ping_timeout``
+        for the pong."""
+        if not session.closed:
+            self._heartbeat(session, self.ping_timeout, self._ping_timeout)  # cancelled if the send closes it
+            self.send(session, [(eio.PING, "")])
+
+    def _ping_timeout(self, session: EngineSession) -> None:
+        if not session.closed:
+            self.context.server.stats.ping_timeouts += 1
+            self.close_session(session, "ping timeout")
+
+    def _no_first_poll(self, session: EngineSession) -> None:
+        session.first_poll = None
+        if not session.closed:
+            self.context.server.stats.handshake_timeouts += 1
+            self.close_session(session, "no poll after the handshake")
 
     def close_session(self, session: EngineSession, reason: str, notify: bool = True) -> None:
         if session.closed:
             return
         self.layer.closed(session)
         self._release_slot(session)
+        if session.heartbeat is not None:
+            session.heartbeat.cancel()
+            session.heartbeat = None
         session.closed = True
         self.sessions.pop(session.sid, None)
         log.debug("socket.io session %s closed: %s", session, reason)

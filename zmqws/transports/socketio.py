@@ -1,21 +1,31 @@
-"""Socket.IO v5 on the Engine.IO sessions: the main namespace, events both ways, recovery.
+"""Socket.IO v5 on the Engine.IO sessions: namespaces, events both ways, recovery.
 
-* CONNECT to ``/`` with ``auth.topics`` (or the handshake's ``?topics=a,b``):
-  the hub checks them (rights, caps) and the socket joins; anything refused
-  is a CONNECT_ERROR, never a narrower or wider subscription.  Other
-  namespaces get CONNECT_ERROR.
-* A message from ZeroMQ becomes the event ``message`` (or its topic with
-  ``sio_event="topic"``) with the payload (a string when UTF-8, else a binary
-  attachment) and the message id as the offset.  Over WebSocket the frames
-  are built once per message for every socket (:class:`SioWebSocketWire`);
-  polling sessions get packets queued until their next GET.
+* Namespaces: ``/`` and those of ``sio_namespaces``; a CONNECT to any other
+  gets CONNECT_ERROR.  Each namespace connection is a socket of its own
+  (:class:`NamespaceSocket`: its Socket.IO sid and pid, its hub subscriber,
+  client id, topics and recovery); a DISCONNECT ends that socket only.
+* Topics: namespace ``/NAME`` sees the ZeroMQ topics under ``NAME/``: its
+  client's topic ``T`` is the ZeroMQ prefix ``NAME/T`` (rights apply to that),
+  and its events go upstream as ``NAME/EVENT``; ``/`` sees topics as they are.
+* CONNECT with ``auth.topics`` (or the handshake's ``?topics=a,b``): the hub
+  checks them (rights, caps) and the socket joins; anything refused is a
+  CONNECT_ERROR, never a narrower or wider subscription.  The CONNECT answer
+  is written on its own, before any event that follows it.
+* A message from ZeroMQ becomes the event ``message`` (or its topic, without
+  the namespace's part, with ``sio_event="topic"``) with the payload (a string
+  when UTF-8, else a binary attachment) and the message id as the offset
+  (none with ``sio_recovery=False``).  The packets are built once per message
+  and namespace, over WebSocket as frames queued on every socket's connection
+  (:class:`SioWebSocketWire`); polling sessions get them queued until their
+  next GET (:class:`SioPollWire`).
 * Client events: ``subscribe``/``unsubscribe`` (a prefix or a list; the ack
   carries ``{"topics": [...]}``); any other event goes upstream as ``[event
   name, client id, first argument]`` if the client may write that topic, and
   is acknowledged ``{"ok": true}`` (``false`` and an ``error`` otherwise).
-* Connection state recovery (``pid``/``offset``): a socket that comes back
-  within ``sio_recovery_seconds`` gets what it missed from the hub's history,
-  unless some of it is gone or it would not fit in ``max_queue``.
+* Connection state recovery (``pid``/``offset``): a socket that comes back to
+  its namespace within ``sio_recovery_seconds`` gets what it missed from the
+  hub's history, unless some of it is gone or it would not fit in
+  ``max_queue``.  Off with ``sio_recovery=False``.
 """
 
 from __future__ import annotations
@@ -37,55 +47,106 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..routing import Stored
     from . import Context
 
-__all__ = ["SocketIOLayer"]
+__all__ = ["SocketIOLayer", "NamespaceSocket", "namespace_prefix"]
 
 log = logging.getLogger("zmqws")
 
 ENVELOPE = "sio"  # the hub's envelope of Socket.IO subscribers (their wires encode events)
 
 
-class SioWebSocketWire(WebSocketWire):
-    """Socket.IO sockets over WebSocket: an event's frame(s), built once for all of them."""
+def namespace_prefix(nsp: str) -> bytes:
+    """The ZeroMQ topic prefix of a namespace: nothing for ``/``, ``NAME/`` for ``/NAME``."""
+    return b"" if nsp == "/" else nsp[1:].encode("utf-8") + b"/"
 
-    __slots__ = ("layer",)
+
+class NamespaceSocket:
+    """One Socket.IO socket: a namespace connection of an Engine.IO session, and the hub's
+    member (the same over polling and WebSocket: the session's transport may change under it)."""
+
+    __slots__ = ("session", "nsp", "prefix", "client_id", "sio_sid", "pid", "all_topics")
+
+    def __init__(self, session: EngineSession, nsp: str) -> None:
+        self.session = session
+        self.nsp = nsp
+        self.prefix = namespace_prefix(nsp)  # its topics' part of the ZeroMQ topic
+        self.client_id = session.client_id if nsp == "/" else session.client_id + nsp.encode("utf-8")
+        self.sio_sid = ""
+        self.pid: Optional[str] = None
+        self.all_topics = False  # a namespace socket that named no topic: all it may read there
+
+    def __str__(self) -> str:
+        """In log lines: its client id (``PID.sioN``, ``PID.sioN/chat``), never a sid."""
+        return self.client_id.decode("utf-8", "replace")
+
+
+class SioWebSocketWire(WebSocketWire):
+    """Socket.IO sockets of one namespace over WebSocket: an event's frames built once (one frame
+    per packet) for every route of the wire, the same bytes queued on each socket's connection."""
+
+    __slots__ = ("layer", "nsp", "prefix", "_frames", "_newest")
+    shared = False       # the members are sockets: delivered to their sessions' connections
     gap_notices = False  # Socket.IO has none: a socket that lost messages recovers instead
     name = "socketio"
 
-    def __init__(self, layer: "SocketIOLayer", deflater: Optional["PerMessageDeflate"]) -> None:
+    def __init__(self, layer: "SocketIOLayer", deflater: Optional["PerMessageDeflate"], nsp: str) -> None:
         super().__init__(layer.context.envelopes, deflater)
         self.layer = layer
+        self.nsp = nsp
+        self.prefix = namespace_prefix(nsp)
+        self._frames: Dict[int, bytes] = {}  # this turn's events, by message id (routes share them)
+        self._newest = 0
 
     def encode(self, m: "Stored", envelope: str) -> bytes:
         out = []
-        for kind, payload in self.layer.event_packets(m):
+        for kind, payload in self.layer.event_packets(m, self.nsp, self.prefix):
             if isinstance(payload, bytes):
                 out.append(self.frame(OP_BINARY, payload))
             else:
                 out.append(self.frame(OP_TEXT, (kind + payload).encode("utf-8")))
         return out[0] if len(out) == 1 else b"".join(out)
 
+    def deliver(self, members: List[Any], batch: List["Stored"]) -> None:
+        if batch[0].id > self._newest:  # ids only grow: a later turn, the previous one's frames are done
+            self._frames = {}
+        frames = self._frames
+        parts = []
+        for m in batch:
+            frame = frames.get(m.id)
+            if frame is None:
+                frame = frames[m.id] = self.encode(m, ENVELOPE)
+            parts.append(frame)
+        self._newest = max(self._newest, batch[-1].id)
+        blob = parts[0] if len(parts) == 1 else b"".join(parts)
+        server = self.layer.context.server
+        over = server.fanout(blob, [socket.session.ws_client for socket in members], len(batch))
+        if over and server.drop_slow:  # no gap notice in Socket.IO: closed, the client recovers
+            for client in over:
+                server.close_slow(client)
+
 
 class SioPollWire(Wire):
-    """Socket.IO sockets on polling sessions: packets queued on each session."""
+    """Socket.IO sockets of one namespace on polling sessions: packets queued on each session."""
 
-    __slots__ = ("layer",)
+    __slots__ = ("layer", "nsp", "prefix")
     shared = False
     gap_notices = False
     name = "socketio-polling"
 
-    def __init__(self, layer: "SocketIOLayer") -> None:
+    def __init__(self, layer: "SocketIOLayer", nsp: str) -> None:
         super().__init__(layer.context.envelopes)
         self.layer = layer
+        self.nsp = nsp
+        self.prefix = namespace_prefix(nsp)
 
     def deliver(self, members: List[Any], batch: List["Stored"]) -> None:
         layer = self.layer
         packets: List[eio.Packet] = []
         for m in batch:
-            packets.extend(layer.event_packets(m))
+            packets.extend(layer.event_packets(m, self.nsp, self.prefix))
         stats = layer.context.server.stats
-        for session in members:
+        for socket in members:
             stats.messages_out += len(batch)
-            layer.engine.send(session, packets)
+            layer.engine.send(socket.session, packets)
 
 
 class SocketIOLayer:
@@ -95,32 +156,42 @@ class SocketIOLayer:
         self.context = context
         config = context.config
         self.event = config.sio_event  # an event name, or "topic" to use the message's topic
+        self.recovery = config.sio_recovery
         self.recovery_seconds = config.sio_recovery_seconds
+        self.namespaces = frozenset(["/"] + ["/" + name.strip("/") for name in config.sio_namespaces])
         self.engine = EngineIOTransport(context, self)
-        self.poll_wire = SioPollWire(self)
-        self._ws_wires: Dict[object, SioWebSocketWire] = {}
-        self._recoverable: Dict[str, Tuple[str, List[bytes], float]] = {}  # pid -> (sio sid, topics, until)
+        self._poll_wires: Dict[str, SioPollWire] = {}
+        self._ws_wires: Dict[Tuple[str, object], SioWebSocketWire] = {}
+        # pid -> (namespace, sio sid, prefixes, until): sockets that left, recoverable until then
+        self._recoverable: Dict[str, Tuple[str, str, List[bytes], float]] = {}
 
-    def _wire(self, session: EngineSession) -> Wire:
+    def _wire(self, socket: NamespaceSocket) -> Wire:
+        """The wire of a socket: per namespace, and over WebSocket per deflate window too."""
+        session, nsp = socket.session, socket.nsp
         if session.transport == POLLING:
-            return self.poll_wire
+            poll_wire = self._poll_wires.get(nsp)
+            if poll_wire is None:
+                poll_wire = self._poll_wires[nsp] = SioPollWire(self, nsp)
+            return poll_wire
         assert session.ws_client is not None and session.ws_client.ws is not None
         deflate = session.ws_client.ws.deflate
-        key = None if deflate is None else deflate.out_key
+        key = (nsp, None if deflate is None else deflate.out_key)
         wire = self._ws_wires.get(key)
         if wire is None:
-            wire = self._ws_wires[key] = SioWebSocketWire(self, deflate)
+            wire = self._ws_wires[key] = SioWebSocketWire(self, deflate, nsp)
         return wire
 
-    def event_packets(self, m: "Stored") -> List[eio.Packet]:
-        """A message as a Socket.IO EVENT: [name, payload, offset]; binary as an attachment."""
+    def event_packets(self, m: "Stored", nsp: str, prefix: bytes) -> List[eio.Packet]:
+        """A message as a Socket.IO EVENT of namespace ``nsp``: [name, payload, offset] (no offset
+        without recovery); binary as an attachment."""
         name = self.event
         if name == "topic":
-            name = m.topic.decode("utf-8", "replace") if m.multipart else "message"
-        offset = str(m.id)
+            name = m.topic[len(prefix):].decode("utf-8", "replace") if m.multipart else "message"
+        tail = [str(m.id)] if self.recovery else []
         if m.opcode == OP_TEXT:
-            return [(eio.MESSAGE, eio.encode_sio(eio.EVENT, [name, m.payload.decode("utf-8"), offset]))]
-        text = eio.encode_sio(eio.BINARY_EVENT, [name, {"_placeholder": True, "num": 0}, offset], attachments=1)
+            return [(eio.MESSAGE, eio.encode_sio(eio.EVENT, [name, m.payload.decode("utf-8")] + tail, nsp=nsp))]
+        text = eio.encode_sio(eio.BINARY_EVENT, [name, {"_placeholder": True, "num": 0}] + tail, nsp=nsp,
+                              attachments=1)
         return [(eio.MESSAGE, text), (eio.MESSAGE, m.payload)]
 
     # -- from the Engine.IO sessions -----------------------------------------------------------
@@ -141,36 +212,44 @@ class SocketIOLayer:
             if packet.type in (eio.BINARY_EVENT, eio.BINARY_ACK):
                 session.reassembler = eio.Reassembler(packet)
                 return
-        if packet.nsp != "/":
+        nsp = packet.nsp
+        if nsp not in self.namespaces:
             if packet.type == eio.CONNECT:
                 self.engine.send(session, [(eio.MESSAGE, eio.encode_sio(
-                    eio.CONNECT_ERROR, {"message": "Invalid namespace"}, nsp=packet.nsp))])
+                    eio.CONNECT_ERROR, {"message": "Invalid namespace"}, nsp=nsp))])
             return  # packets for a namespace we refused are ignored
+        socket = session.sockets.get(nsp)
         if packet.type == eio.CONNECT:
-            self._connect(session, packet.data if isinstance(packet.data, dict) else {})
+            if socket is None:
+                self._connect(session, nsp, packet.data if isinstance(packet.data, dict) else {})
         elif packet.type == eio.DISCONNECT:
-            self._leave(session)
+            if socket is not None:
+                self._leave(socket)
         elif packet.type == eio.EVENT:
-            if not session.connected:
+            if socket is None:
                 raise eio.SocketIOError("EVENT before CONNECT")
-            self._event(session, packet)
+            self._event(socket, packet)
         elif packet.type != eio.ACK:  # the server asks for no acknowledgements
             raise eio.SocketIOError("unexpected Socket.IO packet type")
 
-    def moved(self, session: EngineSession, old_member: Any) -> None:
-        """The session upgraded to WebSocket: its socket is routed on the new wire."""
-        self.context.hub.move(old_member, session.member, self._wire(session))
+    def moved(self, session: EngineSession) -> None:
+        """The session upgraded to WebSocket: its sockets are routed on the new wires."""
+        hub = self.context.hub
+        for socket in session.sockets.values():
+            hub.move(socket, socket, self._wire(socket))
 
     def closed(self, session: EngineSession) -> None:
-        """The session is closing: its socket leaves (recoverable), a CONNECT cut short too."""
-        self._leave(session)
-        self.context.hub.leave(session.member)
+        """The session is closing: its sockets leave (recoverable)."""
+        for socket in list(session.sockets.values()):
+            self._leave(socket)
 
     # -- Socket.IO ------------------------------------------------------------------------------
 
-    def _topics(self, session: EngineSession, auth: Dict[str, Any]) -> List[bytes]:
+    def _topics(self, socket: NamespaceSocket, auth: Dict[str, Any]) -> List[bytes]:
         """Topics from ``auth.topics`` (a list or a string) or the handshake's ``?topics=a,b``,
-        checked against the client's rights and the caps by the hub (:class:`TopicRefused`)."""
+        under the namespace's prefix, checked against the client's rights and the caps by the
+        hub (:class:`TopicRefused`).  None named in a namespace: all the client may read there."""
+        session = socket.session
         wanted = auth.get("topics")
         if wanted is None:
             wanted = [t for value in session.topics for t in value.split(",") if t]
@@ -178,25 +257,39 @@ class SocketIOLayer:
             wanted = [wanted]
         if not isinstance(wanted, list) or not all(isinstance(t, str) for t in wanted):
             raise TopicRefused("topics must be a list of strings", 400)
-        return self.context.hub.topics_for(session.rights, wanted)
+        prefix, rights = socket.prefix, session.rights
+        if not wanted and prefix:
+            socket.all_topics = True
+            within = [prefix] if rights.may_read(prefix) else sorted(
+                p for p in rights.read or () if p.startswith(prefix))
+            if not within:
+                raise TopicRefused("no topic allowed")
+            return self.context.hub.topics_for(rights, within)
+        return self.context.hub.topics_for(rights, [prefix + t.encode("utf-8") for t in wanted])
 
-    def _recover(self, session: EngineSession, auth: Dict[str, Any]) -> Optional[Tuple[List[bytes], List["Stored"]]]:
+    def _recover(self, socket: NamespaceSocket,
+                 auth: Dict[str, Any]) -> Optional[Tuple[List[bytes], List["Stored"]]]:
         """Connection state recovery: the topics and the messages to replay, or None (a fresh
-        socket) when the pid is unknown, the offset is not an id, or some ids are gone or
-        would not fit in ``max_queue``.  Nothing changes before the offset is checked."""
+        socket) when recovery is off, the pid is unknown (or of another namespace), the offset
+        is not an id, or some ids are gone or would not fit in ``max_queue``.  Nothing changes
+        before the offset is checked."""
         pid, offset = auth.get("pid"), auth.get("offset")
         since = parse_id(offset) if isinstance(offset, str) else None
-        if not isinstance(pid, str) or since is None or pid not in self._recoverable:
+        if not self.recovery or not isinstance(pid, str) or since is None:
             return None
-        sio_sid, prefixes, _until = self._recoverable.pop(pid)
+        kept = self._recoverable.get(pid)
+        if kept is None or kept[0] != socket.nsp:
+            return None
+        del self._recoverable[pid]
+        _nsp, sio_sid, prefixes, _until = kept
         hub = self.context.hub
         for prefix in prefixes:  # subscribed first, so that the gap check sees them in force
             hub.want(prefix)
         recovered = False
         try:
             notice, missed = hub.missed(prefixes, since)
-            if notice is None and self._replay_fits(missed):
-                session.sio_sid, session.pid = sio_sid, pid
+            if notice is None and self._replay_fits(socket, missed):
+                socket.sio_sid, socket.pid = sio_sid, pid
                 recovered = True
                 return prefixes, missed  # the caller releases the prefixes once the socket has joined
             if notice is None:  # too much to replay at once: no recovery (the client knows)
@@ -207,96 +300,105 @@ class SocketIOLayer:
                 for prefix in prefixes:
                     hub.release(prefix)
 
-    def _connect(self, session: EngineSession, auth: Dict[str, Any]) -> None:
-        if session.connected:
-            return
+    def _connect(self, session: EngineSession, nsp: str, auth: Dict[str, Any]) -> None:
         self._expire_recoverable()
-        recovered = self._recover(session, auth)
+        socket = NamespaceSocket(session, nsp)
+        recovered = self._recover(socket, auth)
         if recovered is not None:
             prefixes, replay = recovered
         else:
             try:
-                prefixes = self._topics(session, auth)
+                prefixes = self._topics(socket, auth)
             except (TopicRefused, UnicodeError) as exc:
                 # Refused, never narrowed to what is allowed nor widened to everything.
                 reason = exc.message if isinstance(exc, TopicRefused) else "topics must be UTF-8"
-                log.info("socket.io session %s: CONNECT refused: %s", session, reason)
-                self.engine.send(session, [(eio.MESSAGE, eio.encode_sio(eio.CONNECT_ERROR, {"message": reason}))])
+                log.info("socket.io socket %s: CONNECT refused: %s", socket, reason)
+                self.engine.send(session, [(eio.MESSAGE, eio.encode_sio(
+                    eio.CONNECT_ERROR, {"message": reason}, nsp=nsp))])
                 return
             replay = []
-            session.sio_sid, session.pid = new_sid(), new_sid()
-        session.connected = True
+            socket.sio_sid = new_sid()
+            socket.pid = new_sid() if self.recovery else None
         hub = self.context.hub
-        hub.flush()  # this turn's messages were routed before this socket joined
-        packets: List[eio.Packet] = [
-            (eio.MESSAGE, eio.encode_sio(eio.CONNECT, {"sid": session.sio_sid, "pid": session.pid}))]
+        session.sockets[nsp] = socket
+        # Routed from now on: this turn's messages are in the replay (from the history), not routed to it.
+        hub.join(socket, prefixes, ENVELOPE, self._wire(socket), session.rights, client_id=socket.client_id)
+        answer: Dict[str, str] = {"sid": socket.sio_sid}
+        if socket.pid is not None:
+            answer["pid"] = socket.pid
+        self.engine.send(session, [(eio.MESSAGE, eio.encode_sio(eio.CONNECT, answer, nsp=nsp))])
+        self.engine.write_now(session)  # the CONNECT answer in a write of its own
+        packets: List[eio.Packet] = []
         for m in replay:
-            packets.extend(self.event_packets(m))
-        self.engine.send(session, packets)
-        hub.stats.messages_out += len(replay)
-        hub.join(session.member, prefixes, ENVELOPE, self._wire(session), session.rights,
-                 client_id=session.client_id)
+            packets.extend(self.event_packets(m, nsp, socket.prefix))
+        if packets:
+            self.engine.send(session, packets)
+            hub.stats.messages_out += len(replay)
         if recovered is not None:
             for prefix in prefixes:
                 hub.release(prefix)  # held by _recover until the socket joined
-        log.debug("socket.io session %s connected (%s), topics %s", session,
+        log.debug("socket.io socket %s connected (%s), topics %s", socket,
                   "recovered" if recovered else "new", prefixes)
 
-    def _replay_fits(self, replay: List["Stored"]) -> bool:
+    def _replay_fits(self, socket: NamespaceSocket, replay: List["Stored"]) -> bool:
         """Whether a recovery replay's packets fit in ``max_queue`` (the bound of every queue)."""
         size = 0
         limit = self.context.server.max_queue
         for m in replay:
-            size += sum(len(payload) + 1 for _, payload in self.event_packets(m))
+            size += sum(len(payload) + 1 for _, payload in self.event_packets(m, socket.nsp, socket.prefix))
             if size > limit:
                 return False
         return True
 
-    def _leave(self, session: EngineSession) -> None:
-        """The socket left (DISCONNECT, or the session closed): keep it recoverable for a while."""
-        if not session.connected:
+    def _leave(self, socket: NamespaceSocket) -> None:
+        """The socket left (DISCONNECT, or its session closed): recoverable for a while."""
+        sockets = socket.session.sockets
+        if sockets.get(socket.nsp) is not socket:
             return
-        session.connected = False
-        subscriber = self.context.hub.leave(session.member)
-        if subscriber is not None and session.pid is not None and session.sio_sid is not None:
-            self._recoverable[session.pid] = (session.sio_sid, list(subscriber.prefixes),
-                                              time.monotonic() + self.recovery_seconds)
+        del sockets[socket.nsp]
+        subscriber = self.context.hub.leave(socket)
+        if subscriber is not None and socket.pid is not None:
+            self._recoverable[socket.pid] = (socket.nsp, socket.sio_sid, list(subscriber.prefixes),
+                                             time.monotonic() + self.recovery_seconds)
 
     def _expire_recoverable(self) -> None:
         now = time.monotonic()
-        for pid in [p for p, (_, _, until) in self._recoverable.items() if until < now]:
+        for pid in [p for p, (_, _, _, until) in self._recoverable.items() if until < now]:
             del self._recoverable[pid]
 
-    def _event(self, session: EngineSession, packet: eio.SioPacket) -> None:
+    def _event(self, socket: NamespaceSocket, packet: eio.SioPacket) -> None:
         context = self.context
         hub = context.hub
-        if session.member not in hub.subscribers:
+        if socket not in hub.subscribers:
             return
         stats = hub.stats
         stats.messages_in += 1
-        if not hub.rate_ok(session.member):
-            log.info("socket.io session %s: over %s messages/s, closing", session, hub.config.client_rate)
-            self.engine.close_session(session, "message rate limit")
+        if not hub.rate_ok(socket):
+            log.info("socket.io socket %s: over %s messages/s, closing", socket, hub.config.client_rate)
+            self.engine.close_session(socket.session, "message rate limit")
             return
         name, args = packet.data[0], packet.data[1:]
         if name in ("subscribe", "unsubscribe"):
-            reply = self._change_topics(session, name, args[0] if args else None)
+            reply = self._change_topics(socket, name, args[0] if args else None)
         else:
             parts = self._upstream_parts(name, args[0] if args else None)
             if parts is None:
-                log.info("socket.io client %s: event name or data not UTF-8", session)
+                log.info("socket.io socket %s: event name or data not UTF-8", socket)
                 reply = {"ok": False, "error": "event name and data must be UTF-8"}
-            elif not session.rights.may_write(parts[0]):
-                stats.writes_refused += 1
-                reply = {"ok": False, "error": "topic not allowed for writing"}
-            elif not context.upstream.can_forward:
-                reply = {"ok": False, "error": "no upstream socket"}
-            elif context.upstream.forward(parts[0], session.client_id, parts[1]):
-                reply = {"ok": True}
             else:
-                reply = {"ok": False, "error": "upstream full"}
+                topic = socket.prefix + parts[0]
+                if not socket.session.rights.may_write(topic):
+                    stats.writes_refused += 1
+                    reply = {"ok": False, "error": "topic not allowed for writing"}
+                elif not context.upstream.can_forward:
+                    reply = {"ok": False, "error": "no upstream socket"}
+                elif context.upstream.forward(topic, socket.client_id, parts[1]):
+                    reply = {"ok": True}
+                else:
+                    reply = {"ok": False, "error": "upstream full"}
         if packet.id is not None:
-            self.engine.send(session, [(eio.MESSAGE, eio.encode_sio(eio.ACK, [reply], ack_id=packet.id))])
+            self.engine.send(socket.session, [(eio.MESSAGE, eio.encode_sio(
+                eio.ACK, [reply], nsp=socket.nsp, ack_id=packet.id))])
 
     @staticmethod
     def _upstream_parts(name: Any, value: Any) -> Optional[Tuple[bytes, bytes]]:
@@ -312,15 +414,25 @@ class SocketIOLayer:
         except UnicodeError:
             return None
 
-    def _change_topics(self, session: EngineSession, action: str, value: Any) -> Dict[str, Any]:
+    def _change_topics(self, socket: NamespaceSocket, action: str, value: Any) -> Dict[str, Any]:
+        """``subscribe``/``unsubscribe`` under the socket's namespace; the ack shows its topics
+        as the client names them (without the namespace's part)."""
         topics = [value] if isinstance(value, str) else value
         if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
             return {"error": "give a topic or a list of topics"}
         hub = self.context.hub
+        prefix = socket.prefix
+        skip = len(prefix)
         try:
-            prefixes = hub.change_topics(session.member, action, topics)
+            wanted = [prefix + t.encode("utf-8") for t in topics]
+            before = list(hub.subscribers[socket].prefixes)
+            prefixes = hub.change_topics(socket, action, wanted)
+            if action == "subscribe" and socket.all_topics:
+                # The first subscribe of a socket that named no topic replaces "all it may read".
+                socket.all_topics = False
+                prefixes = hub.change_topics(socket, "unsubscribe", [p for p in before if p not in wanted])
         except (TopicRefused, UnicodeError) as exc:
             reason = exc.reason if isinstance(exc, TopicRefused) else "topics must be UTF-8"
-            current = hub.subscribers[session.member].prefixes
-            return {"error": reason, "topics": [p.decode("utf-8", "replace") for p in current]}
-        return {"topics": [p.decode("utf-8", "replace") for p in prefixes]}
+            current = hub.subscribers[socket].prefixes
+            return {"error": reason, "topics": [p[skip:].decode("utf-8", "replace") for p in current]}
+        return {"topics": [p[skip:].decode("utf-8", "replace") for p in prefixes]}
