@@ -460,7 +460,8 @@ def table(results: List[Dict[str, Any]], args: argparse.Namespace) -> str:
         if r["stack"] == "websockets" and "error" not in r:
             base[(r["clients"], r["size"], r["rate"], r.get("deflate"))] = r["deliveries_per_s"]
     head = ("| stack | clients | msg B | msgs | offered msg/s | deliveries/s | loss % | "
-            "latency p50 / p99 / max ms | gateway CPU s | CPU µs/delivery | wire B/msg | gateway RSS MB | client CPU % (CPU busy %) | "
+            "latency p50 / p99 / max ms | gateway CPU s | CPU µs/delivery | wire B/msg | gateway RSS MB | "
+            "client CPU % (CPU busy %) | "
             "vs websockets | notes |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:

@@ -108,7 +108,7 @@ def main() -> int:
                 break
             except OSError:
                 if time.monotonic() > deadline or gw.poll() is not None:
-                    raise RuntimeError("the gateway did not start")
+                    raise RuntimeError("the gateway did not start") from None
                 time.sleep(0.05)
         time.sleep(args.settle)
         rows = [(0, rss_kb(gw.pid), 0, 0.0)]
@@ -139,7 +139,8 @@ def main() -> int:
         base = rows[0][1]
         print(f"zmqws pid {gw.pid}; {args.procs} client processes; settle {args.settle:g} s; "
               f"gateway args: {args.gateway_args or '(defaults)'}\n")
-        print("| open connections | gateway VmRSS MB | growth MB | bytes per connection | refused | time to open the step s |")
+        print("| open connections | gateway VmRSS MB | growth MB | bytes per connection | refused "
+              "| time to open the step s |")
         print("|---|---|---|---|---|---|")
         for n, kb, failed, took in rows:
             per = f"{(kb - base) * 1024 / n:,.0f}" if n else "-"

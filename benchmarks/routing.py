@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Routing cost: time to route and queue one message, as the number of topics grows.
 
-The gateway's own code path (Gateway._take → Router.match → _send_batch →
-fanout) runs in-process on fake clients (an output queue each, no sockets),
+The gateway's own code path (Hub.take → Router.match → Hub.flush → the
+WebSocket wire's encoding → OutputQueues.fanout) runs in-process on fake clients (an output queue each, no sockets),
 so what is measured is the routing and queueing work of the loop, without
 system calls.  Every client subscribes to its own topic; each message is
 published on one topic, so it has exactly one recipient.  If routing cost
@@ -33,24 +33,30 @@ class FakeClient:
 def measure(topics: int, per_topic: int, messages: int, batch: int) -> float:
     """Microseconds per message routed to the ``per_topic`` clients of one topic."""
     gateway = Gateway(None, 0, history=1000)
-    clients = []
+    hub = gateway.hub
+    wire = gateway.websocket.context.websocket_wire(None)
+    by_topic = []
     for t in range(topics):
-        for _ in range(per_topic):
-            client = FakeClient()
-            gateway.router.add(client, [b"topic.%d." % t], "payload", None)
-            clients.append(client)
+        members = [FakeClient() for _ in range(per_topic)]
+        for client in members:
+            hub.router.add(client, [b"topic.%d." % t], "payload", wire)
+        by_topic.append(members)
     names = [b"topic.%d.x" % t for t in range(topics)]
     payload = b"x" * 64
-    take, send = gateway._take, gateway._send_batch
+    take, send = hub.take, hub.flush
+    sent_to = []
     started = time.thread_time()  # CPU time of this thread: robust to other load on the machine
     for i in range(messages):
-        take(names[(i * 7919) % topics], payload)
+        t = (i * 7919) % topics
+        take(names[t], payload)
+        sent_to.append(t)
         if i % batch == batch - 1:
             send()
-            for c in gateway._dirty:  # what the writer would write: the clients given output
-                c.session.out.clear()
-                c.session.out_bytes = 0
-            gateway._dirty.clear()
+            for t in sent_to:  # what the writer would write: the queues given output
+                for c in by_topic[t]:
+                    c.session.out.clear()
+                    c.session.out_bytes = 0
+            sent_to.clear()
     send()
     took = time.thread_time() - started
     assert gateway.stats.messages_out == messages * per_topic

@@ -163,8 +163,9 @@ def wait_open(page, transport: str, log: PageLog, timeout: float = 15.0) -> None
                           && tr.textContent.trim().toLowerCase().includes(t));
             }""", arg=transport, timeout=timeout * 1000, polling=50)
     except Exception as exc:
-        state = page.evaluate("""() => [document.querySelector('#state') && document.querySelector('#state').textContent,
-                                          document.querySelector('#transport') && document.querySelector('#transport').textContent]""")
+        state = page.evaluate("""() => [
+            document.querySelector('#state') && document.querySelector('#state').textContent,
+            document.querySelector('#transport') && document.querySelector('#transport').textContent]""")
         raise AssertionError(f"the page did not open over {transport}: #state/#transport = {state}\n{log}") from exc
 
 
@@ -419,7 +420,8 @@ def test_page_short_ids_gateway_counters_and_no_horizontal_scroll(demo_gateway, 
     # every log row shows the id's last 6 digits; the full id is in its title
     page.wait_for_function("() => document.querySelectorAll('#log .msg').length >= 20", timeout=5000)
     rows = page.eval_on_selector_all(
-        "#log .msg", "rows => rows.map(r => [r.dataset.id, r.querySelector('.id').textContent, r.querySelector('.id').title])")
+        "#log .msg",
+        "rows => rows.map(r => [r.dataset.id, r.querySelector('.id').textContent, r.querySelector('.id').title])")
     for full, shown, title in rows:
         assert shown == "#\u2026" + full[-6:] and title == f"id {full}", (full, shown, title)
     last, shown, title = page.evaluate("() => { const e = document.querySelector('#last-id');"

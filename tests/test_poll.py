@@ -46,7 +46,7 @@ def test_poll_returns_what_was_missed_at_once_in_bounded_batches(make_gateway, h
 def test_poll_bounded_by_bytes(make_gateway, http_conn):
     gw = make_gateway(None, poll_max_bytes=2500, subscribe_all=True)
     base = gw.last_id
-    for i in range(10):
+    for _ in range(10):
         gw.publish("x" * 1000, topic="big")
     wait_until(lambda: gw.last_id == base + 10)
     conn = http_conn(gw.port)

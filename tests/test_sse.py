@@ -119,7 +119,8 @@ def test_sse_events_ids_json_and_topic_filter(make_gateway, pub, sse_client, wai
     (b"\n\nleading blank lines", "\n\nleading blank lines"),
     (b"", ""),
     (b" leading space", " leading space"),
-    (b"data: looks like a field\n: looks like a comment\n\nid: 99", "data: looks like a field\n: looks like a comment\n\nid: 99"),
+    (b"data: looks like a field\n: looks like a comment\n\nid: 99",
+     "data: looks like a field\n: looks like a comment\n\nid: 99"),
     ("\u00e9t\u00e9 \u2603\n\U0001f600".encode(), "\u00e9t\u00e9 \u2603\n\U0001f600"),
 ])
 def test_sse_multiline_payloads_reassemble(make_gateway, sse_client, payload, expected):

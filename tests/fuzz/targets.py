@@ -65,7 +65,7 @@ def _check_request(request) -> None:
     """Every accessor of a parsed request, then the upgrade checks; HTTPError only."""
     assert request.method and request.target and request.version in ("HTTP/1.1", "HTTP/1.0")
     assert request.path.startswith("/") or request.path
-    request.keep_alive
+    assert request.keep_alive in (True, False)
     request.header("host")
     request.tokens("connection")
     request.query_value("topic")
