@@ -55,7 +55,7 @@ def start_error(config: GatewayConfig, exc: Exception) -> str:
     from .gateway import EndpointError
 
     if isinstance(exc, EndpointError):
-        flag = {"SUB": "--sub", "PUSH": "--push", "PUB": "--pub"}[exc.kind]
+        flag = {"SUB": "--sub", "PUSH": "--push", "PUB": "--pub", "RPC": "--rpc"}[exc.kind]
         return f"{flag} {exc.endpoint}: {exc.reason}{' (with --bind)' if config.upstream.bind else ''}"
     if isinstance(exc, OSError):  # the listening socket is the only OSError start() raises
         return listen_error(config.server.host, config.server.port, exc)
