@@ -429,3 +429,34 @@ def test_metrics_show_the_rpc_counters(rpc_gateway, app):
     _, _, body = http_exchange(gateway.port, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert b"zmqws_rpc_requests_total 1\n" in body
     assert b"zmqws_rpc_timeouts_total 0\n" in body
+
+
+def test_workers_each_have_their_dealer_and_replies_find_their_worker(spawn, app):
+    parent = spawn(sys.executable, "-m", "zmqws", "--rpc", app.endpoint, "--workers", "2", "--port", "0")
+    port = int(parent.wait_for_line("stderr", r"listening on port (\d+) with 2 workers", timeout=30).group(1))
+    for _ in range(2):  # one DEALER per worker
+        assert app.monitor.poll(10_000), "a worker's DEALER did not connect"
+        recv_monitor_message(app.monitor)
+    time.sleep(0.05)
+    identities = set()
+
+    async def client(n: int) -> Any:
+        async with ws_connect(port) as ws:
+            await _ws_request(ws, n, "t", n)
+            return json.loads(await ws.recv())
+
+    async def clients() -> List[Any]:
+        tasks = [asyncio.ensure_future(client(n)) for n in range(8)]
+        answered = 0
+        while answered < 8:
+            await asyncio.sleep(0.01)
+            while app.router.poll(0):
+                identity, *parts = app.router.recv_multipart()
+                if parts[0] == b"request":
+                    identities.add(identity)
+                    app.router.send_multipart([identity, b"reply", parts[1], parts[2], b"ok", parts[4]])
+                    answered += 1
+        return await asyncio.gather(*tasks)
+
+    assert run_async(clients(), timeout=30) == [{"reply": n, "data": n} for n in range(8)]
+    assert 1 <= len(identities) <= 2
