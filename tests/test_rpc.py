@@ -433,6 +433,14 @@ def test_metrics_show_the_rpc_counters(rpc_gateway, app):
 
 def test_workers_each_have_their_dealer_and_replies_find_their_worker(spawn, app):
     parent = spawn(sys.executable, "-m", "zmqws", "--rpc", app.endpoint, "--workers", "2", "--port", "0")
+    try:
+        _workers_answer(parent, app)
+    finally:  # a graceful stop: the workers stop with the parent (a SIGKILL would orphan them)
+        parent.popen.terminate()
+        parent.popen.wait(20)
+
+
+def _workers_answer(parent: Any, app: Application) -> None:
     port = int(parent.wait_for_line("stderr", r"listening on port (\d+) with 2 workers", timeout=30).group(1))
     for _ in range(2):  # one DEALER per worker
         assert app.monitor.poll(10_000), "a worker's DEALER did not connect"

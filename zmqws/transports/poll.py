@@ -88,7 +88,7 @@ class PollTransport:
         for prefix in query.prefixes:
             hub.want(prefix)
         behind = since is not None and hub.config.upstream_ids and since > hub.last_id
-        if context.rpc is not None and client not in self._rpc_clients:
+        if context.rpc is not None and not context.rpc.knows(client_id_of(client)):
             self._rpc_connected(client, request, query.prefixes)
         try:
             sent: List[Any] = list(self._sends.pop(client, ()))
@@ -124,7 +124,12 @@ class PollTransport:
         self.context.rpc.connected(client_id_of(client), self, client, client_info(
             self.name, address_text(client.address), client.rights, prefixes, query=request.query))
         if self._sweep_timer is None:
-            self._sweep_timer = self.context.server.loop.call_later(1.0, self._sweep)
+            self._sweep_later()
+
+    def _sweep_later(self) -> None:
+        loop = self.context.server.loop
+        assert loop is not None
+        self._sweep_timer = loop.call_later(1.0, self._sweep)
 
     def _sweep(self) -> None:
         """Once a second while the application knows poll clients: those whose connection is
@@ -137,7 +142,7 @@ class PollTransport:
             self._sends.pop(client, None)
             rpc.disconnected(client_id_of(client), "closed")
         if self._rpc_clients and not self.context.server.stopping:
-            self._sweep_timer = self.context.server.loop.call_later(1.0, self._sweep)
+            self._sweep_later()
 
     def rpc_send(self, client: "Client", topic: bytes, payload: bytes, _attachments: List[bytes]) -> bool:
         """The application's ``send``: the held poll's answer, or waiting for the next poll."""
