@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Dict, List, Optional
 
@@ -383,7 +384,6 @@ def test_post_rpc(rpc_gateway, app, status, payload, expected):
     def application() -> None:
         result.update(_answer_next_request(app, status, payload))
 
-    import threading
     thread = threading.Thread(target=application)
     thread.start()
     code, headers, body = http_exchange(gateway.port, _post(gateway.port, b'{"topic":"orders.sum","data":[1,2]}'))
@@ -415,6 +415,8 @@ def test_cli_takes_rpc_without_sub():
     result = subprocess.run([sys.executable, "-m", "zmqws", "--rpc", "tcp://127.0.0.1:5599", "--port", "0",
                              "--check"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout == "zmqws: configuration OK\n", result.stderr
+    with pytest.raises(SystemExit):  # the workers cannot all bind one endpoint
+        parse_args(["--rpc", "tcp://*:5599", "--bind", "--workers", "2"])
 
 
 def test_metrics_show_the_rpc_counters(rpc_gateway, app):

@@ -102,5 +102,7 @@ class HttpRpcTransport:
 
     def rpc_close(self, client: "Client", _code: int, _reason: str) -> None:
         """The application's ``close``: the connection is dropped unanswered."""
-        self.context.rpc.disconnected(client_id_of(client), "closed")  # type: ignore[union-attr]
+        rpc = self.context.rpc
+        assert rpc is not None
+        rpc.disconnected(client_id_of(client), "closed")
         self.context.server.abort(client)
