@@ -110,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
             help="forward client messages upstream on a PUB (an XPUB with XPUB_NODROP: "
                  "a message a subscriber's full queue cannot take is dropped and counted) "
                  "instead of PUSH")
+    _option(src, "--rpc", "rpc_endpoint", metavar="ENDPOINT",
+            help="the two-way channel: a DEALER to the application's ROUTER (connects, or binds "
+                 "with --bind) for client requests and replies, messages to and from one client, "
+                 "connect/disconnect events; see docs/two-way.md")
+    _option(src, "--rpc-max-inflight", type=int, metavar="N",
+            help="requests of one client waiting for their reply at most; beyond, an error reply "
+                 "'too many requests in flight' (default: %(default)s)")
+    _option(src, "--rpc-timeout", type=_seconds, metavar="S",
+            help="a request not answered within this gets the error reply 'timeout' "
+                 "(default: %(default)s)")
     _option(src, "--upstream-topic", metavar="TOPIC",
             help="topic of forwarded client messages that name none (default: %(default)s)")
     _option(src, "--history", type=int, metavar="N",
@@ -370,8 +380,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         except ConfigError as exc:  # the file is at fault, not the usage: no usage text
             fail(str(exc))
             raise SystemExit(2) from None
-    if not args.sub_endpoints and not args.demo:
-        parser.error("give at least one --sub ENDPOINT (or --demo)")
+    if not args.sub_endpoints and not args.demo and not args.rpc_endpoint:
+        parser.error("give at least one --sub ENDPOINT (or --rpc ENDPOINT, or --demo)")
+    if args.rpc_max_inflight < 1 or args.rpc_timeout <= 0:
+        parser.error("--rpc-max-inflight must be at least 1 and --rpc-timeout more than 0")
+    if args.rpc_endpoint and args.bind and args.workers > 1:
+        parser.error("--rpc with --bind and --workers: the workers cannot all bind one endpoint; "
+                     "let the application bind its ROUTER and the workers connect")
     if args.push_endpoint and args.pub_endpoint:
         parser.error("give --push or --pub, not both")
     if args.keyfile and not args.certfile:

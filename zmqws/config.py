@@ -96,7 +96,7 @@ class HubConfig:
 
 @dataclass(frozen=True)
 class UpstreamConfig:
-    """The ZeroMQ side (:mod:`zmqws.upstream`)."""
+    """The ZeroMQ side (:mod:`zmqws.upstream`, and the two-way channel: :mod:`zmqws.rpc`)."""
 
     sub_endpoints: Tuple[str, ...] = ()
     bind: bool = False
@@ -109,10 +109,15 @@ class UpstreamConfig:
     ready_any: bool = False
     upstream_log_interval: float = RETRY_LOG_INTERVAL
     upstream_status_file: Optional[str] = None
+    rpc_endpoint: Optional[str] = None  # the two-way DEALER (zmqws.rpc)
+    rpc_max_inflight: int = 32
+    rpc_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if self.push_endpoint and self.pub_endpoint:
             raise ValueError("give push_endpoint or pub_endpoint, not both")
+        if self.rpc_max_inflight < 1 or self.rpc_timeout <= 0:
+            raise ValueError("rpc_max_inflight must be at least 1 and rpc_timeout more than 0")
 
 
 @dataclass(frozen=True)

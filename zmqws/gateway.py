@@ -7,6 +7,8 @@
                                    history)     per wire kind)   per loop turn)
 
 * :class:`~zmqws.upstream.UpstreamSockets`: the ZeroMQ sockets;
+* :class:`~zmqws.rpc.Rpc`: the two-way channel (``rpc_endpoint``): requests,
+  messages and client events to the application, its replies, sends and closes;
 * :class:`~zmqws.hub.Hub`: ids, history, routes, upstream subscription counts,
   rights and topic caps, resume and gap notices, rates;
 * the transports (:mod:`zmqws.transports`): WebSocket, SSE, long-poll,
@@ -33,8 +35,10 @@ from .config import ENVELOPES, GatewayConfig
 from .httpapp import HttpApp
 from .hub import Hub
 from .peer import Client
+from .rpc import Rpc
 from .server import WebSocketServer
-from .transports import Context
+from .transports import Context, client_id_of
+from .transports.http import HttpRpcTransport
 from .transports.poll import PollTransport
 from .transports.engineio import EngineIOTransport
 from .transports.socketio import SocketIOLayer
@@ -109,6 +113,13 @@ class Gateway(WebSocketServer):
       ``upstream_status_file``: the upstream endpoints' state as a forwarder
       in front of this gateway sees it (``{endpoint: connected}`` in JSON, kept
       by :class:`zmqws.proxy.Sequencer`; set by ``--workers``).
+    * ``rpc_endpoint``: the two-way channel (:mod:`zmqws.rpc`, docs/two-way.md): a
+      DEALER (connects, or binds with ``bind=True``) to the application's ROUTER:
+      client requests (``{"rpc": ID, ...}`` over WebSocket, ``POST /rpc``),
+      messages (without ``push_endpoint``/``pub_endpoint``), connect and
+      disconnect events; the application's replies, sends and closes.
+      ``rpc_max_inflight`` requests per client at most, ``rpc_timeout`` seconds
+      each; ``upstream_hwm`` is the DEALER's send high-water mark too.
     * ``rcvhwm``: the SUB socket's receive high-water mark (messages).
     * ``drain_budget``: most messages taken from ZeroMQ per loop turn.
     * ``zmq_context``: a context to use (default: a new one, terminated on stop).
@@ -136,10 +147,14 @@ class Gateway(WebSocketServer):
         self.hub = Hub(config.hub, self.stats, self.output, self.upstream.subscribe, self.upstream.unsubscribe,
                        self._call_later, behind_timeout=config.server.handshake_timeout)
         self.upstream.hub = self.hub
-        context = Context(self, self.hub, self.upstream, config.transports, config.http.cors_origins)
+        self.rpc = (Rpc(config.upstream, self.stats, self.upstream.send_rpc, self._call_later)
+                    if config.upstream.rpc_endpoint else None)
+        self.upstream.rpc = self.rpc
+        context = Context(self, self.hub, self.upstream, config.transports, config.http.cors_origins, self.rpc)
         self.websocket = WebSocketTransport(context)
         self.sse = SseTransport(context)
         self.poll = PollTransport(context)
+        self.http_rpc = HttpRpcTransport(context) if self.rpc is not None else None
         self.socketio = SocketIOLayer(context) if config.transports.socketio else None
         self.http = HttpApp(self, config.http, config.server.authenticate, config.upstream.ready_any,
                             {"/events": self.sse.start, "/poll": self.poll.start})
@@ -254,16 +269,24 @@ class GatewayApp(App):
         if self.gateway.snapshots is not None:
             self.gateway.snapshots.close()
 
+    def _rpc_for(self, request: "Request") -> Optional[HttpRpcTransport]:
+        """``POST /rpc`` when ``request`` is for it (with ``rpc_endpoint``)."""
+        http_rpc = self.gateway.http_rpc
+        return http_rpc if http_rpc is not None and request.path == http_rpc.path else None
+
     def handle_http(self, client: Client, request: "Request") -> Optional[bytes]:
         sio = self._sio_for(request)
         if sio is not None:
             sio.handle_http(client, request)
             return None
+        http_rpc = self._rpc_for(request)
+        if http_rpc is not None:
+            return http_rpc.handle(client, request)
         return self.gateway.http.handle(client, request)
 
     def body_limit(self, request: "Request") -> int:
-        """Only Engine.IO's POST carries a body (packets, up to ``max_message_size``)."""
-        if request.method == "POST" and self._sio_for(request) is not None:
+        """Only Engine.IO's POST (packets) and ``POST /rpc`` carry a body, up to ``max_message_size``."""
+        if request.method == "POST" and (self._sio_for(request) is not None or self._rpc_for(request) is not None):
             return self.gateway.max_message_size
         return 0
 
@@ -300,6 +323,11 @@ class GatewayApp(App):
 
     def on_close(self, client: Client) -> None:
         self._gone(client)
+        rpc = self.gateway.rpc
+        if rpc is not None:
+            ws = client.ws
+            reason = "closed" if ws is None else f"{ws.close_code or 1006} {ws.close_reason}".rstrip()
+            rpc.disconnected(client_id_of(client), reason)
         super().on_close(client)
 
     def _gone(self, client: Client) -> None:

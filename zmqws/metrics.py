@@ -74,6 +74,17 @@ _COUNTERS = [
     ("upstream_missed", "zmqws_upstream_missed_total", "message ids skipped by those jumps"),
     ("send_errors", "zmqws_send_errors_total",
      "routes whose messages of a loop turn could not be sent (an internal error)"),
+    ("rpc_requests", "zmqws_rpc_requests_total", "requests sent to the application (--rpc)"),
+    ("rpc_replies", "zmqws_rpc_replies_total", "replies of the application delivered to the client that asked"),
+    ("rpc_messages", "zmqws_rpc_messages_total", "client messages sent to the application as 'message' frames"),
+    ("rpc_sends", "zmqws_rpc_sends_total", "'send' frames of the application delivered to their client"),
+    ("rpc_closes", "zmqws_rpc_closes_total", "'close' frames of the application applied to their client"),
+    ("rpc_timeouts", "zmqws_rpc_timeouts_total", "requests not answered within --rpc-timeout"),
+    ("rpc_refused", "zmqws_rpc_refused_total", "requests refused: --rpc-max-inflight requests of the client waiting"),
+    ("rpc_unavailable", "zmqws_rpc_unavailable_total",
+     "frames not sent to the application: none connected, or its high-water mark reached"),
+    ("rpc_unknown", "zmqws_rpc_unknown_total",
+     "frames of the application for a client or request not known (gone, timed out) or that cannot take them"),
 ]
 
 _DROP_CAUSES = [

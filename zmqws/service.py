@@ -55,7 +55,7 @@ def start_error(config: GatewayConfig, exc: Exception) -> str:
     from .gateway import EndpointError
 
     if isinstance(exc, EndpointError):
-        flag = {"SUB": "--sub", "PUSH": "--push", "PUB": "--pub"}[exc.kind]
+        flag = {"SUB": "--sub", "PUSH": "--push", "PUB": "--pub", "RPC": "--rpc"}[exc.kind]
         return f"{flag} {exc.endpoint}: {exc.reason}{' (with --bind)' if config.upstream.bind else ''}"
     if isinstance(exc, OSError):  # the listening socket is the only OSError start() raises
         return listen_error(config.server.host, config.server.port, exc)
@@ -85,10 +85,14 @@ def serve(gateway: "Gateway", config: GatewayConfig, demo: bool = False) -> int:
         host = config.server.host
         shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
         ws_scheme, http_scheme = ("wss", "https") if config.server.ssl_context else ("ws", "http")
-        log.info("zmqws %s listening on %s://%s:%d/ (page: %s://%s:%d/), SUB %s %s",
+        upstream = config.upstream
+        verb = "bound to" if upstream.bind else "connecting to"
+        sockets = [f"SUB {verb} {', '.join(upstream.sub_endpoints)}"] if upstream.sub_endpoints else []
+        if upstream.rpc_endpoint:
+            sockets.append(f"RPC {verb} {upstream.rpc_endpoint}")
+        log.info("zmqws %s listening on %s://%s:%d/ (page: %s://%s:%d/), %s",
                  __version__, ws_scheme, host, gateway.port, http_scheme, shown_host, gateway.port,
-                 "bound to" if config.upstream.bind else "connecting to",
-                 ", ".join(config.upstream.sub_endpoints))
+                 ", ".join(sockets))
         if demo:
             print(f"zmqws demo: open {http_scheme}://{shown_host}:{gateway.port}/ in a browser "
                   "(Ctrl-C to stop)", flush=True)

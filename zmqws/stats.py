@@ -23,7 +23,11 @@ class Stats:
     not forwarded because the client may not write their topic;
     ``upstream_gaps``/``upstream_missed``: with upstream ids, jumps in the ids
     seen while every topic is subscribed, and the ids they skipped;
-    ``send_errors``: routes whose messages of a loop turn could not be encoded or queued.
+    ``send_errors``: routes whose messages of a loop turn could not be encoded or queued;
+    ``rpc_*``: the two-way channel (:mod:`zmqws.rpc`): requests sent, replies delivered,
+    messages sent, sends delivered, closes applied, requests timed out, requests refused
+    over ``rpc_max_inflight``, frames not sent (no application, or its high-water mark),
+    frames from the application naming a client or request no longer (or never) known.
     """
 
     __slots__ = ("connections", "ws_connections", "http_requests", "http_errors",
@@ -34,7 +38,9 @@ class Stats:
                  "refused", "forbidden", "tls_errors", "idle_closed", "malformed", "sio_sessions",
                  "topics_refused", "writes_refused",
                  "pipeline_paused", "requests_capped", "host_refused",
-                 "bodies_refused", "upstream_gaps", "upstream_missed", "send_errors", "closes")
+                 "bodies_refused", "upstream_gaps", "upstream_missed", "send_errors",
+                 "rpc_requests", "rpc_replies", "rpc_messages", "rpc_sends", "rpc_closes", "rpc_timeouts",
+                 "rpc_refused", "rpc_unavailable", "rpc_unknown", "closes")
 
     # every counter is an int (set to 0 in __init__); closes maps a close code to a count
     connections: int
@@ -74,6 +80,15 @@ class Stats:
     upstream_gaps: int
     upstream_missed: int
     send_errors: int
+    rpc_requests: int
+    rpc_replies: int
+    rpc_messages: int
+    rpc_sends: int
+    rpc_closes: int
+    rpc_timeouts: int
+    rpc_refused: int
+    rpc_unavailable: int
+    rpc_unknown: int
     closes: Dict[int, int]
 
     def __init__(self) -> None:

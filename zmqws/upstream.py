@@ -1,11 +1,14 @@
-"""The ZeroMQ side: the SUB socket in, the PUSH/PUB socket out, and their monitor.
+"""The ZeroMQ side: the SUB socket in, the PUSH/PUB socket out, the two-way DEALER, and the monitor.
 
 :class:`UpstreamSockets` drains the SUB socket each loop turn (up to
 ``drain_budget`` messages) into :meth:`zmqws.hub.Hub.take`, subscribes and
 unsubscribes as the hub asks, forwards client messages upstream as
 ``[topic, client id, payload]`` without ever blocking, and watches its
 endpoints with ZeroMQ's socket monitor (:mod:`zmqws.monitor`) for
-``/readyz`` and the upstream log lines.
+``/readyz`` and the upstream log lines.  With ``rpc_endpoint`` a DEALER
+carries the two-way channel's frames (:mod:`zmqws.rpc`): sent without ever
+blocking (``IMMEDIATE``: no queue for an application not connected), drained
+each turn into :meth:`zmqws.rpc.Rpc.on_frames`.
 
 With ``upstream_ids`` every message is ``[first part, 8-byte big-endian id,
 other parts...]`` as a sequencer stamps it (``python -m zmqws.proxy
@@ -18,7 +21,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import zmq
 
@@ -28,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import UpstreamConfig
     from .hub import Hub
     from .loop import Loop
+    from .rpc import Rpc
     from .stats import Stats
 
 __all__ = ["UpstreamSockets", "EndpointError"]
@@ -38,7 +42,7 @@ GAP_SETTLE = 1.0  # seconds a catch-all subscription must have held before id ju
 
 
 class EndpointError(ValueError):
-    """A ZeroMQ endpoint the gateway cannot bind or connect (``kind``: SUB, PUSH or PUB)."""
+    """A ZeroMQ endpoint the gateway cannot bind or connect (``kind``: SUB, PUSH, PUB or RPC)."""
 
     def __init__(self, kind: str, endpoint: str, verb: str, reason: str) -> None:
         super().__init__(f"cannot {verb} {kind} socket to {endpoint!r}: {reason}")
@@ -62,9 +66,10 @@ def _endpoint_reason(exc: zmq.ZMQError) -> str:
 
 
 class UpstreamSockets:
-    """See the module docstring.  ``hub`` is set before :meth:`open`."""
+    """See the module docstring.  ``hub`` (and ``rpc`` with ``rpc_endpoint``) are set before :meth:`open`."""
 
     hub: "Hub"
+    rpc: Optional["Rpc"] = None
 
     def __init__(self, config: "UpstreamConfig", stats: "Stats",
                  context: Optional[zmq.Context[Any]] = None) -> None:
@@ -75,6 +80,7 @@ class UpstreamSockets:
         self._loop: Optional["Loop"] = None
         self._sub: Optional[zmq.Socket[Any]] = None
         self._out: Optional[zmq.Socket[Any]] = None
+        self._dealer: Optional[zmq.Socket[Any]] = None
         self._monitor: Optional[UpstreamMonitor] = None
         self._catch_all_since: Optional[float] = None  # when b"" was subscribed (gap detection)
         self._gap_logged_at = float("-inf")
@@ -115,6 +121,13 @@ class UpstreamSockets:
                 loop.register(out, zmq.POLLIN, self._on_out)
             self._attach(out, config.push_endpoint or config.pub_endpoint or "",
                          "PUSH" if config.push_endpoint else "PUB")
+        if config.rpc_endpoint:
+            dealer = self._dealer = self._context.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.setsockopt(zmq.SNDHWM, config.upstream_hwm)
+            dealer.setsockopt(zmq.IMMEDIATE, 1)  # no peer: send says so at once (no queue for nobody)
+            self._attach(dealer, config.rpc_endpoint, "RPC")
+            loop.register(dealer, zmq.POLLIN, self._on_rpc)
         loop.register(sub, zmq.POLLIN, self._on_sub)
 
     def _attach(self, sock: zmq.Socket[Any], endpoint: str, kind: str) -> None:
@@ -137,12 +150,12 @@ class UpstreamSockets:
             if self._sub is not None:
                 self._sub.disable_monitor()
             monitor.socket.close(linger=0)
-        for sock in (self._sub, self._out):
+        for sock in (self._sub, self._out, self._dealer):
             if sock is not None:
                 if self._loop is not None:
                     self._loop.unregister(sock)  # a no-op for a socket never registered
                 sock.close(linger=0)
-        self._sub = self._out = None
+        self._sub = self._out = self._dealer = None
         if self._own_context and self._context is not None:
             self._context.term()
             self._context = None
@@ -249,6 +262,34 @@ class UpstreamSockets:
             return False
         self.stats.upstream_messages += 1
         return True
+
+    def send_rpc(self, parts: List[bytes]) -> bool:
+        """Frames of the two-way channel to the application; False when the DEALER would block
+        (no application connected, or its high-water mark reached)."""
+        if self._dealer is None:
+            return False
+        try:
+            self._dealer.send_multipart(parts, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+    def _on_rpc(self, _revents: int) -> None:
+        """The application's frames (up to ``drain_budget`` per turn), to the rpc room."""
+        assert self._dealer is not None and self.rpc is not None
+        recv = self._dealer.recv_multipart
+        on_frames = self.rpc.on_frames
+        for _ in range(self.config.drain_budget):
+            try:
+                parts = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            on_frames(parts)
+
+    def rpc_endpoint(self) -> str:
+        """The endpoint the DEALER bound or connected last (a bound ``tcp://...:*`` with its port)."""
+        assert self._dealer is not None
+        return str(self._dealer.getsockopt_string(zmq.LAST_ENDPOINT))
 
     def bound_endpoint(self) -> str:
         """The endpoint the SUB socket bound last (``tcp://127.0.0.1:*`` becomes its real port)."""

@@ -178,13 +178,19 @@
     this._connect();  // same transport, since=lastId; not a failure
   };
 
-  /** One object from the server: a gap notice, a message (deduplicated) or an ack (ignored). */
+  /** One object from the server: a gap notice, a message (deduplicated), a message the
+   *  application sent to this client alone (--rpc "send": id null, outside the numbered
+   *  stream) or an ack (ignored). */
   ZmqWs.prototype._receive = function (obj) {
     if (!obj || typeof obj !== "object") return;
     if (obj.gap) {
       // A gap from past our last id: ids of another run; take the server's from here on.
       if (this.lastId !== null && obj.gap[0] - 1 < this.lastId) this.lastId = obj.gap[0] - 1;
       emit(this, "ongap", [obj.gap[0], obj.gap[1]]);
+      return;
+    }
+    if (obj.id === null && "topic" in obj && "data" in obj) {
+      emit(this, "onmessage", [{id: null, topic: obj.topic, data: obj.data, binary: !!obj.binary}]);
       return;
     }
     if (typeof obj.id !== "number") return;

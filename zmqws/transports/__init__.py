@@ -20,11 +20,14 @@ is given.  A new transport is one new module here and one line in
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from ..protocol.errors import HTTPError
+from ..protocol.frames import OP_BINARY, OP_TEXT
+from ..protocol.utf8 import is_utf8
 from ..rights import TopicRefused
-from ..routing import MAX_ID_DIGITS, parse_id
+from ..routing import MAX_ID_DIGITS, Stored, parse_id
 from ..wire import Envelopes, WebSocketWire
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,10 +36,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..peer import Client
     from ..protocol.deflate import PerMessageDeflate
     from ..protocol.handshake import Request
+    from ..rpc import Rpc
     from ..server import WebSocketServer
     from ..upstream import UpstreamSockets
 
-__all__ = ["Context", "JoinQuery", "cors_headers"]
+__all__ = ["Context", "JoinQuery", "cors_headers", "client_id_of"]
 
 log = logging.getLogger("zmqws")
 
@@ -51,6 +55,12 @@ def cors_headers(request: "Request", origins: Sequence[str]) -> List[Tuple[str, 
     if origin in origins:
         return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
     return []
+
+
+def client_id_of(client: "Client") -> bytes:
+    """The id a client is known by upstream and to the application: ``PID.N`` (ASCII, unique
+    in this process, and across the processes of ``--workers``)."""
+    return f"{os.getpid()}.{client.id}".encode("ascii")
 
 
 class JoinQuery:
@@ -92,16 +102,17 @@ class JoinQuery:
 
 class Context:
     """What every transport is given: the server (connections and I/O), the hub, the
-    upstream sockets, its config, the CORS origins, the envelopes, and one WebSocket wire
-    per deflate window."""
+    upstream sockets, the two-way channel (None without ``rpc_endpoint``), its config, the
+    CORS origins, the envelopes, and one WebSocket wire per deflate window."""
 
-    __slots__ = ("server", "hub", "upstream", "config", "cors_origins", "envelopes", "_ws_wires")
+    __slots__ = ("server", "hub", "upstream", "rpc", "config", "cors_origins", "envelopes", "_ws_wires")
 
     def __init__(self, server: "WebSocketServer", hub: "Hub", upstream: "UpstreamSockets",
-                 config: "TransportConfig", cors_origins: Sequence[str] = ()) -> None:
+                 config: "TransportConfig", cors_origins: Sequence[str] = (), rpc: Optional["Rpc"] = None) -> None:
         self.server = server
         self.hub = hub
         self.upstream = upstream
+        self.rpc = rpc
         self.config = config
         self.cors_origins = cors_origins  # pages of these origins may read the HTTP transports
         self.envelopes = Envelopes(config.separator)
@@ -115,3 +126,13 @@ class Context:
         if wire is None:
             wire = self._ws_wires[key] = WebSocketWire(self.envelopes, deflate)
         return wire
+
+    def direct_message(self, topic: bytes, payload: bytes) -> Stored:
+        """A message the application sends to one client (``send``): outside the numbered
+        stream (no id, not in the history), text when it can be, as the hub decides."""
+        text = self.hub.config.payload_mode != "binary" and is_utf8(payload)
+        return Stored(None, topic, payload, OP_TEXT if text else OP_BINARY, True)  # type: ignore[arg-type]
+
+    def send_direct(self, client: "Client", frame: bytes) -> None:
+        """One encoded message to one client, under the slow-consumer policy like any other."""
+        self.server.fanout(frame, (client,), 1)

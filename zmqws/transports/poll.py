@@ -8,19 +8,29 @@ answer is a JSON array of ``json``-envelope messages, bounded by
 poll, which asks ``since`` the last id); ``X-Zmqws-Last-Id`` carries the last
 id the gateway gave, so a client whose first poll comes back empty knows
 where to ask from.
+
+With ``--rpc`` a long-polling client is its (keep-alive) connection: the
+application is told of it at its first poll, and that it left once the
+connection is closed (seen within a second).  The application's ``send``
+answers the held poll (or the next one: up to ``poll_max_messages`` wait,
+more are dropped and counted) as a message without an id; its ``close``
+closes the connection.  Requests go through ``POST /rpc`` (:mod:`.http`).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
+from ..peer import GONE, address_text
+from ..rpc import client_info
 from ..wire import Wire, json_doc
-from . import JoinQuery
+from . import JoinQuery, client_id_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..peer import Client
+    from ..loop import Timer
     from ..protocol.handshake import Request
     from ..routing import Stored
     from . import Context
@@ -60,6 +70,9 @@ class PollTransport:
         self.context = context
         self.wire = PollWire(self)
         self._cors: Dict["Client", Cors] = {}  # held polls: the CORS headers of their answer
+        self._sends: Dict["Client", List["Stored"]] = {}  # --rpc: the application's sends for the next poll
+        self._rpc_clients: Dict["Client", None] = {}  # --rpc: connections the application knows
+        self._sweep_timer: Optional["Timer"] = None
 
     def start(self, client: "Client", request: "Request", cors: Cors) -> None:
         """``GET /poll?since=ID``: the messages after ID at once, or held until one comes."""
@@ -75,12 +88,16 @@ class PollTransport:
         for prefix in query.prefixes:
             hub.want(prefix)
         behind = since is not None and hub.config.upstream_ids and since > hub.last_id
+        if context.rpc is not None and not context.rpc.knows(client_id_of(client)):
+            self._rpc_connected(client, request, query.prefixes)
         try:
+            sent: List[Any] = list(self._sends.pop(client, ()))
             if since is not None and not behind:
                 notice, missed = hub.missed(query.prefixes, since)
-                if notice is not None or missed:
-                    self._respond(client, ([notice] if notice else []) + missed, cors)
-                    return
+                sent += ([notice] if notice else []) + missed
+            if sent:
+                self._respond(client, sent, cors)
+                return
             # Nothing yet: hold the request, routed like any client, until a message or the timeout.
             context.server.stats.polls_held += 1
             self._cors[client] = cors
@@ -98,6 +115,53 @@ class PollTransport:
 
     def gone(self, client: "Client") -> None:
         self._cors.pop(client, None)
+
+    # -- the two-way channel (zmqws.rpc) ------------------------------------------------------
+
+    def _rpc_connected(self, client: "Client", request: "Request", prefixes: List[bytes]) -> None:
+        assert self.context.rpc is not None
+        self._rpc_clients[client] = None
+        self.context.rpc.connected(client_id_of(client), self, client, client_info(
+            self.name, address_text(client.address), client.rights, prefixes, query=request.query))
+        if self._sweep_timer is None:
+            self._sweep_later()
+
+    def _sweep_later(self) -> None:
+        loop = self.context.server.loop
+        assert loop is not None
+        self._sweep_timer = loop.call_later(1.0, self._sweep)
+
+    def _sweep(self) -> None:
+        """Once a second while the application knows poll clients: those whose connection is
+        closed have left (between two polls a connection belongs to no transport)."""
+        self._sweep_timer = None
+        rpc = self.context.rpc
+        assert rpc is not None
+        for client in [c for c in self._rpc_clients if c.phase == GONE]:
+            del self._rpc_clients[client]
+            self._sends.pop(client, None)
+            rpc.disconnected(client_id_of(client), "closed")
+        if self._rpc_clients and not self.context.server.stopping:
+            self._sweep_later()
+
+    def rpc_send(self, client: "Client", topic: bytes, payload: bytes, _attachments: List[bytes]) -> bool:
+        """The application's ``send``: the held poll's answer, or waiting for the next poll."""
+        message = self.context.direct_message(topic, payload)
+        if client in self._cors:
+            self.answer(client, [message])
+            return True
+        waiting = self._sends.setdefault(client, [])
+        if len(waiting) >= self.context.config.poll_max_messages:
+            stats = self.context.server.stats
+            stats.drops += 1
+            stats.dropped_slow += 1  # a client that does not poll is a slow consumer
+        else:
+            waiting.append(message)
+        return True
+
+    def rpc_close(self, client: "Client", _code: int, _reason: str) -> None:
+        """The application's ``close``: the connection is closed (a held poll unanswered)."""
+        self.context.server.abort(client)
 
     def _respond(self, client: "Client", items: List[Any], cors: Cors) -> None:
         """A JSON array of messages (a gap notice first), bounded in count and bytes."""
