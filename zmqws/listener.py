@@ -13,7 +13,7 @@
 * The ``Host`` check (RFC 9110 §7.2) against DNS rebinding: ``allow_hosts``,
   and by default only loopback names when listening on a loopback address.
 * Refusals and accept errors are logged at most once every ``LOG_INTERVAL``
-  seconds per kind (:class:`LogLimiter`).
+  seconds per kind (:class:`zmqws.logs.LogLimiter`).
 """
 
 from __future__ import annotations
@@ -25,16 +25,17 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Callable, Dict, FrozenSet, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Optional, Protocol
 
 from .config import ServerConfig
 from .loop import POLLIN, Loop
+from .logs import LogLimiter
 from .peer import peer_host
 from .protocol import handshake
 from .protocol.handshake import HTTPError, Request
 from .stats import Stats
 
-__all__ = ["Listener", "LogLimiter", "FD_RESERVE", "ACCEPT_PAUSE", "LOG_INTERVAL"]
+__all__ = ["Listener", "FD_RESERVE", "ACCEPT_PAUSE", "LOG_INTERVAL"]
 
 log = logging.getLogger("zmqws")
 
@@ -68,27 +69,6 @@ class Server(Protocol):
     stopping: bool
 
 
-class LogLimiter:
-    """Log lines of one kind at most once every ``interval`` seconds, saying how many were held back."""
-
-    def __init__(self, interval: float = LOG_INTERVAL) -> None:
-        self.interval = interval
-        self._marks: Dict[str, Tuple[float, int]] = {}  # kind -> (last line, lines held back)
-
-    def log(self, level: int, kind: str, message: str, *args: Any,
-            extra: Optional[Dict[str, Any]] = None) -> None:
-        now = time.monotonic()
-        last, held = self._marks.get(kind, (-self.interval, 0))
-        if now - last < self.interval:
-            self._marks[kind] = (last, held + 1)
-            return
-        self._marks[kind] = (now, 0)
-        if held:
-            message += " (and %d more like it since the last line)"
-            args += (held,)
-        log.log(level, message, *args, extra=extra)
-
-
 class Listener:
     """The listening socket, the accept loop and the connection limits (see the module docstring).
 
@@ -118,7 +98,7 @@ class Listener:
         self._held_slots = 0  # connections counted for sessions without one (take_slot)
         self.sock: Optional[socket.socket] = None
         self.reserve_fd: Optional[int] = None  # given up to accept (and refuse) at the fd limit
-        self.log = LogLimiter()
+        self.log = LogLimiter(log, LOG_INTERVAL)
 
     # -- listening --------------------------------------------------------------------
 
