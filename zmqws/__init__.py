@@ -8,7 +8,8 @@ Runtime dependencies: the Python standard library and pyzmq.
 
 from typing import Any
 
-from .server import Client, WebSocketServer
+from .peer import Client
+from .server import WebSocketServer
 from .stats import Stats
 
 __version__ = "0.1.0"

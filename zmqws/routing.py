@@ -21,9 +21,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Deque, Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
 
-from .rights import topic_matches
-
-__all__ = ["Route", "Router", "Upstream", "History", "Stored", "topic_matches", "parse_id", "MAX_ID_DIGITS"]
+__all__ = ["Route", "Router", "Upstream", "History", "Stored", "parse_id", "MAX_ID_DIGITS"]
 
 MAX_ID_DIGITS = 20  # 2**64 - 1, the largest id an upstream sequencer stamps, has 20 digits
 

@@ -36,13 +36,13 @@ from .config import ServerConfig, server_config
 from .connections import Connections
 from .listener import Listener
 from .loop import Loop, Timer
-from .peer import HTTP, STREAM, TLS, WEBSOCKET, Client, peer_host
+from .peer import HTTP, STREAM, TLS, WEBSOCKET, Client
 from .protocol.connection import OPEN
 from .protocol.frames import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, OP_BINARY, OP_TEXT, encode_frame
 from .protocol.handshake import Request
 from .stats import Stats
 
-__all__ = ["WebSocketServer", "Client", "peer_host"]  # Client and peer_host: from zmqws.peer
+__all__ = ["WebSocketServer"]
 
 log = logging.getLogger("zmqws")
 
