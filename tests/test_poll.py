@@ -124,6 +124,7 @@ def test_poll_keep_alive_many_polls_on_one_connection(make_gateway, http_conn):
 def test_many_parked_polls_cost_no_thread_and_one_publish_answers_all(make_gateway):
     n = 200
     gw = make_gateway(None, poll_timeout=30)
+    # (<=, not ==: a thread of an earlier test, e.g. its file reader, may end meanwhile)
     threads_before = threading.active_count()
     socks = []
     try:
@@ -132,7 +133,7 @@ def test_many_parked_polls_cost_no_thread_and_one_publish_answers_all(make_gatew
             socks.append(sock)
             sock.sendall(b"GET /poll?topic=many.&format=json HTTP/1.1\r\nHost: localhost\r\n\r\n")
         wait_until(lambda: gw.stats.polls_held == n, message=f"{n} parked polls")
-        assert threading.active_count() == threads_before
+        assert threading.active_count() <= threads_before
         time.sleep(0.2)
         for sock in socks[:5]:  # nothing is answered before a message
             sock.settimeout(0.01)
@@ -145,7 +146,7 @@ def test_many_parked_polls_cost_no_thread_and_one_publish_answers_all(make_gatew
             assert status == 200
             assert [d["data"] for d in json.loads(body)] == ["for everyone"]
         assert time.monotonic() - start < 5
-        assert threading.active_count() == threads_before
+        assert threading.active_count() <= threads_before
         wait_until(lambda: len(gw.hub.router) == 0, message="the answered polls to leave their route")
     finally:
         for sock in socks:
