@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+import zmq
 from conftest import CHILD_ENV, ROOT, wait_subscribed, wait_until
 
 from zmqws.client import Printer, stream_url
@@ -236,3 +237,41 @@ def test_wss_with_insecure_and_certificate_check(make_gateway, pub, spawn, tmp_p
     prime(client, pub)
     publish(pub, b"a.x", range(3))
     assert read_seqs(client, 3) == [0, 1, 2]
+
+
+def test_rpc_sends_one_request_and_prints_the_reply(make_gateway, zmq_context, spawn):
+    """``--rpc TOPIC --data JSON``: the reply's data on stdout, status 0; an error reply on
+    stderr, status 1; a gateway without the two-way channel answers at once (status 1)."""
+    router = zmq_context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    monitor = router.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    endpoint = f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}"
+    gw = make_gateway(None, rpc_endpoint=endpoint)
+    assert monitor.poll(5000), "the gateway's DEALER did not connect"  # else a request fails at once
+
+    def answer(ok: bool) -> None:
+        while True:
+            identity, kind, *rest = router.recv_multipart()
+            if kind == b"request":
+                client_id, request_id, topic, payload = rest[:4]
+                assert topic == b"orders.new" and json.loads(payload) == {"qty": 2}
+                status = b"ok" if ok else b"error"
+                body = json.dumps({"accepted": True}).encode() if ok else b"no stock"
+                router.send_multipart([identity, b"reply", client_id, request_id, status, body])
+                return
+
+    for ok in (True, False):
+        child = start_client(spawn, gw.port, "--rpc", "orders.new", "--data", '{"qty": 2}')
+        answer(ok)
+        assert child.popen.wait(timeout=10) == (0 if ok else 1)
+        if ok:
+            assert json.loads(child.rest("stdout")) == {"accepted": True}
+        else:
+            assert "error: no stock" in child.rest("stderr")
+    plain = make_gateway(None)
+    child = start_client(spawn, plain.port, "--rpc", "orders.new")
+    assert child.popen.wait(timeout=10) == 1
+    assert "no two-way channel" in child.rest("stderr")
+    router.disable_monitor()
+    monitor.close(linger=0)
+    router.close(linger=0)

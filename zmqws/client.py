@@ -333,6 +333,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="wss://: do not check the server's certificate")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
                    help="connect and handshake timeout (default: %(default)s s)")
+    p.add_argument("--rpc", metavar="TOPIC",
+                   help="send one request on the two-way channel (a gateway with --rpc, see "
+                        "docs/two-way.md) and print its reply's data as JSON, then exit "
+                        "(status 1 for an error reply, a timeout or a refusal)")
+    p.add_argument("--data", metavar="JSON",
+                   help="with --rpc: the request's data, JSON (anything else is sent as a string)")
     p.add_argument("--idle-timeout", type=float, default=60.0, metavar="S",
                    help="reconnect when nothing (not even a ping) arrives for S seconds; "
                         "the gateway pings every 20 s by default (default: %(default)s; 0 = never)")
@@ -382,6 +388,41 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         delay = min(delay * 2, BACKOFF_MAX)
 
 
+def request(args: argparse.Namespace, out: TextIO) -> int:
+    """``--rpc TOPIC``: one request, ``{"rpc": 1, "topic", "data"}``, and its reply
+    (``{"reply": 1, "data"}`` printed as JSON, or ``{"reply": 1, "error"}`` on stderr)."""
+    token = args.token or os.environ.get("ZMQWS_TOKEN")
+    url = stream_url(args.url, args.topic, None)
+    try:
+        data: Any = json.loads(args.data) if args.data is not None else None
+    except ValueError:
+        data = args.data
+    try:
+        sock, ws, rest = connect(url, token=token, timeout=args.timeout, insecure=args.insecure)
+    except (Refused, Dropped, OSError) as exc:
+        _note(f"{url}: {exc}")
+        return 1
+    try:
+        ws.send(json.dumps({"rpc": 1, "topic": args.rpc, "data": data}))
+        _flush(sock, ws)
+        for message in messages(sock, ws, rest, args.idle_timeout):
+            doc = json.loads(message.data) if not message.binary else None
+            if isinstance(doc, dict) and doc.get("reply") == 1:
+                if "error" in doc:
+                    _note(f"error: {doc['error']}")
+                    return 1
+                print(json.dumps(doc.get("data")), file=out, flush=True)
+                return 0
+            if isinstance(doc, dict) and "error" in doc and "reply" not in doc:
+                _note(f"refused: {doc['error']}")  # e.g. the gateway has no two-way channel
+                return 1
+    except (Dropped, OSError) as exc:
+        _note(f"{url}: {exc}")
+    finally:
+        close(sock, ws)
+    return 1
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -391,6 +432,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(str(exc))
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        if args.rpc is not None:
+            return request(args, sys.stdout)
         return run(args, sys.stdout, sys.stderr)
     except KeyboardInterrupt:
         return 0

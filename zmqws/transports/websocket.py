@@ -134,13 +134,16 @@ class WebSocketTransport:
 
     def _control(self, client: "Client", data: bytes) -> bool:
         """``{"subscribe": "p"}`` / ``{"unsubscribe": "p"}``: change topics, answer with an ack;
-        with ``--rpc``, ``{"rpc": ID, ...}``: a request."""
+        ``{"rpc": ID, ...}``: a request (answered ``"error": "no two-way channel"`` without ``--rpc``)."""
         try:
             doc = json.loads(data)
         except ValueError:
             return False
-        if isinstance(doc, dict) and "rpc" in doc and self.context.rpc is not None:
-            self._request(client, doc)
+        if isinstance(doc, dict) and "rpc" in doc:
+            if self.context.rpc is None:  # answered, not left waiting: the gateway has no --rpc
+                client.send(_json({"reply": doc["rpc"], "error": "no two-way channel"}))
+            else:
+                self._request(client, doc)
             return True
         if not isinstance(doc, dict) or len(doc) != 1:
             return False
