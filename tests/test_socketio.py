@@ -1499,3 +1499,28 @@ def test_rpc_emit_with_ack_from_socket_io_client_gets_the_binary_reply(make_gate
         app.close()
     assert result["acks"] == {"0": [1.5, {"bin": "/w=="}]}
     assert [(e["event"], e["data"]) for e in result["events"]] == [("news", "done")]
+
+
+def test_rpc_namespace_leaving_and_closed_by_the_application(make_gateway, node_sio, zmq_context):
+    """``41`` to one namespace is that socket's ``disconnect`` only (the session and ``/`` go on);
+    the application's ``close`` of ``/`` is the client's "io server disconnect"."""
+    app = Application(zmq_context)
+    try:
+        gw = make_gateway(None, rpc_endpoint=app.endpoint, sio_namespaces=["chat"])
+        app.wait_peer()
+        client = node_sio(f"http://127.0.0.1:{gw.port}", transports=["websocket"], stdin=True, echo=True,
+                          namespaces={"/chat": {}})
+        ids = {}
+        for _ in range(2):
+            parts = app.recv_kind(b"connect", timeout=20)
+            ids[json.loads(parts[2])["namespace"]] = parts[1]
+        client.expect("nsp-connect /chat")
+        client.send({"disconnect": "/chat"})
+        assert app.recv_kind(b"disconnect") == [b"disconnect", ids["/chat"], b"client namespace disconnect"]
+        app.send(b"send", ids["/"], b"news", b'["still here"]')
+        assert client.event()[:2] == ("news", "still here")
+        app.send(b"close", ids["/"], b"1000", b"")
+        assert client.expect("disconnect ") == "disconnect io server disconnect"
+        assert app.recv_kind(b"disconnect") == [b"disconnect", ids["/"], b"server namespace disconnect"]
+    finally:
+        app.close()
