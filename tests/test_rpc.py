@@ -470,3 +470,138 @@ def _workers_answer(parent: Any, app: Application) -> None:
 
     assert run_async(clients(), timeout=30) == [{"reply": n, "data": n} for n in range(8)]
     assert 1 <= len(identities) <= 2
+
+
+# -- Socket.IO: every namespace socket a client (python-socketio) ----------------------------------
+
+
+@pytest.fixture
+def sio_client():
+    """``sio_client(port, transport, namespaces, **connect_options)`` → a connected
+    python-socketio Client; disconnected at the end."""
+    import socketio
+    made = []
+
+    def make(port: int, transport: str, namespaces: List[str], **options: Any):
+        client = socketio.Client(reconnection=False)
+        client.got = []
+        made.append(client)
+        client.on("*", lambda event, *args: client.got.append(("/", event, args)))
+        for nsp in namespaces[1:]:
+            client.on("*", lambda event, *args, nsp=nsp: client.got.append((nsp, event, args)), namespace=nsp)
+        client.connect(f"http://127.0.0.1:{port}", namespaces=namespaces, transports=[transport],
+                       wait_timeout=5, **options)
+        return client
+
+    yield make
+    for client in made:
+        client.disconnect()
+
+
+def _sio_connects(app: Application, count: int) -> Dict[str, Any]:
+    """The next ``count`` connect frames, by namespace: (client id, info)."""
+    out = {}
+    for _ in range(count):
+        parts = app.recv_kind(b"connect")
+        info = _info(parts)
+        out[info["namespace"]] = (parts[1], info)
+    return out
+
+
+def _acker(results: Dict[str, Any], name: str):
+    return lambda *args: results.__setitem__(name, args)
+
+
+@pytest.mark.parametrize("transport", ["polling", "websocket"])
+def test_socketio_namespace_sockets_are_clients_with_connect_and_disconnect(rpc_gateway, app, sio_client, transport):
+    gateway = rpc_gateway(sio_namespaces=["chat"])
+    client = sio_client(gateway.port, transport, ["/", "/chat"], auth={"user": "ann"})
+    connects = _sio_connects(app, 2)
+    (root_id, root), (chat_id, chat) = connects["/"], connects["/chat"]
+    assert chat_id == root_id + b"/chat" and root_id.decode("ascii").split(".")[1].startswith("sio")
+    for info in (root, chat):
+        assert info["transport"] == ("socketio" if transport == "websocket" else "socketio-polling")
+        assert info["address"].startswith("127.0.0.1:") and info["token"] is None
+        assert info["auth"] == {"user": "ann"}
+    assert chat["topics"] == ["chat/"]
+    client.disconnect()
+    gone = {parts[1]: parts[2] for parts in (app.recv_kind(b"disconnect") for _ in range(2))}
+    assert set(gone) == {root_id, chat_id}  # its 41s, or its transport closing first
+    assert set(gone.values()) <= {b"client namespace disconnect", b"transport closed"}
+
+
+@pytest.mark.parametrize("transport", ["polling", "websocket"])
+def test_socketio_emit_with_ack_is_a_request_and_its_reply_the_ack(rpc_gateway, app, sio_client, transport):
+    gateway = rpc_gateway(sio_namespaces=["chat"], rpc_timeout=0.5)
+    client = sio_client(gateway.port, transport, ["/", "/chat"])
+    chat_id = _sio_connects(app, 2)["/chat"][0]
+    results: Dict[str, Any] = {}
+
+    client.emit("sum", [1, 2], namespace="/chat", callback=_acker(results, "sum"))
+    _, client_id, request_id, topic, payload = app.recv_kind(b"request")
+    assert (client_id, topic, json.loads(payload)) == (chat_id, b"chat/sum", [[1, 2]])
+    app.send(b"reply", chat_id, request_id, b"ok", b'[3, "three"]')
+    wait_until(lambda: "sum" in results)
+    assert results["sum"] == (3, "three")
+
+    client.emit("blob", ("x", b"\x00\x01"), namespace="/chat", callback=_acker(results, "blob"))
+    parts = app.recv_kind(b"request")
+    assert json.loads(parts[4]) == ["x", {"_placeholder": True, "num": 0}] and parts[5:] == [b"\x00\x01"]
+    app.send(b"reply", chat_id, parts[2], b"ok", b'[{"_placeholder":true,"num":0},"y"]', b"\xff\xfe")
+    wait_until(lambda: "blob" in results)
+    assert results["blob"] == (b"\xff\xfe", "y")
+
+    client.emit("bad", 1, namespace="/chat", callback=_acker(results, "bad"))
+    parts = app.recv_kind(b"request")
+    app.send(b"reply", chat_id, parts[2], b"error", b'"no such thing"')
+    client.emit("slow", 1, namespace="/chat", callback=_acker(results, "slow"))
+    app.recv_kind(b"request")  # never answered
+    wait_until(lambda: "bad" in results and "slow" in results)
+    assert results["bad"] == ({"error": "no such thing"},)
+    assert results["slow"] == ({"error": "timeout"},)
+
+
+@pytest.mark.parametrize("transport", ["polling", "websocket"])
+def test_socketio_messages_sends_and_close(rpc_gateway, app, sio_client, transport):
+    gateway = rpc_gateway(sio_namespaces=["chat"])
+    client = sio_client(gateway.port, transport, ["/", "/chat"])
+    connects = _sio_connects(app, 2)
+    root_id, chat_id = connects["/"][0], connects["/chat"][0]
+
+    client.emit("hello", {"a": 1}, namespace="/chat")
+    assert app.recv_kind(b"message") == [b"message", chat_id, b"chat/hello", b'[{"a":1}]']
+
+    app.send(b"send", chat_id, b"news", b'["hi", 2]')
+    app.send(b"send", root_id, b"news", b'[{"_placeholder":true,"num":0}]', b"\x01\x02")
+    wait_until(lambda: len(client.got) == 2)
+    assert sorted(client.got) == [("/", "news", (b"\x01\x02",)), ("/chat", "news", ("hi", 2))]
+
+    app.send(b"close", chat_id, b"1000", b"bye")
+    assert app.recv_kind(b"disconnect") == [b"disconnect", chat_id, b"server namespace disconnect"]
+    wait_until(lambda: "/chat" not in client.namespaces)
+    assert client.connected and "/" in client.namespaces
+    app.send(b"send", root_id, b"still", b'["here"]')
+    wait_until(lambda: len(client.got) == 3)
+    assert client.got[2] == ("/", "still", ("here",))
+    assert gateway.stats.rpc_sends == 3 and gateway.stats.rpc_closes == 1
+
+
+def test_socketio_reference_example(spawn, sio_client):
+    """examples/socketio_reference.py and the gateway as docs/socketio.md runs them (port 0)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    example = spawn(sys.executable, "examples/socketio_reference.py", "--bind", endpoint)
+    example.wait_for_line("stdout", "reference application on")
+    gateway = spawn(sys.executable, "-m", "zmqws", "--rpc", endpoint, "--port", "0", "--sio-namespace", "custom",
+                    "--sio-ping-interval", "0.3", "--sio-ping-timeout", "0.2", "--max-message-size", "1000000",
+                    "--handshake-timeout", "1")
+    port = int(gateway.wait_for_line("stderr", r"listening on \S+:(\d+)/").group(1))
+    client = sio_client(port, "websocket", ["/", "/custom"], auth={"token": "123"})
+    wait_until(lambda: len(client.got) == 2)
+    assert sorted(client.got) == [("/", "auth", ({"token": "123"},)), ("/custom", "auth", ({"token": "123"},))]
+
+    client.emit("message", (1, "2", {"3": [True]}, b"\x04"))
+    wait_until(lambda: len(client.got) == 3)
+    assert client.got[2] == ("/", "message-back", (1, "2", {"3": [True]}, b"\x04"))
+    assert client.call("message-with-ack", (1, "2", b"\x03"), timeout=5) == (1, "2", b"\x03")

@@ -40,6 +40,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import NODE_DIR, NodeProcess, wait_subscribed, wait_until
+from test_rpc import Application
 from zmqws.protocol import engineio as eio
 from zmqws.protocol.frames import OP_CLOSE, OP_TEXT
 
@@ -1473,3 +1474,53 @@ def test_cli_refuses_bad_socketio_options(argv, message, capsys):
         main(["--sub", "tcp://127.0.0.1:1"] + argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# -- the two-way channel (--rpc) with socket.io-client -----------------------------------------------
+
+
+def test_rpc_emit_with_ack_from_socket_io_client_gets_the_binary_reply(make_gateway, node_sio, zmq_context):
+    """``emit(event, ...args, ack)`` of the real socket.io-client is a ``request`` (binary
+    argument as a placeholder and a frame); the reply is its (binary) ack; ``send`` an event."""
+    app = Application(zmq_context)
+    try:
+        gw = make_gateway(None, rpc_endpoint=app.endpoint)
+        app.wait_peer()
+        client = node_sio(f"http://127.0.0.1:{gw.port}", transports=["websocket"], count=1,
+                          emits=[{"event": "quote", "args": ["EURUSD", {"bin": "AAE="}], "ack": True}])
+        client_id = app.recv_kind(b"connect")[1]
+        _, asker, request_id, topic, payload, *attachments = app.recv_kind(b"request", timeout=20)
+        assert (asker, topic) == (client_id, b"quote")
+        assert json.loads(payload) == ["EURUSD", {"_placeholder": True, "num": 0}] and attachments == [b"\x00\x01"]
+        app.send(b"reply", client_id, request_id, b"ok", b'[1.5,{"_placeholder":true,"num":0}]', b"\xff")
+        app.send(b"send", client_id, b"news", b'["done"]')
+        result = client.result()
+    finally:
+        app.close()
+    assert result["acks"] == {"0": [1.5, {"bin": "/w=="}]}
+    assert [(e["event"], e["data"]) for e in result["events"]] == [("news", "done")]
+
+
+def test_rpc_namespace_leaving_and_closed_by_the_application(make_gateway, node_sio, zmq_context):
+    """``41`` to one namespace is that socket's ``disconnect`` only (the session and ``/`` go on);
+    the application's ``close`` of ``/`` is the client's "io server disconnect"."""
+    app = Application(zmq_context)
+    try:
+        gw = make_gateway(None, rpc_endpoint=app.endpoint, sio_namespaces=["chat"])
+        app.wait_peer()
+        client = node_sio(f"http://127.0.0.1:{gw.port}", transports=["websocket"], stdin=True, echo=True,
+                          namespaces={"/chat": {}})
+        ids = {}
+        for _ in range(2):
+            parts = app.recv_kind(b"connect", timeout=20)
+            ids[json.loads(parts[2])["namespace"]] = parts[1]
+        client.expect("nsp-connect /chat")
+        client.send({"disconnect": "/chat"})
+        assert app.recv_kind(b"disconnect") == [b"disconnect", ids["/chat"], b"client namespace disconnect"]
+        app.send(b"send", ids["/"], b"news", b'["still here"]')
+        assert client.event()[:2] == ("news", "still here")
+        app.send(b"close", ids["/"], b"1000", b"")
+        assert client.expect("disconnect ") == "disconnect io server disconnect"
+        assert app.recv_kind(b"disconnect") == [b"disconnect", ids["/"], b"server namespace disconnect"]
+    finally:
+        app.close()

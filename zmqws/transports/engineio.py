@@ -27,7 +27,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Tuple, Union
 
 from ..logs import LogLimiter
-from ..peer import peer_host
+from ..peer import address_text, peer_host
 from ..protocol import engineio as eio
 from ..protocol.errors import HTTPError
 from ..protocol.frames import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION
@@ -63,7 +63,7 @@ class Layer(Protocol):
 
     def moved(self, session: "EngineSession") -> None: ...
 
-    def closed(self, session: "EngineSession") -> None: ...
+    def closed(self, session: "EngineSession", reason: str) -> None: ...
 
 
 class EngineSession:
@@ -71,10 +71,10 @@ class EngineSession:
 
     __slots__ = ("sid", "transport", "ws_client", "poll_client", "probe_client", "probed", "poll_cors",
                  "packets", "packet_bytes", "topics", "rights", "sockets", "reassembler", "closed",
-                 "client_id", "slot", "heartbeat", "pinged", "first_poll", "__weakref__")
+                 "client_id", "slot", "heartbeat", "pinged", "first_poll", "address", "__weakref__")
 
     def __init__(self, sid: str, transport: str, topics: Tuple[str, ...], rights: "Rights",
-                 client_id: bytes) -> None:
+                 client_id: bytes, address: str = "") -> None:
         self.sid = sid
         self.transport = transport
         self.ws_client: Optional["Client"] = None     # the WebSocket carrying the session
@@ -94,6 +94,7 @@ class EngineSession:
         self.heartbeat: Optional["Timer"] = None   # the next ping, or the end of the wait for its pong
         self.pinged = False                        # ... which one: a ping was sent, no pong yet
         self.first_poll: Optional["Timer"] = None  # a polling session's first GET must come before
+        self.address = address  # the handshake's remote address (the two-way channel's ``connect``)
 
     def __str__(self) -> str:
         """The session in log lines: its client id (``PID.sioN``), never the sid, which is a credential."""
@@ -188,7 +189,7 @@ class EngineIOTransport:
         are kept of its request."""
         self._next_client += 1
         session = EngineSession(new_sid(), transport, tuple(request.query.get("topics", ())), client.rights,
-                                f"{os.getpid()}.sio{self._next_client}".encode())
+                                f"{os.getpid()}.sio{self._next_client}".encode(), address_text(client.address))
         self.sessions[session.sid] = session
         self.context.server.stats.sio_sessions += 1
         self._heartbeat(session, self.ping_interval, self._ping)
@@ -475,7 +476,7 @@ class EngineIOTransport:
     def close_session(self, session: EngineSession, reason: str, notify: bool = True) -> None:
         if session.closed:
             return
-        self.layer.closed(session)
+        self.layer.closed(session, reason)
         self._release_slot(session)
         if session.heartbeat is not None:
             session.heartbeat.cancel()

@@ -22,6 +22,13 @@
   carries ``{"topics": [...]}``); any other event goes upstream as ``[event
   name, client id, first argument]`` if the client may write that topic, and
   is acknowledged ``{"ok": true}`` (``false`` and an ``error`` otherwise).
+* With ``--rpc`` (:mod:`zmqws.rpc`), each namespace socket is a client of the application
+  (``connect`` with its CONNECT payload, ``disconnect`` with a reason); an event with an ack
+  id is a ``request`` (topic ``NAME/EVENT``, payload the JSON array of its arguments, binary
+  ones as placeholders with the attachments as frames) whose reply is the ACK (``[{"error":
+  reason}]`` for an error, a timeout or a refusal); without an ack id, and with no
+  ``--push``/``--pub``, a ``message``.  The application's ``send`` is an EVENT (BINARY_EVENT)
+  to that socket, its ``close`` a DISCONNECT of that namespace.
 * Connection state recovery (``pid``/``offset``): a socket that comes back to
   its namespace within ``sio_recovery_seconds`` gets what it missed from the
   hub's history, unless some of it is gone or it would not fit in
@@ -38,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 from ..protocol import engineio as eio
 from ..protocol.frames import OP_BINARY, OP_TEXT
 from ..rights import TopicRefused
+from ..rpc import Outcome, client_info, embed
 from ..routing import parse_id
 from ..wire import Wire, WebSocketWire
 from .engineio import POLLING, EngineIOTransport, EngineSession, new_sid
@@ -224,7 +232,7 @@ class SocketIOLayer:
                 self._connect(session, nsp, packet.data if isinstance(packet.data, dict) else {})
         elif packet.type == eio.DISCONNECT:
             if socket is not None:
-                self._leave(socket)
+                self._leave(socket, "client namespace disconnect")
         elif packet.type == eio.EVENT:
             if socket is None:
                 raise eio.SocketIOError("EVENT before CONNECT")
@@ -238,10 +246,10 @@ class SocketIOLayer:
         for socket in session.sockets.values():
             hub.move(socket, socket, self._wire(socket))
 
-    def closed(self, session: EngineSession) -> None:
-        """The session is closing: its sockets leave (recoverable)."""
+    def closed(self, session: EngineSession, reason: str) -> None:
+        """The session is closing (for ``reason``): its sockets leave (recoverable)."""
         for socket in list(session.sockets.values()):
-            self._leave(socket)
+            self._leave(socket, reason)
 
     # -- Socket.IO ------------------------------------------------------------------------------
 
@@ -328,6 +336,11 @@ class SocketIOLayer:
             answer["pid"] = socket.pid
         self.engine.send(session, [(eio.MESSAGE, eio.encode_sio(eio.CONNECT, answer, nsp=nsp))])
         self.engine.write_now(session)  # the CONNECT answer in a write of its own
+        rpc = self.context.rpc
+        if rpc is not None:
+            transport = self._wire(socket).name  # "socketio" or "socketio-polling", as /metrics says
+            rpc.connected(socket.client_id, self, socket, client_info(
+                transport, session.address, session.rights, prefixes, namespace=nsp, auth=auth))
         packets: List[eio.Packet] = []
         for m in replay:
             packets.extend(self.event_packets(m, nsp, socket.prefix))
@@ -350,12 +363,15 @@ class SocketIOLayer:
                 return False
         return True
 
-    def _leave(self, socket: NamespaceSocket) -> None:
-        """The socket left (DISCONNECT, or its session closed): recoverable for a while."""
+    def _leave(self, socket: NamespaceSocket, reason: str) -> None:
+        """The socket left (DISCONNECT, or its session closed, for ``reason``): recoverable for
+        a while; the application is told (``disconnect``)."""
         sockets = socket.session.sockets
         if sockets.get(socket.nsp) is not socket:
             return
         del sockets[socket.nsp]
+        if self.context.rpc is not None:
+            self.context.rpc.disconnected(socket.client_id, reason)
         subscriber = self.context.hub.leave(socket)
         if subscriber is not None and socket.pid is not None:
             self._recoverable[socket.pid] = (socket.nsp, socket.sio_sid, list(subscriber.prefixes),
@@ -380,6 +396,9 @@ class SocketIOLayer:
         name, args = packet.data[0], packet.data[1:]
         if name in ("subscribe", "unsubscribe"):
             reply = self._change_topics(socket, name, args[0] if args else None)
+        elif context.rpc is not None and (packet.id is not None or not context.upstream.can_forward):
+            self._to_application(socket, packet.id, name, args)
+            return
         else:
             parts = self._upstream_parts(name, args[0] if args else None)
             if parts is None:
@@ -399,6 +418,82 @@ class SocketIOLayer:
         if packet.id is not None:
             self.engine.send(socket.session, [(eio.MESSAGE, eio.encode_sio(
                 eio.ACK, [reply], nsp=socket.nsp, ack_id=packet.id))])
+
+    # -- the two-way channel (zmqws.rpc) ------------------------------------------------------
+
+    def _to_application(self, socket: NamespaceSocket, ack_id: Optional[int], name: Any, args: List[Any]) -> None:
+        """An event with ``--rpc``: with an ack id a ``request`` (its reply becomes the ACK),
+        else a ``message``.  Topic: the event under the namespace's prefix; payload: the JSON
+        array of the arguments, binary ones as placeholders and the attachments as frames."""
+        rpc = self.context.rpc
+        assert rpc is not None
+        try:
+            topic = socket.prefix + str(name).encode("utf-8")
+            data, attachments = eio.deconstruct(args)
+            payload = json.dumps(data, separators=(",", ":")).encode("utf-8")
+        except UnicodeError:
+            error: Optional[str] = "event name and data must be UTF-8"
+        else:
+            if ack_id is not None:
+                rpc.request(socket.client_id, socket.session.rights, topic, payload, attachments,
+                            lambda outcome, body, parts: self._ack(socket, ack_id, outcome, body, parts))
+                return
+            error = rpc.message(socket.client_id, socket.session.rights, topic, payload, attachments)
+        if error is None:
+            return
+        log.info("socket.io socket %s: event %r not sent: %s", socket, name, error)
+        if ack_id is not None:
+            self._ack(socket, ack_id, Outcome.ERROR, json.dumps(error).encode("utf-8"), [])
+
+    def _ack(self, socket: NamespaceSocket, ack_id: int, outcome: Outcome, payload: bytes,
+             attachments: List[bytes]) -> None:
+        """A request's outcome as the ACK of ``ack_id``: the reply's arguments (a BINARY_ACK
+        with its attachments), or ``[{"error": reason}]``."""
+        if socket.session.sockets.get(socket.nsp) is not socket:
+            return
+        if outcome is Outcome.OK:
+            args = self._arguments(payload)
+        else:
+            args = [{"error": embed(payload) if outcome is Outcome.ERROR else payload.decode("utf-8", "replace")}]
+            attachments = []
+        self.engine.send(socket.session, self._packets(eio.ACK, eio.BINARY_ACK, args, socket.nsp, attachments,
+                                                       ack_id))
+
+    @staticmethod
+    def _arguments(payload: bytes) -> List[Any]:
+        """The application's payload as a list of arguments: its JSON array, or one argument
+        (a JSON value, else a string)."""
+        value = embed(payload)
+        return value if isinstance(value, list) else [value]
+
+    @staticmethod
+    def _packets(kind: int, binary_kind: int, data: List[Any], nsp: str, attachments: List[bytes],
+                 ack_id: Optional[int] = None) -> List[eio.Packet]:
+        """A Socket.IO packet, binary (with its attachments after it) when there are any."""
+        if not attachments:
+            return [(eio.MESSAGE, eio.encode_sio(kind, data, nsp=nsp, ack_id=ack_id))]
+        text = eio.encode_sio(binary_kind, data, nsp=nsp, ack_id=ack_id, attachments=len(attachments))
+        return [(eio.MESSAGE, text)] + [(eio.MESSAGE, a) for a in attachments]
+
+    def rpc_send(self, socket: NamespaceSocket, topic: bytes, payload: bytes, attachments: List[bytes]) -> bool:
+        """The application's ``send``: the event ``topic`` with the payload's arguments (a
+        BINARY_EVENT when there are attachments) to that one socket."""
+        session = socket.session
+        if session.closed or session.sockets.get(socket.nsp) is not socket:
+            return False
+        args = [topic.decode("utf-8", "replace")] + self._arguments(payload)
+        self.engine.send(session, self._packets(eio.EVENT, eio.BINARY_EVENT, args, socket.nsp, attachments))
+        self.context.server.stats.messages_out += 1
+        return True
+
+    def rpc_close(self, socket: NamespaceSocket, _code: int, _reason: str) -> None:
+        """The application's ``close``: a server-side DISCONNECT (packet ``1``) of that namespace
+        socket only; the Engine.IO session and its other namespaces stay (Socket.IO v5)."""
+        session = socket.session
+        if session.sockets.get(socket.nsp) is not socket:
+            return
+        self.engine.send(session, [(eio.MESSAGE, eio.encode_sio(eio.DISCONNECT, nsp=socket.nsp))])
+        self._leave(socket, "server namespace disconnect")
 
     @staticmethod
     def _upstream_parts(name: Any, value: Any) -> Optional[Tuple[bytes, bytes]]:
