@@ -473,6 +473,19 @@ def test_page_hides_the_counters_when_metrics_are_off(make_gateway, pub, open_pa
     assert page.evaluate("() => document.querySelector('link[rel=icon]').href").startswith("data:image/svg+xml,")
 
 
+def demo_time_status(port: int) -> int:
+    """The status of a ``POST /rpc`` request ``demo.time``."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/rpc", data=b'{"topic": "demo.time", "data": null}')
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 @pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
 def test_demo_page_requests_and_messages_the_demo_application(spawn, open_page, viewport):
     """``--demo`` runs the demo application as ``--rpc``: the page's "Request" shows its reply
@@ -480,6 +493,7 @@ def test_demo_page_requests_and_messages_the_demo_application(spawn, open_page, 
     WebSocket and the application's ``send`` back shows in the log as a row to this client."""
     process = spawn(sys.executable, "-m", "zmqws", "--demo", "--port", "0")
     port = int(process.wait_for_line("stderr", re.compile(r"listening on ws://127\.0\.0\.1:(\d+)/")).group(1))
+    wait_until(lambda: demo_time_status(port) != 503, message="the demo application connected")  # DEALER connects after
     page, log = open_page(f"http://127.0.0.1:{port}/", viewport=viewport)
     wait_open(page, "websocket", log)
     page.wait_for_function("() => !document.querySelector('#twoway').hidden", timeout=10_000)

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from zmqws.cli import build_parser, config_from_args, parse_args
 from zmqws.gateway import Gateway
 
-from conftest import sigint_not_ignored, ws_connect
+from conftest import sigint_not_ignored, wait_until, ws_connect
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -209,6 +209,9 @@ def test_demo_answers_requests_with_its_application(spawn, http_exchange):
     """--demo is its own --rpc application: demo.echo, demo.time, an error for other topics."""
     process = spawn(sys.executable, "-m", "zmqws", "--demo", "--port", "0")
     port = int(process.wait_for_line("stderr", LISTENING).group(1))
+    # the DEALER connects after the port listens: 503 (no application connected) until then
+    wait_until(lambda: _post_rpc(http_exchange, port, {"topic": "demo.time", "data": None})[0] != 503,
+               message="the demo application connected")
     status, _, body = _post_rpc(http_exchange, port, {"topic": "demo.echo", "data": {"n": 1}})
     assert status == 200 and json.loads(body)["echo"] == {"n": 1}
     status, _, body = _post_rpc(http_exchange, port, {"topic": "demo.time", "data": None})
