@@ -11,9 +11,11 @@ shows ``#state``, ``#transport``, ``#count``, ``#last-id`` (the id's last 6 digi
 ``title`` and ``data-id``), a canvas ``#rate-chart``, a log ``#log`` of ``<div class="msg"
 data-id="ID">`` rows (a short ``.id`` with the full id in its ``title``), the gateway's counters
 from ``/metrics`` in ``#gateway`` (``#upstream``, ``#clients``, ``#zmq-in``, ``#drops``; hidden when
-``/metrics`` answers 401, 403 or 404), fits a 375 px wide phone, and exposes
-``window.zmqwsPage = {client, received}`` where ``received`` holds every message ``{id, topic,
-data, binary}``.  ``ZMQWS_SCREENSHOTS=1`` refreshes ``docs/screenshot.png`` and
+``/metrics`` answers 401, 403 or 404), with ``--rpc`` a form ``#twoway`` (``#twoway-input``,
+``#twoway-request``, ``#twoway-send``, the answer in ``#twoway-out``; hidden when ``GET /rpc`` is
+404), fits a 375 px wide phone, and exposes ``window.zmqwsPage = {client, received, direct}``
+where ``received`` holds every message ``{id, topic, data, binary}`` and ``direct`` those the
+application sent to this client alone.  ``ZMQWS_SCREENSHOTS=1`` refreshes ``docs/screenshot.png`` and
 ``docs/screenshot-phone.png``.
 """
 
@@ -22,6 +24,8 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -467,3 +471,57 @@ def test_page_hides_the_counters_when_metrics_are_off(make_gateway, pub, open_pa
     page.wait_for_function("() => document.querySelector('#gateway').hidden", timeout=10_000)
     assert page.is_hidden("#gateway")
     assert page.evaluate("() => document.querySelector('link[rel=icon]').href").startswith("data:image/svg+xml,")
+
+
+def demo_time_status(port: int) -> int:
+    """The status of a ``POST /rpc`` request ``demo.time``."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/rpc", data=b'{"topic": "demo.time", "data": null}')
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_demo_page_requests_and_messages_the_demo_application(spawn, open_page, viewport):
+    """``--demo`` runs the demo application as ``--rpc``: the page's "Request" shows its reply
+    (POST /rpc, topic demo.echo) with the round trip; "Send" sends a message on the page's
+    WebSocket and the application's ``send`` back shows in the log as a row to this client."""
+    process = spawn(sys.executable, "-m", "zmqws", "--demo", "--port", "0")
+    port = int(process.wait_for_line("stderr", re.compile(r"listening on ws://127\.0\.0\.1:(\d+)/")).group(1))
+    wait_until(lambda: demo_time_status(port) != 503, message="the demo application connected")  # DEALER connects after
+    page, log = open_page(f"http://127.0.0.1:{port}/", viewport=viewport)
+    wait_open(page, "websocket", log)
+    page.wait_for_function("() => !document.querySelector('#twoway').hidden", timeout=10_000)
+    page.fill("#twoway-input", "hello from chromium")
+    page.click("#twoway-request")
+    page.wait_for_function("() => document.querySelector('#twoway-out').dataset.status", timeout=10_000)
+    answer = page.text_content("#twoway-out")
+    assert page.get_attribute("#twoway-out", "data-status") == "200", answer
+    assert re.fullmatch(r'reply: \{"echo": "hello from chromium", "time": [\d.]+\}  \(\d+ ms round trip\)', answer), answer
+    page.fill("#twoway-input", "a message")
+    page.click("#twoway-send")
+    page.wait_for_function("() => window.zmqwsPage.direct.length === 1", timeout=10_000)
+    echo = page.evaluate("() => window.zmqwsPage.direct[0]")
+    assert echo["topic"] == "demo.echo" and json.loads(echo["data"])["echo"] == "a message"
+    page.wait_for_function("() => document.querySelector('#log .direct')", timeout=5000)
+    assert "a message" in page.text_content("#log .direct")
+    assert page.evaluate("() => window.zmqwsPage.received.every(m => m.id !== null)")
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= viewport["width"]
+    assert page.evaluate("() => document.body.scrollWidth") <= viewport["width"]
+    assert not log.errors, str(log)
+
+
+def test_page_hides_the_two_way_form_without_rpc(make_gateway, pub, open_page):
+    """Without --rpc, GET /rpc is 404: the form stays hidden, and the page works as before."""
+    gw = make_gateway(pub.endpoint, **GATEWAY_OPTIONS)
+    page, log = open_page(f"http://127.0.0.1:{gw.port}/")
+    wait_open(page, "websocket", log)
+    page.wait_for_function("() => performance.getEntriesByName(location.origin + '/rpc').length", timeout=10_000)
+    time.sleep(0.2)  # the probe's answer handled
+    assert page.is_hidden("#twoway")
+    assert not log.errors, str(log)

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from zmqws.cli import build_parser, config_from_args, parse_args
 from zmqws.gateway import Gateway
 
-from conftest import sigint_not_ignored, ws_connect
+from conftest import sigint_not_ignored, wait_until, ws_connect
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -195,6 +195,43 @@ def test_demo_page_is_served(spawn, http_exchange):
     port = int(process.wait_for_line("stderr", LISTENING).group(1))
     status, headers, body = http_exchange(port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert status == 200 and b"WebSocket" in body
+    process.popen.send_signal(signal.SIGTERM)
+    assert process.popen.wait(timeout=5) == 0
+
+
+def _post_rpc(http_exchange, port: int, doc: dict):
+    body = json.dumps(doc).encode()
+    return http_exchange(port, b"POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                         + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+
+
+def test_demo_answers_requests_with_its_application(spawn, http_exchange):
+    """--demo is its own --rpc application: demo.echo, demo.time, an error for other topics."""
+    process = spawn(sys.executable, "-m", "zmqws", "--demo", "--port", "0")
+    port = int(process.wait_for_line("stderr", LISTENING).group(1))
+    # the DEALER connects after the port listens: 503 (no application connected) until then
+    wait_until(lambda: _post_rpc(http_exchange, port, {"topic": "demo.time", "data": None})[0] != 503,
+               message="the demo application connected")
+    status, _, body = _post_rpc(http_exchange, port, {"topic": "demo.echo", "data": {"n": 1}})
+    assert status == 200 and json.loads(body)["echo"] == {"n": 1}
+    status, _, body = _post_rpc(http_exchange, port, {"topic": "demo.time", "data": None})
+    assert status == 200 and abs(json.loads(body)["time"] - time.time()) < 60
+    status, _, body = _post_rpc(http_exchange, port, {"topic": "orders.new", "data": 1})
+    assert status == 502 and "demo.echo" in json.loads(body)["error"]
+    process.popen.send_signal(signal.SIGTERM)
+    assert process.popen.wait(timeout=5) == 0
+
+
+def test_demo_with_rpc_uses_the_given_application(spawn, http_exchange):
+    """--demo --rpc E: the gateway's DEALER goes to E, not to the demo application (none here:
+    an immediate 503)."""
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    process = spawn(sys.executable, "-m", "zmqws", "--demo", "--rpc", endpoint, "--port", "0")
+    port = int(process.wait_for_line("stderr", LISTENING).group(1))
+    status, _, body = _post_rpc(http_exchange, port, {"topic": "demo.time", "data": None})
+    assert status == 503, body
     process.popen.send_signal(signal.SIGTERM)
     assert process.popen.wait(timeout=5) == 0
 

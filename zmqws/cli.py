@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Push messages from ZeroMQ publishers to WebSocket clients "
                     "(a SUB socket and an RFC 6455 server on one poll loop).",
         epilog="Examples:\n"
-               "  zmqws --demo                                  # built-in publisher, page at http://127.0.0.1:8080/\n"
+               "  zmqws --demo                                  # built-in publisher and application, page at http://127.0.0.1:8080/\n"
                "  zmqws --sub tcp://127.0.0.1:5556 --port 8080  # forward a PUB socket's messages\n"
                "  zmqws --sub tcp://*:5556 --bind               # publishers connect to the gateway",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     _option(src, "--rcvhwm", type=int, metavar="N",
             help="SUB receive high-water mark in messages (default: %(default)s)")
     src.add_argument("--demo", action="store_true",
-                     help="run a built-in publisher of sample messages and connect to it")
+                     help="run a built-in publisher of sample messages and a two-way application "
+                          "(demo.echo, demo.time; used as --rpc unless one is given) and connect to them")
     _option(src, "--subscribe-all", action="store_true",
             help="keep an upstream subscription to every topic even with no client connected "
                  "(default: the SUB socket subscribes to what connected clients want)")
@@ -491,10 +492,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         return check(config)
     if not args.demo:
         return _run(args, config, None)
-    from .demo import DemoPublisher
+    from .demo import DemoApplication, DemoPublisher
 
     demo = DemoPublisher().start()
+    app = None if config.upstream.rpc_endpoint else DemoApplication().start()
     try:
+        if app is not None:
+            config = config.replace(rpc_endpoint=app.endpoint)
         return _run(args, config, demo.endpoint)
     finally:
+        if app is not None:
+            app.stop()
         demo.stop()

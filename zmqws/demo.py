@@ -1,7 +1,9 @@
-"""The built-in demo publisher: a ticking stream of sample messages on a ZeroMQ PUB socket.
+"""The built-in demo: a publisher (a ticking stream of sample messages on a ZeroMQ PUB socket)
+and a two-way application (a ROUTER answering requests and echoing messages, see
+docs/two-way.md).
 
-``python -m zmqws --demo`` runs it on its own thread, bound to a free local
-port, and points the gateway's SUB socket at it.
+``python -m zmqws --demo`` runs each on its own thread, bound to a free local
+port, and points the gateway's SUB socket (and, without ``--rpc``, its DEALER) at them.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Dict, Optional
 
 import zmq
 
-__all__ = ["DemoPublisher"]
+__all__ = ["DemoApplication", "DemoPublisher"]
 
 SYMBOLS = {"AAPL": 190.0, "MSFT": 410.0, "NVDA": 120.0, "EURUSD": 1.08}
 HEADLINES = [
@@ -69,3 +71,63 @@ class DemoPublisher:
             self._pub.send_multipart([topic.encode(), json.dumps(body).encode()])
             next_at += period
             self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+
+class DemoApplication:
+    """The two-way demo application on a ROUTER (docs/two-way.md, "The frames"): answers the
+    requests ``demo.echo`` (the data back, with the server time) and ``demo.time`` (the server
+    time), any other topic with an error; a ``message`` goes back to its client as a ``send``
+    on ``demo.echo``."""
+
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:*",
+                 context: Optional[zmq.Context[Any]] = None) -> None:
+        self._context = context or zmq.Context.instance()
+        self._router = self._context.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.LINGER, 0)
+        self._router.bind(endpoint)
+        self.endpoint = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="zmqws-demo-app", daemon=True)
+        self.answered = 0
+
+    def start(self) -> "DemoApplication":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._router.close(linger=0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._router.poll(100):
+                self._handle(self._router.recv_multipart())
+
+    def _handle(self, frames: "list[bytes]") -> None:
+        """One frame set from a gateway: ``[identity, kind, client id, ...]``."""
+        if len(frames) < 3:
+            return
+        gateway, kind, client = frames[:3]
+        if kind == b"request" and len(frames) >= 6:
+            outcome, body = self.answer(frames[4].decode("utf-8", "replace"), frames[5])
+            self._router.send_multipart([gateway, b"reply", client, frames[3], outcome, body])
+            self.answered += 1
+        elif kind == b"message" and len(frames) >= 5:
+            echo = {"echo": frames[4].decode("utf-8", "replace"), "time": round(time.time(), 3)}
+            self._router.send_multipart([gateway, b"send", client, b"demo.echo", json.dumps(echo).encode()])
+
+    @staticmethod
+    def answer(topic: str, payload: bytes) -> "tuple[bytes, bytes]":
+        """The outcome (``ok``/``error``) and payload of a request on ``topic``."""
+        now = round(time.time(), 3)
+        if topic == "demo.echo":
+            try:
+                data = json.loads(payload)
+            except ValueError:
+                data = payload.decode("utf-8", "replace")
+            return b"ok", json.dumps({"echo": data, "time": now}).encode()
+        if topic == "demo.time":
+            return b"ok", json.dumps({"time": now, "iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}).encode()
+        return b"error", json.dumps(f"unknown topic {topic!r}: try demo.echo or demo.time").encode()
