@@ -84,6 +84,27 @@ def rpc_gateway(make_gateway, app):
     return make
 
 
+READYZ = b"GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+
+
+def test_readyz_waits_for_the_application(make_gateway, zmq_context):
+    """The two-way channel counts for /readyz (503 naming it until the application is there)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    gateway = make_gateway(None, rpc_endpoint=endpoint)
+    status, _, body = http_exchange(gateway.port, READYZ)
+    assert status == 503 and endpoint in body.decode()
+    router = zmq_context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(endpoint)
+    try:
+        wait_until(lambda: http_exchange(gateway.port, READYZ)[0] == 200, message="/readyz 200")
+        assert gateway.upstream_status() == {endpoint: True}
+    finally:
+        router.close(linger=0)
+
+
 def _info(parts: List[bytes]) -> Dict[str, Any]:
     assert parts[0] == b"connect" and len(parts) == 3, parts
     return json.loads(parts[2])
@@ -597,6 +618,8 @@ def test_socketio_reference_example(spawn, sio_client):
                     "--sio-ping-interval", "0.3", "--sio-ping-timeout", "0.2", "--max-message-size", "1000000",
                     "--handshake-timeout", "1")
     port = int(gateway.wait_for_line("stderr", r"listening on \S+:(\d+)/").group(1))
+    # ready once the DEALER is connected: a CONNECT before that reaches no application
+    wait_until(lambda: http_exchange(port, READYZ)[0] == 200, message="/readyz 200")
     client = sio_client(port, "websocket", ["/", "/custom"], auth={"token": "123"})
     wait_until(lambda: len(client.got) == 2)
     assert sorted(client.got) == [("/", "auth", ({"token": "123"},)), ("/custom", "auth", ({"token": "123"},))]

@@ -82,6 +82,7 @@ class UpstreamSockets:
         self._out: Optional[zmq.Socket[Any]] = None
         self._dealer: Optional[zmq.Socket[Any]] = None
         self._monitor: Optional[UpstreamMonitor] = None
+        self._rpc_monitor: Optional[UpstreamMonitor] = None  # the DEALER's: /readyz counts it too
         self._catch_all_since: Optional[float] = None  # when b"" was subscribed (gap detection)
         self._gap_logged_at = float("-inf")
 
@@ -126,7 +127,13 @@ class UpstreamSockets:
             dealer.setsockopt(zmq.LINGER, 0)
             dealer.setsockopt(zmq.SNDHWM, config.upstream_hwm)
             dealer.setsockopt(zmq.IMMEDIATE, 1)  # no peer: send says so at once (no queue for nobody)
+            rpc_monitor = self._rpc_monitor = UpstreamMonitor(dealer.get_monitor_socket(), config.bind,
+                                                              loop.call_soon_threadsafe,
+                                                              config.upstream_log_interval)
             self._attach(dealer, config.rpc_endpoint, "RPC")
+            rpc_monitor.add(config.rpc_endpoint,
+                            dealer.getsockopt_string(zmq.LAST_ENDPOINT) if config.bind else config.rpc_endpoint)
+            loop.register(rpc_monitor.socket, zmq.POLLIN, rpc_monitor.on_events)
             loop.register(dealer, zmq.POLLIN, self._on_rpc)
         loop.register(sub, zmq.POLLIN, self._on_sub)
 
@@ -142,14 +149,15 @@ class UpstreamSockets:
 
     def close(self) -> None:
         """Close the sockets (and the context, if it is ours); the loop has stopped."""
-        monitor, self._monitor = self._monitor, None
-        if monitor is not None:
-            monitor.close()
-            if self._loop is not None:
-                self._loop.unregister(monitor.socket)
-            if self._sub is not None:
-                self._sub.disable_monitor()
-            monitor.socket.close(linger=0)
+        for monitor, sock in ((self._monitor, self._sub), (self._rpc_monitor, self._dealer)):
+            if monitor is not None:
+                monitor.close()
+                if self._loop is not None:
+                    self._loop.unregister(monitor.socket)
+                if sock is not None:
+                    sock.disable_monitor()
+                monitor.socket.close(linger=0)
+        self._monitor = self._rpc_monitor = None
         for sock in (self._sub, self._out, self._dealer):
             if sock is not None:
                 if self._loop is not None:
@@ -299,14 +307,17 @@ class UpstreamSockets:
     # -- state -----------------------------------------------------------------------------
 
     def status(self, forwarder: Optional[Dict[str, bool]] = None) -> Dict[str, bool]:
-        """Each SUB endpoint: connected now (bound: at least one peer), from the socket monitor.
+        """Each SUB endpoint, and the two-way channel's: connected now (bound: at least one
+        peer), from the socket monitors.
 
-        ``forwarder``: the endpoints of a forwarder in front of this gateway (``--workers``)
-        as it sees them: each is connected when the forwarder is connected to it and this
-        gateway to the forwarder."""
+        ``forwarder``: the SUB endpoints of a forwarder in front of this gateway
+        (``--workers``) as it sees them: each is connected when the forwarder is connected
+        to it and this gateway to the forwarder."""
         own = (self._monitor.status() if self._monitor is not None
                else {endpoint: False for endpoint in self.config.sub_endpoints})
-        if forwarder is None:
-            return own
-        linked = all(own.values())
-        return {endpoint: bool(connected) and linked for endpoint, connected in forwarder.items()}
+        if forwarder is not None:
+            linked = all(own.values())
+            own = {endpoint: bool(connected) and linked for endpoint, connected in forwarder.items()}
+        if self._rpc_monitor is not None:
+            own.update(self._rpc_monitor.status())
+        return own
