@@ -522,7 +522,12 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _healthz(port: int) -> int:
-    return http_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")[0]
+    """The status of ``GET /healthz``; 0 when the connection is refused or reset (at the limit,
+    the gateway takes one peer with its reserve descriptor and refuses it)."""
+    try:
+        return http_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")[0]
+    except OSError:
+        return 0
 
 
 def test_7_descriptor_limit_neither_spins_nor_floods_the_log(spawn):
@@ -541,7 +546,8 @@ def test_7_descriptor_limit_neither_spins_nor_floods_the_log(spawn):
         assert process.lines["stderr"].qsize() < 20
         for sock in sockets[:50]:
             sock.close()
-        assert _healthz(port) == 200
+        # served again once the gateway has seen those 50 go (their descriptors freed)
+        wait_until(lambda: _healthz(port) == 200, timeout=5, message="/healthz 200 again")
     finally:
         for sock in sockets:
             sock.close()

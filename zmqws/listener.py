@@ -39,7 +39,7 @@ __all__ = ["Listener", "FD_RESERVE", "ACCEPT_PAUSE", "LOG_INTERVAL"]
 
 log = logging.getLogger("zmqws")
 
-FD_RESERVE = 32        # descriptors kept for the rest (ZeroMQ, the poller, files) under the fd limit
+FD_RESERVE = 16        # descriptors kept, beyond those in use at start, for files, threads and ZeroMQ
 ACCEPT_PAUSE = 0.1     # seconds the listener rests after accept() hit the descriptor limit
 LOG_INTERVAL = 5.0     # seconds between two log lines of one kind of refusal
 
@@ -61,6 +61,14 @@ def _host_name(value: str) -> str:
     if value.startswith("["):
         return value[:value.find("]") + 1]
     return value.partition(":")[0]
+
+
+def _descriptors_in_use() -> int:
+    """Open descriptors of this process (Linux: /proc/self/fd; elsewhere a fixed estimate)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # pragma: no cover - no /proc
+        return 32
 
 
 class Server(Protocol):
@@ -147,15 +155,16 @@ class Listener:
             self.reserve_fd = None
 
     def fit_fd_limit(self) -> None:
-        """Keep ``max_connections`` under the descriptor limit (``ulimit -n``) less a reserve,
-        and hold one descriptor to give up when ``accept()`` hits the limit anyway."""
+        """Keep ``max_connections`` under the descriptor limit (``ulimit -n``) less the
+        descriptors in use now (the listener, the app's ZeroMQ sockets) and a reserve, and
+        hold one descriptor to give up when ``accept()`` hits the limit anyway."""
         try:
             import resource
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         except (ImportError, OSError, ValueError):  # pragma: no cover - not a Unix
             soft = -1
         if soft != -1 and soft != getattr(resource, "RLIM_INFINITY", -1):
-            usable = max(1, soft - FD_RESERVE)
+            usable = max(1, soft - _descriptors_in_use() - FD_RESERVE)
             if self.max_connections > usable:
                 log.info("max_connections lowered from %d to %d: the file descriptor limit "
                          "(ulimit -n) is %d", self.max_connections, usable, soft)

@@ -157,8 +157,8 @@ class WebSocketServer:
         self.connections.loop = self.output.loop = loop
         try:
             self.listener.open(loop, self.connections.admit)
-            self.listener.fit_fd_limit()
             self.app.setup()
+            self.listener.fit_fd_limit()  # after the app's sockets: they count as descriptors in use
         except BaseException:
             self.listener.close()  # do not leak the bound port
             self._teardown()
