@@ -255,7 +255,8 @@ def table(rows: List[Dict[str, object]]) -> str:
     for r in rows:
         app = f"{r['app_cpu_s']:.2f}" if r["app_cpu_s"] is not None else "(in the server)"
         out.append(f"| {r['stack']} | {r['clients']} | {r['requests']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} "
-                   f"| {r['p99_ms']:.2f} | {r['server_cpu_s']:.2f} | {app} | {r['client_cpu_pct']:.0f} ({r['procs']}) |")
+                   f"| {r['p99_ms']:.2f} | {r['server_cpu_s']:.2f} | {app} "
+                   f"| {r['client_cpu_pct']:.0f} ({r['procs']}) |")
     return "\n".join(out)
 
 

@@ -502,7 +502,8 @@ def test_demo_page_requests_and_messages_the_demo_application(spawn, open_page, 
     page.wait_for_function("() => document.querySelector('#twoway-out').dataset.status", timeout=10_000)
     answer = page.text_content("#twoway-out")
     assert page.get_attribute("#twoway-out", "data-status") == "200", answer
-    assert re.fullmatch(r'reply: \{"echo": "hello from chromium", "time": [\d.]+\}  \(\d+ ms round trip\)', answer), answer
+    assert re.fullmatch(r'reply: \{"echo": "hello from chromium", "time": [\d.]+\}  \(\d+ ms round trip\)',
+                        answer), answer
     page.fill("#twoway-input", "a message")
     page.click("#twoway-send")
     page.wait_for_function("() => window.zmqwsPage.direct.length === 1", timeout=10_000)

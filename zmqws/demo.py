@@ -13,7 +13,7 @@ import math
 import random
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, TypeVar
 
 import zmq
 
@@ -26,22 +26,22 @@ HEADLINES = [
 ]
 
 
-class DemoPublisher:
-    """Publishes ``[topic, JSON]`` messages (``prices.<SYMBOL>`` and ``news``) at ``rate`` per second."""
+T = TypeVar("T", bound="_DemoThread")
 
-    def __init__(self, endpoint: str = "tcp://127.0.0.1:*", rate: float = 10.0,
-                 context: Optional[zmq.Context[Any]] = None) -> None:
+
+class _DemoThread:
+    """A ZeroMQ socket bound to ``endpoint`` and served by a thread of its own until :meth:`stop`."""
+
+    def __init__(self, kind: int, endpoint: str, name: str, context: Optional[zmq.Context[Any]]) -> None:
         self._context = context or zmq.Context.instance()
-        self._pub = self._context.socket(zmq.PUB)
-        self._pub.setsockopt(zmq.LINGER, 0)
-        self._pub.bind(endpoint)
-        self.endpoint = self._pub.getsockopt(zmq.LAST_ENDPOINT).decode()
-        self.rate = rate
+        self._socket = self._context.socket(kind)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.bind(endpoint)
+        self.endpoint = self._socket.getsockopt(zmq.LAST_ENDPOINT).decode()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="zmqws-demo", daemon=True)
-        self.sent = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def start(self) -> "DemoPublisher":
+    def start(self: T) -> T:
         self._thread.start()
         return self
 
@@ -49,7 +49,20 @@ class DemoPublisher:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        self._pub.close(linger=0)
+        self._socket.close(linger=0)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class DemoPublisher(_DemoThread):
+    """Publishes ``[topic, JSON]`` messages (``prices.<SYMBOL>`` and ``news``) at ``rate`` per second."""
+
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:*", rate: float = 10.0,
+                 context: Optional[zmq.Context[Any]] = None) -> None:
+        super().__init__(zmq.PUB, endpoint, "zmqws-demo", context)
+        self.rate = rate
+        self.sent = 0
 
     def _run(self) -> None:
         prices = dict(SYMBOLS)
@@ -68,12 +81,12 @@ class DemoPublisher:
                 topic = "prices." + symbol
                 body = {"symbol": symbol, "price": round(prices[symbol], 4)}
             body.update(seq=self.sent, time=round(time.time(), 3))
-            self._pub.send_multipart([topic.encode(), json.dumps(body).encode()])
+            self._socket.send_multipart([topic.encode(), json.dumps(body).encode()])
             next_at += period
             self._stop.wait(max(0.0, next_at - time.monotonic()))
 
 
-class DemoApplication:
+class DemoApplication(_DemoThread):
     """The two-way demo application on a ROUTER (docs/two-way.md, "The frames"): answers the
     requests ``demo.echo`` (the data back, with the server time) and ``demo.time`` (the server
     time), any other topic with an error; a ``message`` goes back to its client as a ``send``
@@ -81,29 +94,13 @@ class DemoApplication:
 
     def __init__(self, endpoint: str = "tcp://127.0.0.1:*",
                  context: Optional[zmq.Context[Any]] = None) -> None:
-        self._context = context or zmq.Context.instance()
-        self._router = self._context.socket(zmq.ROUTER)
-        self._router.setsockopt(zmq.LINGER, 0)
-        self._router.bind(endpoint)
-        self.endpoint = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="zmqws-demo-app", daemon=True)
+        super().__init__(zmq.ROUTER, endpoint, "zmqws-demo-app", context)
         self.answered = 0
-
-    def start(self) -> "DemoApplication":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        self._router.close(linger=0)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            if self._router.poll(100):
-                self._handle(self._router.recv_multipart())
+            if self._socket.poll(100):
+                self._handle(self._socket.recv_multipart())
 
     def _handle(self, frames: "list[bytes]") -> None:
         """One frame set from a gateway: ``[identity, kind, client id, ...]``."""
@@ -112,11 +109,11 @@ class DemoApplication:
         gateway, kind, client = frames[:3]
         if kind == b"request" and len(frames) >= 6:
             outcome, body = self.answer(frames[4].decode("utf-8", "replace"), frames[5])
-            self._router.send_multipart([gateway, b"reply", client, frames[3], outcome, body])
+            self._socket.send_multipart([gateway, b"reply", client, frames[3], outcome, body])
             self.answered += 1
         elif kind == b"message" and len(frames) >= 5:
             echo = {"echo": frames[4].decode("utf-8", "replace"), "time": round(time.time(), 3)}
-            self._router.send_multipart([gateway, b"send", client, b"demo.echo", json.dumps(echo).encode()])
+            self._socket.send_multipart([gateway, b"send", client, b"demo.echo", json.dumps(echo).encode()])
 
     @staticmethod
     def answer(topic: str, payload: bytes) -> "tuple[bytes, bytes]":
@@ -129,5 +126,6 @@ class DemoApplication:
                 data = payload.decode("utf-8", "replace")
             return b"ok", json.dumps({"echo": data, "time": now}).encode()
         if topic == "demo.time":
-            return b"ok", json.dumps({"time": now, "iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}).encode()
+            iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+            return b"ok", json.dumps({"time": now, "iso": iso}).encode()
         return b"error", json.dumps(f"unknown topic {topic!r}: try demo.echo or demo.time").encode()
