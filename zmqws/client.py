@@ -10,7 +10,7 @@ sockets (``ssl`` for ``wss://``).
 * RFC 6455 §4.1, the client's opening handshake: a random 16-byte
   ``Sec-WebSocket-Key``; the answer must be 101 with ``Upgrade: websocket``,
   ``Connection: Upgrade`` and ``Sec-WebSocket-Accept`` equal to
-  :func:`zmqws.handshake.accept_key` of the key, and no extension or
+  :func:`zmqws.protocol.handshake.accept_key` of the key, and no extension or
   subprotocol that was not asked for.
 * §5.1, §5.3: frames are read and written by
   :class:`zmqws.connection.ClientConnection`: every frame sent (pongs, the
