@@ -131,7 +131,6 @@ class Gateway(WebSocketServer):
     ``publish()`` is thread-safe.  Counters: ``clients`` and ``stats``.
     """
 
-
     def __init__(self, sub_endpoint: Union[str, Sequence[str], None] = None, port: int = 8080, *,
                  config: Optional[GatewayConfig] = None, zmq_context: Optional[zmq.Context[Any]] = None,
                  on_connect: Optional[Callable[[Client], Any]] = None, on_message: Optional[MessageHook] = None,
