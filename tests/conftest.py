@@ -11,7 +11,8 @@ stopped or closed by a fixture finalizer, and every wait is bounded.
 * ``raw_ws(port, ...)``: a blocking raw-socket WebSocket client (masked frames by hand).
 * ``run_async(coro, timeout)``: run asyncio client code under a deadline.
 * ``wait_until(predicate, timeout)``: poll a condition under a deadline.
-* ``http_exchange(port, request_bytes)``, ``upgrade_request(...)``: raw HTTP.
+* ``http_exchange(port, request_bytes)``, ``upgrade_request(...)``, ``request_status(port, request_bytes)``,
+  ``response_head(sock)``: raw HTTP.
 * ``http_conn(port)``, ``get(conn, target)``: ``http.client`` requests; ``read_response(sock)``:
   one response from a raw socket; :class:`SSEClient` (with :class:`SSEParser`): an event stream.
 * ``recv``, ``recv_json``, ``nothing_within``: bounded receives of a ``websockets`` client.
@@ -626,6 +627,37 @@ def read_response(sock: socket.socket, timeout: float = 5.0) -> Tuple[int, Dict[
         if not chunk:
             raise AssertionError(f"connection closed before the end of the response: {data[:200]!r}")
         data += chunk
+
+
+def response_head(sock: socket.socket, timeout: float = 5.0) -> Tuple[int, bytes, bytes]:
+    """Read an HTTP response head from ``sock``: (status, head, bytes after it)."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\r\n\r\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no response head within {timeout} s: {data[:200]!r}")
+        sock.settimeout(remaining)
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"connection closed before a response head: {data[:200]!r}")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), head, rest
+
+
+def request_status(port: int, request: bytes, source: Optional[str] = None) -> int:
+    """Send raw request bytes and return the status of the response head (then close)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if source is not None:
+            sock.bind((source, 0))
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(request)
+        return response_head(sock)[0]
+    finally:
+        sock.close()
 
 
 @pytest.fixture

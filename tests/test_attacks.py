@@ -29,7 +29,7 @@ import pytest
 import zmq
 from websockets.sync.client import connect as sync_connect
 
-from conftest import RawWebSocket, http_exchange, upgrade_request, wait_until
+from conftest import RawWebSocket, http_exchange, request_status, response_head, upgrade_request, wait_until
 from zmqws.auth import token_authenticator
 from zmqws.gateway import Gateway
 from zmqws.protocol.frames import OP_BINARY, OP_CLOSE, OP_TEXT
@@ -53,26 +53,6 @@ def ws_client_sync():
             return ws
 
         yield make
-
-
-def send_request(port: int, request: bytes):
-    """Raw request bytes on a new connection; (socket, status of the response head)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    sock.sendall(request)
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    return sock, int(head.split(b" ", 2)[1])
-
-
-def status_of(port: int, request: bytes) -> int:
-    """The status a request is answered with (the connection is then closed)."""
-    sock, status = send_request(port, request)
-    sock.close()
-    return status
 
 
 def sio_ws(raw_ws, port: int, query: str = ""):
@@ -435,9 +415,9 @@ def test_5_too_many_or_too_long_topics_are_refused_on_every_transport(make_gatew
     gw = make_gateway(None, max_topics=8, max_topic_length=16)
     many = "&".join(f"topic=t{i}." for i in range(9))
     for path in (f"/?{many}", f"/?topic={'x' * 17}"):
-        assert status_of(gw.port, upgrade_request(path)) == 400
-        assert status_of(gw.port, f"GET /events{path[1:]} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()) == 400
-        assert status_of(gw.port, f"GET /poll{path[1:]} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()) == 400
+        assert request_status(gw.port, upgrade_request(path)) == 400
+        assert request_status(gw.port, f"GET /events{path[1:]} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()) == 400
+        assert request_status(gw.port, f"GET /poll{path[1:]} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()) == 400
     ws = sio_ws(raw_ws, gw.port)
     ws.send_frame(OP_TEXT, b"40" + json.dumps({"topics": [f"t{i}." for i in range(9)]}).encode())
     assert sio_packet(ws).startswith("4")
@@ -464,12 +444,13 @@ def test_5_distinct_upstream_prefixes_are_capped(make_gateway):
     gw = make_gateway(None, max_upstream_prefixes=3)
     socks = []
     for i in range(3):
-        sock, status = send_request(gw.port, upgrade_request(f"/?topic=p{i}."))
-        assert status == 101
+        sock = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+        sock.sendall(upgrade_request(f"/?topic=p{i}."))
+        assert response_head(sock)[0] == 101  # held open: its prefix stays subscribed
         socks.append(sock)
     wait_until(lambda: len(gw.subscriptions()) == 3)
-    assert status_of(gw.port, upgrade_request("/?topic=p3.")) == 503
-    assert status_of(gw.port, upgrade_request("/?topic=p0.")) == 101  # an existing prefix still joins
+    assert request_status(gw.port, upgrade_request("/?topic=p3.")) == 503
+    assert request_status(gw.port, upgrade_request("/?topic=p0.")) == 101  # an existing prefix still joins
     for sock in socks:
         sock.close()
 
@@ -676,13 +657,13 @@ def test_9_malformed_since_is_a_400_on_every_transport(bystander_ws, caplog):
     caplog.set_level(logging.INFO, logger="zmqws")
     port = bystander_ws.gw.port
     for since in BAD_IDS:
-        assert status_of(port, upgrade_request(f"/?since={since}")) == 400, since
+        assert request_status(port, upgrade_request(f"/?since={since}")) == 400, since
         for path in ("/events", "/poll"):
             request = f"GET {path}?since={since} HTTP/1.1\r\nHost: localhost\r\n\r\n"
-            assert status_of(port, request.encode()) == 400, (path, since)
+            assert request_status(port, request.encode()) == 400, (path, since)
             header = since.replace("%C2%B2", "\u00b2").encode("latin-1")  # the byte 0xB2: "²" in Latin-1
             request = f"GET {path} HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: ".encode() + header + b"\r\n\r\n"
-            assert status_of(port, request) == 400, (path, "Last-Event-ID", since)
+            assert request_status(port, request) == 400, (path, "Last-Event-ID", since)
     bystander_ws.check()
     assert_no_traceback(caplog)
 
@@ -1095,22 +1076,22 @@ def test_token_file_rights_on_every_transport_and_reload_on_sighup(tmp_path, spa
     port = int(child.wait_for_line("stderr", r"listening on \S+:(\d+)/").group(1))
 
     def get(path_query: str) -> int:
-        return status_of(port, f"GET {path_query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        return request_status(port, f"GET {path_query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
 
-    assert status_of(port, upgrade_request("/?token=s3cret&topic=prices.eu")) == 101
-    assert status_of(port, upgrade_request("/?token=s3cret&topic=secret.")) == 403
-    assert status_of(port, upgrade_request("/?token=wrong")) == 401
+    assert request_status(port, upgrade_request("/?token=s3cret&topic=prices.eu")) == 101
+    assert request_status(port, upgrade_request("/?token=s3cret&topic=secret.")) == 403
+    assert request_status(port, upgrade_request("/?token=wrong")) == 401
     assert get("/events?token=s3cret&topic=secret.") == 403
     assert get("/poll?token=reader&topic=prices.") == 403
-    assert status_of(port, upgrade_request("/?token=ops-dashboard&topic=anything")) == 101
+    assert request_status(port, upgrade_request("/?token=ops-dashboard&topic=anything")) == 101
     path.write_text("reader news.\n")
     child.popen.send_signal(signal.SIGHUP)
     child.wait_for_line("stderr", "token file reloaded")
-    assert status_of(port, upgrade_request("/?token=s3cret&topic=prices.eu")) == 401
+    assert request_status(port, upgrade_request("/?token=s3cret&topic=prices.eu")) == 401
     path.write_text("not a valid line with four fields\n")
     child.popen.send_signal(signal.SIGHUP)
     child.wait_for_line("stderr", "token file not reloaded")
-    assert status_of(port, upgrade_request("/?token=reader&topic=news.")) == 101
+    assert request_status(port, upgrade_request("/?token=reader&topic=news.")) == 101
 
 
 def test_resolve_topics_refuses_and_never_widens():

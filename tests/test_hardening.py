@@ -24,7 +24,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -34,7 +34,8 @@ from zmqws.auth import token_authenticator
 from zmqws.protocol.frames import OP_BINARY, OP_CONT, OP_PING, OP_PONG, OP_TEXT, encode_frame
 from zmqws.protocol.handshake import HTTPError
 
-from conftest import RawWebSocket, http_exchange, run_async, upgrade_request, wait_until, ws_client
+from conftest import (RawWebSocket, http_exchange, request_status, response_head, run_async, upgrade_request,
+                      wait_until, ws_client)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -76,37 +77,6 @@ def _echo(client, data):
 
 
 # -- small raw-socket helpers -------------------------------------------------------------------
-
-
-def response_head(sock: socket.socket, timeout: float = 5.0) -> Tuple[int, bytes, bytes]:
-    """Read an HTTP response head from ``sock``: (status, head, bytes after it)."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    while b"\r\n\r\n" not in data:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"no response head within {timeout} s: {data[:200]!r}")
-        sock.settimeout(remaining)
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError(f"connection closed before a response head: {data[:200]!r}")
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), head, rest
-
-
-def request_status(port: int, request: bytes, source: Optional[str] = None) -> int:
-    """Send raw request bytes and return the status of the response head (then close)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        if source is not None:
-            sock.bind((source, 0))
-        sock.settimeout(5)
-        sock.connect(("127.0.0.1", port))
-        sock.sendall(request)
-        return response_head(sock)[0]
-    finally:
-        sock.close()
 
 
 def read_until_eof(sock: socket.socket, timeout: float = 5.0) -> Tuple[bytes, float]:

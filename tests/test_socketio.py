@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import http.client
 import http.server
+import contextlib
 import json
 import os
 import re
@@ -591,6 +592,21 @@ class RawPolling:
         return status, reply
 
 
+@contextlib.contextmanager
+def held_poll(gw, client: "RawPolling"):
+    """A GET of ``client`` held by the gateway on a thread; yields the list its answer goes to
+    (filled once the block has ended)."""
+    session = gw.sio.sessions[client.sid]
+    answer: List[Any] = []
+    holder = threading.Thread(target=lambda: answer.append(client.get()), daemon=True)
+    holder.start()
+    try:
+        wait_until(lambda: session.poll_client is not None, message="the poll to be held")
+        yield answer
+    finally:
+        holder.join(5)
+
+
 def assert_engineio_error(response, code: int, message: Optional[str] = None) -> None:
     status, headers, body = response
     assert status == 400, (status, body)
@@ -664,15 +680,8 @@ def test_polling_request_for_a_websocket_session_is_a_bad_request(bystander, raw
 def test_overlapping_polls_close_the_session(bystander):
     port = bystander.gw.port
     client = RawPolling(port)
-    session = bystander.gw.sio.sessions[client.sid]
-    first: List[Any] = []
-    holder = threading.Thread(target=lambda: first.append(client.get()), daemon=True)
-    holder.start()
-    try:
-        wait_until(lambda: session.poll_client is not None, message="the first poll to be held")
+    with held_poll(bystander.gw, client) as first:
         assert_engineio_error(http_request(port, "GET", f"EIO=4&transport=polling&sid={client.sid}"), 3)
-    finally:
-        holder.join(5)
     assert first and first[0][0] == 200 and packets(first[0][1])[-1] == "1"  # the held poll: close
     assert_engineio_error(http_request(port, "GET", f"EIO=4&transport=polling&sid={client.sid}"), 1)
     assert client.sid not in bystander.gw.sio.sessions
@@ -682,15 +691,8 @@ def test_overlapping_polls_close_the_session(bystander):
 def test_a_client_close_releases_the_pending_poll_with_a_noop(bystander):
     port = bystander.gw.port
     client = RawPolling(port)
-    session = bystander.gw.sio.sessions[client.sid]
-    held: List[Any] = []
-    holder = threading.Thread(target=lambda: held.append(client.get()), daemon=True)
-    holder.start()
-    try:
-        wait_until(lambda: session.poll_client is not None, message="the poll to be held")
+    with held_poll(bystander.gw, client) as held:
         assert client.post(b"1") == (200, b"ok")
-    finally:
-        holder.join(5)
     assert held == [(200, b"6")]
     assert_engineio_error(http_request(port, "GET", f"EIO=4&transport=polling&sid={client.sid}"), 1)
     assert client.sid not in bystander.gw.sio.sessions

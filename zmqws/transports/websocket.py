@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from ..peer import address_text
 from ..protocol.frames import CLOSE_POLICY_VIOLATION
@@ -58,15 +58,20 @@ class WebSocketTransport:
 
     def __init__(self, context: "Context") -> None:
         self.context = context
+        # The query accept() checked, for the on_open() that follows it in the same call of the
+        # server (one slot: a handshake refused in between leaves nothing behind).
+        self._accepted: Optional[Tuple["Client", JoinQuery]] = None
 
     def accept(self, client: "Client", request: "Request") -> None:
         """Before the 101: the query must be servable (400, 403, 503 otherwise)."""
-        JoinQuery(self.context, client, request)
+        self._accepted = (client, JoinQuery(self.context, client, request))
 
     def on_open(self, client: "Client") -> None:
         context = self.context
         assert client.request is not None and client.ws is not None
-        query = JoinQuery(context, client, client.request)
+        accepted, self._accepted = self._accepted, None
+        query = accepted[1] if accepted is not None and accepted[0] is client else JoinQuery(
+            context, client, client.request)
         client_id = client_id_of(client)
         context.hub.join(client, query.prefixes, query.envelope, context.websocket_wire(client.ws.deflate),
                          client.rights, query.since, client_id, chose_topics=query.chose_topics)
