@@ -12,6 +12,7 @@ import asyncio
 import json
 import socket
 import threading
+import time
 
 import pytest
 
@@ -317,3 +318,22 @@ def test_slow_consumer_does_not_hurt_others(make_gateway, pub, raw_ws, run_async
         if frame[2].startswith(b'{"gap":'):  # the end of the backlog was dropped: told first
             frame = slow.recv_frame(timeout=5)
         assert frame == (True, OP_TEXT, b"after the backlog")
+
+
+def test_flush_interval_first_message_at_once_the_next_after_the_interval(make_gateway, run_async):
+    gw = make_gateway(None, flush_interval_ms=400)
+
+    async def main():
+        async with ws_connect(gw.port) as ws:
+            await asyncio.sleep(0.5)  # quiet for longer than the interval
+            sent = time.monotonic()
+            gw.publish("first")
+            assert await ws.recv() == "first"
+            first = time.monotonic() - sent
+            for text in ("second", "third"):
+                gw.publish(text)
+            assert [await ws.recv(), await ws.recv()] == ["second", "third"]
+            return first, time.monotonic() - sent
+    first, rest = run_async(main())
+    assert first < 0.3  # not held back
+    assert 0.3 <= rest < 2.0  # held to the interval's end (0.4 s after the first), not lost

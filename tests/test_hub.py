@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 
 from zmqws.config import HubConfig
-from zmqws.hub import Hub
+from zmqws.hub import Hub, PacedFlush
 from zmqws.loop import Timer
 from zmqws.rights import ALL_RIGHTS, Rights, TopicRefused
 from zmqws.stats import Stats
@@ -350,10 +350,10 @@ def test_linger_delays_the_unsubscribe_until_its_timer():
     rig.hub.leave("a")
     assert rig.unsubscribed == []
     assert [d for d, _t in rig.timers.live()] == [5.0]
-    assert rig.hub.subscriptions() == [b"t"]
+    assert sorted(rig.hub.upstream.subscribed) == [b"t"]
     rig.timers.fire()
     assert rig.unsubscribed == [b"t"]
-    assert rig.hub.subscriptions() == []
+    assert sorted(rig.hub.upstream.subscribed) == []
 
 
 def test_wanted_again_during_the_linger_stays_subscribed():
@@ -364,7 +364,7 @@ def test_wanted_again_during_the_linger_stays_subscribed():
     rig.timers.fire()
     assert rig.unsubscribed == []
     assert rig.subscribed == [b"t"]  # never subscribed twice
-    assert rig.hub.subscriptions() == [b"t"]
+    assert sorted(rig.hub.upstream.subscribed) == [b"t"]
 
 
 def test_linger_counts_from_the_last_release():
@@ -406,7 +406,7 @@ def test_want_everything_keeps_the_empty_prefix_subscribed(rig):
     rig.hub.leave("a")
     rig.hub.leave("b")
     assert rig.unsubscribed == [b"t"]
-    assert rig.hub.subscriptions() == [b""]
+    assert sorted(rig.hub.upstream.subscribed) == [b""]
 
 
 # -- topics: rights and caps ----------------------------------------------------------------------
@@ -841,3 +841,32 @@ def test_rate_zero_is_unlimited_and_unknown_members_pass():
     limited = Rig(client_rate=1)
     assert all(limited.hub.rate_ok("nobody") for _ in range(5))
     assert limited.stats.rate_limited == 0
+
+
+def test_flush_interval_sends_the_first_message_at_once_and_coalesces_the_rest():
+    rig = Rig(flush_interval_ms=30)
+    after_turn = PacedFlush(rig.hub, rig.timers.call_later)
+    rig.join("a")
+    queue = rig.output.queues.setdefault("a", [])
+    rig.hub.take(None, b"1")
+    after_turn()  # quiet before: at once
+    assert len(queue) == 1
+    for payload in (b"2", b"3"):  # two later turns within the interval: they wait
+        rig.hub.take(None, payload)
+        after_turn()
+    assert len(queue) == 1
+    [(delay, _timer)] = rig.timers.live()  # one timer for the interval's end, not one per turn
+    assert 0 < delay <= 0.03
+    time.sleep(delay)
+    assert rig.timers.fire() == 1
+    after_turn()  # the turn the timer woke: both in one write
+    assert len(queue) == 2 and queue[1].count(b"\n") == 2
+    assert rig.output.payloads("a") == [b"1", b"2", b"3"]
+    after_turn()  # nothing pending: no timer, nothing sent
+    assert not rig.timers.live() and "a" not in rig.output.queues
+
+
+@pytest.mark.parametrize("ms", [-1, 1001])
+def test_flush_interval_is_bounded(ms):
+    with pytest.raises(ValueError, match="flush_interval_ms"):
+        HubConfig(flush_interval_ms=ms)

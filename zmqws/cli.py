@@ -56,6 +56,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _milliseconds(text: str) -> float:
+    value = _seconds(text)
+    if value > 1000:
+        raise argparse.ArgumentTypeError("at most 1000 ms")
+    return value
+
+
 def _size_text(value: int) -> str:
     """A byte count as a size flag takes it: 16777216 -> 16M."""
     for unit, suffix in ((1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")):
@@ -237,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     _option(lim, "--max-queue", type=_size, metavar="BYTES",
             help="bytes queued for one client before the slow-client policy applies; "
                  "resume replays are paced to it (default: %(size)s)")
+    _option(lim, "--flush-interval", "flush_interval_ms", type=_milliseconds, metavar="MS",
+            help="send upstream messages to clients at most once per MS milliseconds, "
+                 "several in one write: less CPU per message at moderate rates with many "
+                 "clients, up to MS ms more latency; the first message after a quiet "
+                 "interval goes at once; 0 = after every loop turn (default)")
     _option(lim, "--client-rate", type=float, metavar="N",
             help="messages per second a client may send (bursts of as many) before it is "
                  "closed with 1008; 0 = no limit (default: %(default)s)")

@@ -89,9 +89,12 @@ class HubConfig:
     client_rate: float = 100.0
     upstream_ids: bool = False
     first_id: Optional[int] = None
+    flush_interval_ms: float = 0.0  # > 0: a turn's messages wait for the interval (coalesced writes)
 
     def __post_init__(self) -> None:
         _choice("payload_mode", self.payload_mode, PAYLOAD_MODES)
+        if not 0 <= self.flush_interval_ms <= 1000:
+            raise ValueError(f"flush_interval_ms must be within 0..1000, not {self.flush_interval_ms!r}")
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from . import metrics as prometheus
 from .app import App, MessageHook
 from .config import ENVELOPES, GatewayConfig
 from .httpapp import HttpApp
-from .hub import Hub
+from .hub import Hub, PacedFlush
 from .peer import Client
 from .rpc import Rpc
 from .server import WebSocketServer
@@ -206,7 +206,7 @@ class Gateway(WebSocketServer):
 
     def subscriptions(self):  # type: ignore[no-untyped-def]
         """The prefixes the SUB socket is subscribed to now (loop thread, or a snapshot)."""
-        return self.hub.subscriptions()
+        return sorted(self.hub.upstream.subscribed)
 
     def upstream_status(self) -> Dict[str, bool]:
         """Each SUB endpoint: connected now (see :meth:`zmqws.upstream.UpstreamSockets.status`)."""
@@ -247,7 +247,8 @@ class GatewayApp(App):
         loop = gateway.loop
         assert loop is not None
         gateway.upstream.open(loop)
-        loop.after_turn.insert(0, gateway.hub.flush)
+        hub = gateway.hub
+        loop.after_turn.insert(0, PacedFlush(hub, loop.call_later) if hub.config.flush_interval_ms else hub.flush)
         if gateway.config.hub.subscribe_all:
             gateway.hub.want(b"")
         if gateway.snapshots is not None:

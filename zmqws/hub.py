@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .stats import Stats
     from .wire import Wire
 
-__all__ = ["Hub", "Subscriber", "Output"]
+__all__ = ["Hub", "PacedFlush", "Subscriber", "Output"]
 
 log = logging.getLogger("zmqws")
 
@@ -110,11 +110,12 @@ class LostIds:
             gap = gaps.get(member)
             gaps[member] = [gap[0] if gap is not None else first, last]
 
-    def tell(self, members: Dict[Any, None], size: int) -> List[Any]:
+    def tell(self, members: Dict[Any, None], size: int, count: int) -> List[Any]:
         """Queue ``{"gap": [first, last]}`` on each member that lost messages, when it and the
-        next ``size`` bytes fit in the member's queue; the members for which they do not: they
-        lose this turn's messages too (told with the rest), so that no message comes before
-        the notice of an earlier loss."""
+        next ``size`` bytes (``count`` messages) fit in the member's queue; the members for
+        which they do not: they lose these messages too (counted as the slow-consumer policy
+        drops, told with the rest), so that no message comes before the notice of an earlier
+        loss."""
         gaps = self.gaps
         hub = self.hub
         output = hub.output
@@ -129,7 +130,39 @@ class LostIds:
                 hub.stats.gaps += 1
             else:
                 untold.append(member)
+        hub.stats.drops += count * len(untold)
+        hub.stats.dropped_slow += count * len(untold)
         return untold
+
+
+class PacedFlush:
+    """The loop's after-turn hook with ``flush_interval_ms``: :meth:`Hub.flush` at most once
+    per interval.  The first messages after a quiet interval go at once, later ones wait for
+    the interval's end (a timer wakes the loop for them), so that a busy interval's messages
+    reach each client in one write."""
+
+    __slots__ = ("hub", "interval", "call_later", "_at", "_timer")
+
+    def __init__(self, hub: "Hub", call_later: Callable[[float, Callable[[], None]], "Timer"]) -> None:
+        self.hub = hub
+        self.interval = hub.config.flush_interval_ms / 1000
+        self.call_later = call_later
+        self._at = 0.0  # the next flush is not before this time
+        self._timer: Optional["Timer"] = None
+
+    def __call__(self) -> None:
+        if not self.hub.pending:
+            return
+        now = time.monotonic()
+        if now >= self._at:
+            self._at = now + self.interval
+            self.hub.flush()
+        elif self._timer is None:
+            self._timer = self.call_later(self._at - now, self._due)
+
+    def _due(self) -> None:
+        """The interval's end: timers run before the after-turn hooks, so this turn flushes."""
+        self._timer = None
 
 
 class Hub:
@@ -162,6 +195,7 @@ class Hub:
         self.last_id = clock if config.first_id is None else config.first_id - 1
         self._text_ok = config.payload_mode != "binary"
         self._active: List[Route] = []  # routes with messages this turn
+        self._flushed_id = self.last_id  # the last id taken when the last turn was flushed
         self._send_error_log_at = 0.0
         self.lost = LostIds(self)
         self._behind: Dict[Any, int] = {}  # upstream ids: joined with an id not taken yet
@@ -171,24 +205,41 @@ class Hub:
     # -- messages in -------------------------------------------------------------------
 
     def take(self, topic: Optional[bytes], payload: bytes) -> None:
-        """One message in: an id, the history, and the routes that get it (the hot path)."""
-        self.last_id += 1
-        self.stats.zmq_messages += 1
-        # Text when it can be: what is not UTF-8 cannot be a text frame (RFC 6455 §5.6),
-        # a JSON string or a Socket.IO string, so it goes out as binary.
-        opcode = OP_TEXT if self._text_ok and is_utf8(payload) else OP_BINARY
+        """One message in (``topic``: a multipart message's first frame, None: single-part)."""
         if topic is None:
-            stored = Stored(self.last_id, b"", payload, opcode, False)
-            routes = self.router.match(payload)
-        else:
-            stored = Stored(self.last_id, topic, payload, opcode, True)
-            routes = self.router.match(topic)
+            self.take_payloads((payload,))
+            return
+        self.last_id = msg_id = self.last_id + 1
+        self.stats.zmq_messages += 1
+        opcode = OP_TEXT if self._text_ok and (payload.isascii() or is_utf8(payload)) else OP_BINARY
+        stored = Stored(msg_id, topic, payload, opcode, True)
         self.history.add(stored)
         active = self._active
-        for route in routes:
+        for route in self.router.match(topic):
             if not route.pending:
                 active.append(route)
             route.pending.append(stored)
+
+    def take_payloads(self, payloads: Sequence[bytes]) -> None:
+        """Single-part messages in, in order: :meth:`take` of each, in one loop (the hot path)."""
+        # Text when it can be: what is not UTF-8 cannot be a text frame (RFC 6455 §5.6),
+        # a JSON string or a Socket.IO string, so it goes out as binary.
+        text_ok = self._text_ok
+        match = self.router.match
+        add = self.history.add
+        active = self._active
+        msg_id = self.last_id
+        for payload in payloads:
+            msg_id += 1
+            opcode = OP_TEXT if text_ok and (payload.isascii() or is_utf8(payload)) else OP_BINARY
+            stored = Stored(msg_id, b"", payload, opcode, False)
+            add(stored)
+            for route in match(payload):
+                if not route.pending:
+                    active.append(route)
+                route.pending.append(stored)
+        self.last_id = msg_id
+        self.stats.zmq_messages += len(payloads)
 
     def skip_to(self, msg_id: int) -> None:
         """Upstream ids: the next message taken is ``msg_id`` (the ids between never came here)."""
@@ -198,6 +249,11 @@ class Hub:
 
     # -- messages out ------------------------------------------------------------------
 
+    @property
+    def pending(self) -> bool:
+        """Messages taken and not flushed yet."""
+        return bool(self._active)
+
     def flush(self) -> None:
         """After each turn: per route, one joined ``bytes`` queued on every member.
 
@@ -206,10 +262,13 @@ class Hub:
         turn's messages, never another route's nor a later turn's.
         """
         active = self._active
+        taken, self._flushed_id = self.last_id - self._flushed_id, self.last_id
         if not active:
             return
         self._active = []
-        cache: Optional[Dict[Tuple[int, str, Any], bytes]] = {} if len(active) > 1 else None
+        # Encodings are shared between routes only when a message went to more than one.
+        shared = len(active) > 1 and sum(len(route.pending) for route in active) > taken
+        cache: Optional[Dict[Tuple[int, str, Any], bytes]] = {} if shared else None
         for route in active:
             batch = route.pending
             route.pending = []
@@ -233,10 +292,10 @@ class Hub:
         if not wire.shared:
             wire.deliver(list(route.members), batch)
             return
-        encode = wire.encode
         if cache is None:
-            frames = [encode(m, envelope) for m in batch]
+            blob = wire.encode_batch(batch, envelope)
         else:
+            encode = wire.encode
             frames = []
             for m in batch:
                 key = (m.id, envelope, wire)
@@ -244,16 +303,11 @@ class Hub:
                 if frame is None:
                     frame = cache[key] = encode(m, envelope)
                 frames.append(frame)
-        blob = frames[0] if len(frames) == 1 else b"".join(frames)
-        members: Iterable[Any] = route.members
-        untold: List[Any] = []
-        if self.lost.gaps:
-            untold = self.lost.tell(route.members, len(blob))
-            if untold:  # dropped as the slow-consumer policy drops, and told with the rest
-                members = [m for m in route.members if m not in untold]
-                self.stats.drops += len(frames) * len(untold)
-                self.stats.dropped_slow += len(frames) * len(untold)
-        over = self.output.fanout(blob, members, len(frames))
+            blob = frames[0] if len(frames) == 1 else b"".join(frames)
+        count = len(batch)
+        untold = self.lost.tell(route.members, len(blob), count) if self.lost.gaps else []
+        members = [m for m in route.members if m not in untold] if untold else route.members
+        over = self.output.fanout(blob, members, count)
         if untold or (over and self.output.drop_slow):
             self.lost.note(untold + (over or []), batch[0].id, batch[-1].id)
 
@@ -334,10 +388,6 @@ class Hub:
     def _expire(self, prefix: bytes) -> None:
         if self.upstream.expire(prefix, self.last_id):
             self._unsubscribe_upstream(prefix)
-
-    def subscriptions(self) -> List[bytes]:
-        """The prefixes subscribed upstream now."""
-        return sorted(self.upstream.subscribed)
 
     # -- subscribers ----------------------------------------------------------------------
 

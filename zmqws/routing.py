@@ -115,17 +115,20 @@ class Router:
             del counts[length]
             self._lengths = sorted(counts)
 
-    def match(self, topic: bytes) -> Iterator[Route]:
-        """The routes whose prefixes match ``topic``, each once."""
+    def match(self, topic: bytes) -> Iterable[Route]:
+        """The routes whose prefixes match ``topic``, each once (one dictionary lookup per
+        distinct prefix length, whatever the number of prefixes)."""
+        lengths = self._lengths
+        if len(lengths) == 1:  # the common case: no generator, the routes' own dict
+            length = lengths[0]
+            return self._by_prefix.get(topic[:length], ()) if length <= len(topic) else ()
+        return self._match_lengths(topic)
+
+    def _match_lengths(self, topic: bytes) -> Iterator[Route]:
+        """:meth:`match` when the prefixes have several lengths."""
         by_prefix = self._by_prefix
         n = len(topic)
         lengths = self._lengths
-        if len(lengths) == 1:
-            if lengths[0] <= n:
-                routes = by_prefix.get(topic[:lengths[0]])
-                if routes:
-                    yield from routes
-            return
         seen: Optional[Set[Route]] = None
         for length in lengths:
             if length > n:
@@ -240,7 +243,7 @@ class History:
     def __init__(self, max_count: int = 1000, max_bytes: int = 16 << 20) -> None:
         self.max_count = max_count
         self.max_bytes = max_bytes
-        self._items: Deque[Stored] = deque()
+        self._items: Deque[Stored] = deque(maxlen=max_count or None)
         self._bytes = 0
         self.first_missing = 0  # every id <= this has been evicted (or never stored)
 
@@ -252,9 +255,19 @@ class History:
             self.first_missing = item.id
             return
         items = self._items
+        if len(items) == self.max_count:  # full: the deque's maxlen drops the oldest
+            old = items[0]
+            self._bytes -= len(old.payload) + len(old.topic)
+            self.first_missing = old.id
         items.append(item)
         self._bytes += len(item.payload) + len(item.topic)
-        while len(items) > self.max_count or (self._bytes > self.max_bytes and len(items) > 1):
+        if self._bytes > self.max_bytes:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Drop the oldest messages until the bytes bound holds again (the newest one stays)."""
+        items = self._items
+        while self._bytes > self.max_bytes and len(items) > 1:
             old = items.popleft()
             self._bytes -= len(old.payload) + len(old.topic)
             self.first_missing = old.id

@@ -197,14 +197,19 @@ class UpstreamSockets:
         take = hub.take
         stamped = hub.config.upstream_ids
         NOBLOCK = zmq.NOBLOCK
+        plain: List[bytes] = []  # single-part messages, taken together (in order with the rest)
+        keep = plain.append
         for _ in range(self.config.drain_budget):
             try:
                 frame = recv(NOBLOCK, copy=False)
             except zmq.Again:
                 break
             if not frame.more and not stamped:
-                take(None, frame.bytes)
+                keep(frame.bytes)
                 continue
+            if plain:
+                hub.take_payloads(plain)
+                plain.clear()
             parts = [frame.bytes]
             while frame.more:
                 frame = recv(copy=False)
@@ -225,6 +230,8 @@ class UpstreamSockets:
                 take(parts[0], parts[-1])
             else:
                 take(None, parts[0])
+        if plain:
+            hub.take_payloads(plain)
         hub.catch_up()
 
     def _upstream_gap(self, msg_id: int) -> None:

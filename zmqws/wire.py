@@ -19,7 +19,7 @@ import json
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from .protocol import sse
-from .protocol.frames import OP_BINARY, OP_TEXT, frame_header
+from .protocol.frames import OP_BINARY, OP_TEXT, SHORT_HEADERS, frame_header
 from .protocol.utf8 import is_utf8
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -87,6 +87,12 @@ class Wire:
     def encode_notice(self, notice: Dict[str, Any], envelope: str) -> bytes:
         raise NotImplementedError
 
+    def encode_batch(self, batch: List["Stored"], envelope: str) -> bytes:
+        """A turn's messages of a route, encoded and joined: what is queued on each member."""
+        if len(batch) == 1:
+            return self.encode(batch[0], envelope)
+        return b"".join([self.encode(m, envelope) for m in batch])
+
     def deliver(self, members: List[Any], batch: List["Stored"]) -> None:
         """A turn's messages to each member of a route that is not ``shared``."""
         raise NotImplementedError
@@ -117,6 +123,20 @@ class WebSocketWire(Wire):
 
     def encode_notice(self, notice: Dict[str, Any], envelope: str) -> bytes:
         return self.frame(OP_TEXT, self.envelopes.notice(notice, envelope))
+
+    def encode_batch(self, batch: List["Stored"], envelope: str) -> bytes:
+        """The hot path (uncompressed payloads): header and payload of every message joined
+        at once, short headers from the table (§5.2)."""
+        if self.deflater is not None or envelope != "payload" or len(batch) == 1:
+            return super().encode_batch(batch, envelope)
+        parts: List[bytes] = []
+        append = parts.append
+        for m in batch:
+            payload = m.payload
+            n = len(payload)
+            append(SHORT_HEADERS[m.opcode][n] if n < 126 else frame_header(m.opcode, n))
+            append(payload)
+        return b"".join(parts)
 
 
 class SseWire(Wire):

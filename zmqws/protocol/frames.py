@@ -122,8 +122,8 @@ def apply_mask(data: bytes, mask: bytes, offset: int = 0) -> bytes:
     return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 
 
-# Precomputed two-byte headers for the common short unmasked frames.
-_SHORT_HEADERS = [[bytes((0x80 | op, n)) for n in range(126)] for op in range(16)]
+# §5.2: the two-byte headers of final unmasked frames shorter than 126 bytes, by opcode and length.
+SHORT_HEADERS = [[bytes((0x80 | op, n)) for n in range(126)] for op in range(16)]
 _PACK_16 = struct.Struct("!BBH").pack
 _PACK_64 = struct.Struct("!BBQ").pack
 
@@ -133,7 +133,7 @@ def frame_header(opcode: int, length: int, fin: bool = True, rsv1: bool = False)
     b0 = (0x80 if fin else 0) | (RSV1 if rsv1 else 0) | opcode
     if length < 126:
         if b0 & 0xF0 == 0x80:
-            return _SHORT_HEADERS[opcode][length]
+            return SHORT_HEADERS[opcode][length]
         return bytes((b0, length))
     if length < 65536:
         return _PACK_16(b0, 126, length)
