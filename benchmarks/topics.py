@@ -64,8 +64,8 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
-from fanout import (build_loadclient, free_port, log_problems, parse_list, pinned, proc_cpu, proc_status_kb,
-                    readline, stop, stop_publisher, wait_port, wait_quiet)
+from fanout import (all_cpu, build_loadclient, free_port, log_problems, other_cpu, parse_list, pinned, proc_cpu,
+                    proc_status_kb, readline, stop, stop_publisher, wait_port, wait_quiet)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STACKS = ("zmqws", "channels")
@@ -124,6 +124,7 @@ def run_scenario(stack: str, clients: int, share: float, args: argparse.Namespac
         time.sleep(args.idle_window)
         res["idle_cpu_pct"] = 100.0 * (proc_cpu(gw.pid) - cpu_a) / args.idle_window
 
+        others0 = all_cpu()
         cpu0 = proc_cpu(gw.pid)
         t_go = time.monotonic()
         pub.stdin.write(b"GO\n")
@@ -132,6 +133,7 @@ def run_scenario(stack: str, clients: int, share: float, args: argparse.Namespac
         report = json.loads(readline(client, args.idle + 150, "the load client's report"))
         res["wall_s"] = time.monotonic() - t_go
         res["gateway_cpu_s"] = proc_cpu(gw.pid) - cpu0
+        res["other_cpu_s"] = other_cpu(others0, all_cpu(), {os.getpid(), gw.pid, pub.pid, client.pid})
         res["gateway_rss_mb"] = proc_status_kb(gw.pid, "VmHWM") / 1024
         res["gateway_alive"] = gw.poll() is None
         res["publisher"] = sent
@@ -176,6 +178,8 @@ def e2e_table(results: List[Dict[str, Any]]) -> str:
             notes.append("client timed out")
         if r["log_problems"]:
             notes.append(f"{len(r['log_problems'])} log warnings/errors")
+        if r["other_cpu_s"] > 0.05 * r["wall_s"]:
+            notes.append(f"other processes used {100 * r['other_cpu_s'] / r['wall_s']:.0f} % of a CPU")
         if not r["gateway_alive"]:
             notes.append("gateway died")
         ratio = f"{r['cpu_us_per_msg'] / base:.2f}x" if base else "-"
