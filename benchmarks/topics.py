@@ -165,7 +165,7 @@ def e2e_table(results: List[Dict[str, Any]]) -> str:
     for r in results:
         start = f"| {r['stack']} | {r['clients']:,} | {r['topics']:,} | {r['shared_share']:g} |"
         if "error" in r:
-            lines.append(start + " - |" * 12 + f" error: {r['error']} |")
+            lines.append(start + " - |" * 11 + f" error: {r['error']} |")
             continue
         c, p = r["client"], r["publisher"]
         base = ref.get((r["clients"], r["shared_share"]))
