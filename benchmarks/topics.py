@@ -46,7 +46,10 @@ a dict look-up + the frame + the same queueing, per message on an own topic,
 one message per loop turn (at 1000 msg/s a turn seldom has more).  CPU time
 of this thread, so other load on the machine counts little.
 
-    python benchmarks/topics.py                       # 1000, 3000, 10000 clients; about 5 min
+``--py-spy DIR`` records zmqws's stacks while it publishes (``spy_summary.py``
+summarises them).
+
+    python benchmarks/topics.py                       # 1000, 3000, 10000 clients; about 4 min
     python benchmarks/topics.py --clients 500 --duration 3 --shared-share 0.5 --inprocess-topics 100,1000
 """
 
@@ -91,7 +94,7 @@ def run_scenario(stack: str, clients: int, share: float, args: argparse.Namespac
                  logdir: str) -> Dict[str, Any]:
     res: Dict[str, Any] = {"stack": stack, "clients": clients, "topics": clients + min(clients, args.shared),
                            "shared_share": share, "rate": args.rate}
-    pub = gw = client = None
+    pub = gw = client = spy = None
     log_path = os.path.join(logdir, f"{stack}-{clients}-{share:g}.log")
     log = open(log_path, "wb")
     try:
@@ -124,6 +127,13 @@ def run_scenario(stack: str, clients: int, share: float, args: argparse.Namespac
         time.sleep(args.idle_window)
         res["idle_cpu_pct"] = 100.0 * (proc_cpu(gw.pid) - cpu_a) / args.idle_window
 
+        if args.py_spy and stack == "zmqws":
+            res["py_spy"] = os.path.join(os.path.abspath(args.py_spy), f"zmqws-{clients}-{share:g}.txt")
+            spy = subprocess.Popen(["py-spy", "record", "--format", "raw", "-o", res["py_spy"], "-r", "200",
+                                    "-d", str(int(args.duration + args.idle) + 5), "-p", str(gw.pid)],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, preexec_fn=pinned(args.client_cpu))
+            time.sleep(1.0)  # py-spy attaches
         others0 = all_cpu()
         cpu0 = proc_cpu(gw.pid)
         t_go = time.monotonic()
@@ -133,7 +143,8 @@ def run_scenario(stack: str, clients: int, share: float, args: argparse.Namespac
         report = json.loads(readline(client, args.idle + 150, "the load client's report"))
         res["wall_s"] = time.monotonic() - t_go
         res["gateway_cpu_s"] = proc_cpu(gw.pid) - cpu0
-        res["other_cpu_s"] = other_cpu(others0, all_cpu(), {os.getpid(), gw.pid, pub.pid, client.pid})
+        ours = {os.getpid(), gw.pid, pub.pid, client.pid} | ({spy.pid} if spy is not None else set())
+        res["other_cpu_s"] = other_cpu(others0, all_cpu(), ours)
         res["gateway_rss_mb"] = proc_status_kb(gw.pid, "VmHWM") / 1024
         res["gateway_alive"] = gw.poll() is None
         res["publisher"] = sent
@@ -146,6 +157,7 @@ def run_scenario(stack: str, clients: int, share: float, args: argparse.Namespac
         res["error"] = str(exc)
     finally:
         stop(client, signal.SIGKILL)
+        stop(spy, signal.SIGINT, 20)
         stop(gw, signal.SIGTERM, 15)  # before the publisher: its going is no warning of the gateway's
         stop_publisher(pub)
         log.close()
@@ -318,6 +330,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--inprocess-topics", default="100,1000,10000,100000",
                    help="own-topic counts of the in-process comparison; '' = none")
     p.add_argument("--inprocess-messages", type=int, default=100_000)
+    p.add_argument("--py-spy", metavar="DIR",
+                   help="record zmqws with py-spy while it publishes, raw stacks to DIR (spy_summary.py reads "
+                        "them); py-spy pauses the process to sample it: its CPU figures then run high")
     p.add_argument("--loadclient", metavar="PATH", help="use this load client binary instead of building one")
     p.add_argument("--json", metavar="FILE", help="write the raw results here")
     p.add_argument("--logs", metavar="DIR", help="keep the gateways' logs here (else in a new temp dir)")
@@ -336,6 +351,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         loadclient = args.loadclient or build_loadclient()
         logdir = args.logs or tempfile.mkdtemp(prefix="zmqws-topics-")
         os.makedirs(logdir, exist_ok=True)
+        if args.py_spy:
+            os.makedirs(args.py_spy, exist_ok=True)
         started = time.monotonic()
         for clients in client_counts:
             for share in parse_list(args.shared_share, float):
