@@ -38,6 +38,13 @@
  * runs, where inflating would make the client the bottleneck.  Every byte read after READY is counted (wire_bytes), as are the
  * payload bytes of data frames (frame_payload_bytes) and the inflated bytes.
  *
+ * --path-template gives each connection its own request path: "%i" in it is
+ * replaced by the connection's index (0..C-1) and "%m" by the index modulo
+ * --path-mod, e.g. "/?topic=u%i.&topic=s%m." (benchmarks/topics.py).
+ * --seq-streams 2 is for connections that get two topics, each numbered by
+ * the publisher on its own: the top byte of the sequence number (0 or 1)
+ * names the stream, and each stream's order and gaps are checked separately.
+ *
  * Build: gcc -O2 -o loadclient loadclient.c -lz   (benchmarks/fanout.py does it)
  */
 #define _GNU_SOURCE
@@ -75,6 +82,7 @@ typedef struct {
     int done;
     uint64_t received;          /* data messages */
     uint64_t next_seq;
+    uint64_t next_seq1;         /* --seq-streams 2: the second stream's */
     uint64_t gaps;              /* messages skipped in the sequence */
     uint64_t out_of_order;      /* sequence numbers lower than expected */
     uint64_t skip;              /* payload bytes still to skip */
@@ -100,6 +108,7 @@ static int nconns;
 static uint64_t expected = 0;
 static int epfd;
 static int deflate_mode;
+static int seq_streams = 1;
 static uint64_t wire_bytes, frame_payload_bytes, inflated_bytes, inflate_errors;
 static int deflate_conns, deflate_reset_conns;
 static uint8_t zscratch[65536];
@@ -182,8 +191,13 @@ static void on_message(conn_t *c, int opcode, const uint8_t *p, uint64_t len, in
     c->received++;
     if (opcode != 0 && len >= DATA_PREFIX) {
         uint64_t ts = le64(p), seq = le64(p + 8);
-        if (seq == c->next_seq) c->next_seq++;
-        else if (seq > c->next_seq) { c->gaps += seq - c->next_seq; c->next_seq = seq + 1; }
+        uint64_t *next = &c->next_seq;
+        if (seq_streams == 2) {
+            if (seq >> 56) next = &c->next_seq1;
+            seq &= (1ULL << 56) - 1;
+        }
+        if (seq == *next) (*next)++;
+        else if (seq > *next) { c->gaps += seq - *next; *next = seq + 1; }
         else c->out_of_order++;
         if (c->sampled) {
             int64_t d = t - (int64_t)ts;
@@ -321,6 +335,24 @@ static void feed(conn_t *c, const uint8_t *p, size_t n, int64_t t) {
 static const char *host = "127.0.0.1";
 static int port = 0;
 static const char *path = "/";
+static const char *path_template = NULL;
+static int path_mod = 1;
+
+/* Connection i's request path: --path, or --path-template with "%i" -> i and "%m" -> i % --path-mod. */
+static const char *conn_path(int i, char *buf, size_t size) {
+    if (!path_template) return path;
+    size_t n = 0;
+    for (const char *p = path_template; *p && n + 12 < size; p++) {
+        if (p[0] == '%' && (p[1] == 'i' || p[1] == 'm')) {
+            n += snprintf(buf + n, size - n, "%d", p[1] == 'i' ? i : i % path_mod);
+            p++;
+        } else {
+            buf[n++] = *p;
+        }
+    }
+    buf[n] = 0;
+    return buf;
+}
 
 static void start_connect(conn_t *c) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -344,11 +376,11 @@ static int on_connecting(conn_t *c) {
     socklen_t l = sizeof err;
     getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
     if (err) { errno = err; return -1; }
-    char req[512];
+    char req[1024], pbuf[512];
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                     "Origin: http://%s:%d\r\n%s\r\n", path, host, port, host, port,
+                     "Origin: http://%s:%d\r\n%s\r\n", conn_path((int)(c - conns), pbuf, sizeof pbuf), host, port, host, port,
                      deflate_mode ? "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" : "");
     if (write(c->fd, req, n) != n) return -1;
     c->state = S_UPGRADING;
@@ -409,6 +441,7 @@ static double hist_pct(double q) {
 
 static void usage(void) {
     fprintf(stderr, "usage: loadclient --port P --conns C --messages N [--host H] [--path /] "
+                    "[--path-template T] [--path-mod M] [--seq-streams 1|2] "
                     "[--sample-every K] [--timeout S] [--idle S] [--connect-timeout S] [--parallel K] "
                     "[--pause-us US] [--deflate 0|1]\n");
     exit(2);
@@ -426,6 +459,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--conns")) nconns = atoi(v);
         else if (!strcmp(a, "--messages")) expected = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--path")) path = v;
+        else if (!strcmp(a, "--path-template")) path_template = v;
+        else if (!strcmp(a, "--path-mod")) path_mod = atoi(v);
+        else if (!strcmp(a, "--seq-streams")) seq_streams = atoi(v);
         else if (!strcmp(a, "--sample-every")) sample_every = atoi(v);
         else if (!strcmp(a, "--timeout")) timeout = atof(v);
         else if (!strcmp(a, "--idle")) idle = atof(v);
@@ -435,7 +471,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--deflate")) deflate_mode = atoi(v);
         else usage();
     }
-    if (!port || nconns <= 0) usage();
+    if (!port || nconns <= 0 || path_mod <= 0 || seq_streams < 1 || seq_streams > 2) usage();
     signal(SIGPIPE, SIG_IGN);
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {

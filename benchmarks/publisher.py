@@ -35,6 +35,7 @@ import resource
 import struct
 import sys
 import time
+from typing import Callable, Optional, Set
 
 import zmq
 
@@ -59,17 +60,41 @@ def json_bodies(size: int) -> list:
     return out
 
 
-def xpub_when_subscribed(sndhwm: int) -> "zmq.Socket":
+def xpub_when_subscribed(sndhwm: int, wanted: Optional[Set[bytes]] = None) -> "zmq.Socket":
     """An XPUB socket on a free loopback port: prints ``ENDPOINT tcp://...``, then waits for the
-    first subscription (the gateway's) and prints ``SUBSCRIBED`` (the driver's protocol)."""
+    first subscription (the gateway's), or until every prefix of ``wanted`` is subscribed, and
+    prints ``SUBSCRIBED`` (the driver's protocol)."""
     pub = zmq.Context.instance().socket(zmq.XPUB)
     pub.setsockopt(zmq.SNDHWM, sndhwm)
     pub.setsockopt(zmq.LINGER, 0)
     port = pub.bind_to_random_port("tcp://127.0.0.1")
     print(f"ENDPOINT tcp://127.0.0.1:{port}", flush=True)
-    pub.recv()  # the first subscription (b"\x01" + prefix)
+    have: Set[bytes] = set()
+    while True:
+        msg = pub.recv()  # a subscription (b"\x01" + prefix) or an unsubscription (b"\x00" + prefix)
+        if msg[:1] == b"\x01":
+            have.add(msg[1:])
+        else:
+            have.discard(msg[1:])
+        if wanted is None or wanted <= have:
+            break
     print("SUBSCRIBED", flush=True)
     return pub
+
+
+def send_paced(n: int, rate: float, send_one: Callable[[int], object]) -> None:
+    """Call ``send_one(i)`` for i in 0..n-1 at ``rate`` per second (catching up in bursts when late)."""
+    start = time.monotonic()
+    i = 0
+    while i < n:
+        due = min(n, int((time.monotonic() - start) * rate) + 1)
+        while i < due:
+            send_one(i)
+            i += 1
+        if i < n:
+            delay = start + i / rate - time.monotonic()
+            if delay > 0.0002:
+                time.sleep(delay)
 
 
 def main() -> None:
@@ -108,18 +133,7 @@ def main() -> None:
         for i in range(n):
             send(pack(mono(), i) + pad)
     else:
-        rate = args.rate
-        start = time.monotonic()
-        i = 0
-        while i < n:
-            due = min(n, int((time.monotonic() - start) * rate) + 1)
-            while i < due:
-                send(pack(mono(), i) + pad)
-                i += 1
-            if i < n:
-                delay = start + i / rate - time.monotonic()
-                if delay > 0.0002:
-                    time.sleep(delay)
+        send_paced(n, args.rate, lambda i: send(pack(mono(), i) + pad))
     send_s = time.perf_counter() - t0
     ru = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"sent": n, "send_s": send_s, "rate": n / send_s if send_s else 0.0,

@@ -2,14 +2,14 @@
 
 Every reference gateway takes ``--sub ENDPOINT --port P [--host H] [--rcvhwm N]``
 and reads ZeroMQ through a ``zmq.asyncio`` SUB socket set up the same way
-(linger 0, the benchmark's receive HWM, subscribed to everything), so the
-stacks differ only in their WebSocket side.
+(linger 0, the benchmark's receive HWM, subscribed to everything unless told
+otherwise), so the stacks differ only in their WebSocket side.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Tuple
+from typing import Iterable, Tuple
 
 import zmq
 import zmq.asyncio
@@ -25,12 +25,15 @@ def reference_options(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def subscriber(args: argparse.Namespace) -> Tuple[zmq.asyncio.Context, zmq.asyncio.Socket]:
-    """A new asyncio context and its SUB socket, connected to ``args.sub``."""
+def subscriber(args: argparse.Namespace,
+               prefixes: Iterable[bytes] = (b"",)) -> Tuple[zmq.asyncio.Context, zmq.asyncio.Socket]:
+    """A new asyncio context and its SUB socket subscribed to ``prefixes`` (default: everything;
+    none: the caller subscribes as its clients come), connected to ``args.sub``."""
     ctx = zmq.asyncio.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.RCVHWM, args.rcvhwm)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    for prefix in prefixes:
+        sub.setsockopt(zmq.SUBSCRIBE, prefix)
     sub.connect(args.sub)
     return ctx, sub

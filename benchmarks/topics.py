@@ -1,0 +1,389 @@
+"""Per-client topics: cost per message as the number of topics grows, zmqws beside a per-channel map.
+
+The question: with every client on a topic of its own (plus a few shared
+ones), does the gateway's cost per message stay flat as the topics go from
+a thousand to ten thousand?  And how does it compare with the routing of
+Pushpin and Fanout, a hash map from each channel to its set of connections?
+
+**End to end**, for each client count C and each stack, in the same run:
+
+* ``topics_publisher.py`` (XPUB, pinned to ``--client-cpu``) binds;
+* the gateway starts, pinned to ``--gateway-cpu``: ``zmqws`` (``python -m
+  zmqws``; keepalive pings off, as the reference sends none; caps on
+  connections and upstream prefixes raised to fit) or ``channels``
+  (``ref_channels.py``: picows, the fastest Python stack of ``fanout.py``,
+  with a per-channel dict, exact match; it subscribes upstream per channel as
+  zmqws does per prefix);
+* the C load client (``loadclient.c``, pinned with the publisher) opens C
+  connections, 200 handshakes at a time; connection i asks for
+  ``/?topic=u<i>.&topic=s<i mod 100>.``: its own topic and one of
+  ``--shared`` (100) shared topics, so C + 100 topics in all;
+* once the gateway has subscribed to every topic, its idle CPU is read over
+  ``--idle-window`` seconds, then the publisher sends ``--rate`` (1000) msg/s
+  for ``--duration`` seconds: a share ``--shared-share`` of them on a shared
+  topic chosen at random (C / 100 recipients each), the others on a client's
+  own topic chosen at random (one recipient).  With share 0.5 (half and
+  half), deliveries grow with C (500 + 5 C per second); with share 0 every
+  message has one recipient whatever C, so the cost per message shows the
+  routing alone; both run by default;
+* each topic is numbered on its own and the load client checks the order
+  and gaps of each of a connection's two streams (``--seq-streams 2``),
+  samples the latency of every message on every 10th connection, and stops
+  ``--idle`` seconds after the last message.
+
+Figures: the gateway's CPU time (``/proc``, all threads) from the start of
+sending to the load client's end, per published message and per delivery;
+loss = 1 - received / the deliveries the publisher's messages call for;
+latency p50/p99 (send to read, CLOCK_MONOTONIC across processes); the
+gateway's CPU while idle with its connections open.  "vs channels" is zmqws's
+CPU per message over the reference's at the same C and share.
+
+**In process** (as ``routing.py``), for 100 .. 100 000 own topics (+ 100
+shared): zmqws's ``Router.match`` (a message's routes) beside
+``dict.get`` (a channel's set), and the whole hub path (``Hub.take`` +
+``Hub.flush``: ids, history, routes, the frame, the output queues) beside
+a dict look-up + the frame + the same queueing, per message on an own topic,
+one message per loop turn (at 1000 msg/s a turn seldom has more).  CPU time
+of this thread, so other load on the machine counts little.
+
+``--py-spy DIR`` records zmqws's stacks while it publishes (``spy_summary.py``
+summarises them).
+
+    python benchmarks/topics.py                       # 1000, 3000, 10000 clients; about 4 min
+    python benchmarks/topics.py --clients 500 --duration 3 --shared-share 0.5 --inprocess-topics 100,1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional
+
+from fanout import (all_cpu, build_loadclient, free_port, log_problems, other_cpu, parse_list, pinned, proc_cpu,
+                    proc_status_kb, readline, stop, stop_publisher, wait_port, wait_quiet)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STACKS = ("zmqws", "channels")
+PATH_TEMPLATE = "/?topic=u%i.&topic=s%m."  # loadclient.c: %i the connection's index, %m it modulo --path-mod
+
+
+def gateway_command(stack: str, endpoint: str, port: int, clients: int, args: argparse.Namespace) -> List[str]:
+    py = sys.executable
+    if stack == "zmqws":
+        return [py, "-m", "zmqws", "--sub", endpoint, "--port", str(port), "--rcvhwm", str(args.rcvhwm),
+                "--payload", "binary", "--ping-interval", "0", "--max-connections", str(clients + 1000),
+                "--max-upstream-prefixes", "0"]
+    if stack == "channels":
+        return [py, os.path.join(HERE, "ref_channels.py"), "--sub", endpoint, "--port", str(port),
+                "--rcvhwm", str(args.rcvhwm)]
+    raise ValueError(f"unknown stack {stack!r}")
+
+
+# -- end to end -------------------------------------------------------------------------------
+
+
+def run_scenario(stack: str, clients: int, share: float, args: argparse.Namespace, loadclient: str,
+                 logdir: str) -> Dict[str, Any]:
+    res: Dict[str, Any] = {"stack": stack, "clients": clients, "topics": clients + min(clients, args.shared),
+                           "shared_share": share, "rate": args.rate}
+    pub = gw = client = spy = None
+    log_path = os.path.join(logdir, f"{stack}-{clients}-{share:g}.log")
+    log = open(log_path, "wb")
+    try:
+        pub = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "topics_publisher.py"), "--clients", str(clients),
+             "--shared", str(args.shared), "--shared-share", str(share), "--rate", str(args.rate),
+             "--duration", str(args.duration), "--size", str(args.size)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=pinned(args.client_cpu))
+        endpoint = readline(pub, 15, "the publisher's endpoint").split()[1]
+        port = free_port()
+        gw = subprocess.Popen(gateway_command(stack, endpoint, port, clients, args), stdin=subprocess.DEVNULL,
+                              stdout=log, stderr=subprocess.STDOUT, preexec_fn=pinned(args.gateway_cpu))
+        wait_port(port, gw, 15)
+        client = subprocess.Popen(
+            [loadclient, "--port", str(port), "--conns", str(clients), "--messages", "0",
+             "--path-template", PATH_TEMPLATE, "--path-mod", str(args.shared), "--seq-streams", "2",
+             "--sample-every", str(args.sample_every), "--idle", str(args.idle),
+             "--timeout", str(args.duration + args.idle_window + 120), "--connect-timeout",
+             str(args.connect_timeout)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, preexec_fn=pinned(args.client_cpu))
+        ready = readline(client, args.connect_timeout + 10, "the clients' connections").split()
+        if ready[0] != "READY":
+            raise RuntimeError(f"load client: {' '.join(ready)}")
+        res["connect_s"] = float(ready[2])
+        line = readline(pub, 120, "the gateway's subscriptions to every topic")
+        if line != "SUBSCRIBED":
+            raise RuntimeError(f"publisher: {line}")
+        time.sleep(0.5)
+        cpu_a = proc_cpu(gw.pid)
+        time.sleep(args.idle_window)
+        res["idle_cpu_pct"] = 100.0 * (proc_cpu(gw.pid) - cpu_a) / args.idle_window
+
+        if args.py_spy and stack == "zmqws":
+            res["py_spy"] = os.path.join(os.path.abspath(args.py_spy), f"zmqws-{clients}-{share:g}.txt")
+            spy = subprocess.Popen(["py-spy", "record", "--format", "raw", "-o", res["py_spy"], "-r", "200",
+                                    "-d", str(int(args.duration + args.idle) + 5), "-p", str(gw.pid)],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, preexec_fn=pinned(args.client_cpu))
+            time.sleep(1.0)  # py-spy attaches
+        others0 = all_cpu()
+        cpu0 = proc_cpu(gw.pid)
+        t_go = time.monotonic()
+        pub.stdin.write(b"GO\n")
+        pub.stdin.flush()
+        sent = json.loads(readline(pub, args.duration + 60, "the publisher's report"))
+        report = json.loads(readline(client, args.idle + 150, "the load client's report"))
+        res["wall_s"] = time.monotonic() - t_go
+        res["gateway_cpu_s"] = proc_cpu(gw.pid) - cpu0
+        ours = {os.getpid(), gw.pid, pub.pid, client.pid} | ({spy.pid} if spy is not None else set())
+        res["other_cpu_s"] = other_cpu(others0, all_cpu(), ours)
+        res["gateway_rss_mb"] = proc_status_kb(gw.pid, "VmHWM") / 1024
+        res["gateway_alive"] = gw.poll() is None
+        res["publisher"] = sent
+        res["client"] = report
+        received = report["received"]
+        res["loss_pct"] = 100.0 * (1 - received / sent["deliveries"]) if sent["deliveries"] else 0.0
+        res["cpu_us_per_msg"] = 1e6 * res["gateway_cpu_s"] / sent["sent"]
+        res["cpu_us_per_delivery"] = 1e6 * res["gateway_cpu_s"] / received if received else 0.0
+    except Exception as exc:  # a failed scenario is a row; go on with the next
+        res["error"] = str(exc)
+    finally:
+        stop(client, signal.SIGKILL)
+        stop(spy, signal.SIGINT, 20)
+        stop(gw, signal.SIGTERM, 15)  # before the publisher: its going is no warning of the gateway's
+        stop_publisher(pub)
+        log.close()
+    with open(log_path, "rb") as f:
+        res["log_problems"] = log_problems(f.read().decode(errors="replace"))
+    res["log"] = log_path
+    return res
+
+
+def e2e_table(results: List[Dict[str, Any]]) -> str:
+    ref = {(r["clients"], r["shared_share"]): r["cpu_us_per_msg"]
+           for r in results if r["stack"] == "channels" and "error" not in r}
+    head = ("| stack | clients | topics | shared share | msgs sent (msg/s) | deliveries | loss % | "
+            "latency p50 / p99 / max ms | idle CPU % | gateway CPU s | CPU µs/msg | CPU µs/delivery | "
+            "vs channels | connect s | RSS MB | notes |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        start = f"| {r['stack']} | {r['clients']:,} | {r['topics']:,} | {r['shared_share']:g} |"
+        if "error" in r:
+            lines.append(start + " - |" * 11 + f" error: {r['error']} |")
+            continue
+        c, p = r["client"], r["publisher"]
+        base = ref.get((r["clients"], r["shared_share"]))
+        notes = []
+        if c["gaps"] or c["out_of_order"]:
+            notes.append(f"{c['gaps']} gaps, {c['out_of_order']} out of order")
+        if c["closed_by_server"] or c["eof"] or c["errors"]:
+            notes.append(f"{c['closed_by_server']} closed by server, {c['eof']} EOF, {c['errors']} errors")
+        if c["timed_out"]:
+            notes.append("client timed out")
+        if r["log_problems"]:
+            notes.append(f"{len(r['log_problems'])} log warnings/errors")
+        if r["other_cpu_s"] > 0.05 * r["wall_s"]:
+            notes.append(f"other processes used {100 * r['other_cpu_s'] / r['wall_s']:.0f} % of a CPU")
+        if not r["gateway_alive"]:
+            notes.append("gateway died")
+        ratio = f"{r['cpu_us_per_msg'] / base:.2f}x" if base else "-"
+        lines.append(
+            start + f" {p['sent']:,} ({p['rate']:.0f}) | {c['received']:,} of {p['deliveries']:,} | "
+            f"{r['loss_pct']:.2f} | {c['lat_p50_ms']:.1f} / {c['lat_p99_ms']:.1f} / {c['lat_max_ms']:.1f} | "
+            f"{r['idle_cpu_pct']:.1f} | {r['gateway_cpu_s']:.2f} | {r['cpu_us_per_msg']:.1f} | "
+            f"{r['cpu_us_per_delivery']:.2f} | {ratio} | {r['connect_s']:.1f} | {r['gateway_rss_mb']:.0f} | "
+            f"{'; '.join(notes)} |")
+    return "\n".join(lines)
+
+
+# -- in process -------------------------------------------------------------------------------
+
+
+def timed(fn: Any, *args: Any) -> float:
+    """CPU seconds of this thread that ``fn(*args)`` took."""
+    t0 = time.thread_time()
+    fn(*args)
+    return time.thread_time() - t0
+
+
+def inprocess(own: int, shared: int, messages: int) -> Dict[str, float]:
+    """zmqws's router and hub beside a per-channel dict, for ``own`` clients each on ``u<i>.`` and
+    ``s<i mod shared>.``: CPU µs per message (and per delivery for the shared topics)."""
+    from routing import FakeClient  # benchmarks/routing.py: a client as the fan-out sees it
+    from zmqws.gateway import Gateway
+    from zmqws.protocol.frames import OP_BINARY, frame_header
+
+    gateway = Gateway(None, 0, history=1000, payload_mode="binary")
+    hub = gateway.hub
+    wire = gateway.websocket.context.websocket_wire(None)
+    clients = [FakeClient() for _ in range(own)]
+    channels: Dict[bytes, Dict[Any, None]] = {}
+    for i, client in enumerate(clients):
+        names = [b"u%d." % i, b"s%d." % (i % shared)]
+        hub.router.add(client, names, "payload", wire)
+        for name in names:
+            channels.setdefault(name, {})[client] = None
+    shared = min(shared, own)
+    own_topics = [b"u%d." % i for i in range(own)]
+    shared_topics = [b"s%d." % j for j in range(shared)]
+    n_shared = max(100, messages * shared // own)  # about as many deliveries as the own-topic messages
+    picks = [(i * 7919) % own for i in range(messages)]  # a stride through the topics
+    shared_picks = [i % shared for i in range(n_shared)]
+    payload = bytes(64)
+    take, flush, match, get = hub.take, hub.flush, hub.router.match, channels.get
+    dirty: Dict[Any, None] = {}
+
+    def drain(members: Any) -> None:  # what the writer does after the turn: the queues emptied
+        for client in members:
+            client.session.out.clear()
+            client.session.out_bytes = 0
+
+    def routes_only(topics: List[bytes], picked: List[int]) -> None:
+        for i in picked:
+            for _route in match(topics[i]):
+                pass
+
+    def dict_only(topics: List[bytes], picked: List[int]) -> None:
+        for i in picked:
+            for _client in get(topics[i], ()):
+                pass
+
+    def hub_path(topics: List[bytes], picked: List[int]) -> None:
+        for i in picked:
+            topic = topics[i]
+            take(topic, payload)
+            flush()
+            drain(channels[topic])
+
+    def dict_path(topics: List[bytes], picked: List[int]) -> None:
+        for i in picked:
+            topic = topics[i]
+            members = get(topic)
+            if members:
+                frame = frame_header(OP_BINARY, len(payload)) + payload
+                size = len(frame)
+                for client in members:  # what OutputQueues.fanout does per client
+                    session = client.session
+                    session.out.append(frame)
+                    session.out_bytes += size
+                    dirty[client] = None
+            drain(members)
+
+    per_group = own / shared
+    return {
+        "own_topics": own, "shared_topics": shared, "messages": messages, "shared_messages": n_shared,
+        "match_us": 1e6 * timed(routes_only, own_topics, picks) / messages,
+        "dict_get_us": 1e6 * timed(dict_only, own_topics, picks) / messages,
+        "hub_us": 1e6 * timed(hub_path, own_topics, picks) / messages,
+        "dict_path_us": 1e6 * timed(dict_path, own_topics, picks) / messages,
+        "hub_shared_us_per_delivery": 1e6 * timed(hub_path, shared_topics, shared_picks) / n_shared / per_group,
+        "dict_shared_us_per_delivery": 1e6 * timed(dict_path, shared_topics, shared_picks) / n_shared / per_group,
+    }
+
+
+def inprocess_table(rows: List[Dict[str, Any]]) -> str:
+    head = ("| own topics (+ shared) | Router.match µs/msg | dict.get µs/msg | zmqws hub path µs/msg | "
+            "dict path µs/msg | hub / dict | shared topic: zmqws µs/delivery | dict µs/delivery |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r['own_topics']:,} (+ {r['shared_topics']}) | {r['match_us']:.3f} | {r['dict_get_us']:.3f} | "
+            f"{r['hub_us']:.2f} | {r['dict_path_us']:.2f} | {r['hub_us'] / r['dict_path_us']:.1f}x | "
+            f"{r['hub_shared_us_per_delivery']:.2f} | {r['dict_shared_us_per_delivery']:.2f} |")
+    return "\n".join(lines)
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--stacks", default="zmqws,channels", help=f"comma-separated, from: {', '.join(STACKS)}")
+    p.add_argument("--clients", default="1000,3000,10000",
+                   help="comma-separated client counts (each client has its own topic); '' = no end-to-end run")
+    p.add_argument("--shared", type=int, default=100, help="shared topics; client i is also on s<i mod this>.")
+    p.add_argument("--shared-share", default="0.5,0",
+                   help="comma-separated shares of the messages published on shared topics")
+    p.add_argument("--rate", type=float, default=1000.0, help="messages published per second")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of publishing per scenario")
+    p.add_argument("--size", type=int, default=64, help="message size in bytes (>= 16)")
+    p.add_argument("--idle", type=float, default=2.0, help="the load client stops this long after the last message")
+    p.add_argument("--idle-window", type=float, default=2.0,
+                   help="seconds over which the gateway's idle CPU is read before publishing")
+    p.add_argument("--connect-timeout", type=float, default=120.0)
+    p.add_argument("--sample-every", type=int, default=10, help="latency of every message on every K-th connection")
+    p.add_argument("--rcvhwm", type=int, default=100_000, help="the gateways' SUB receive HWM")
+    p.add_argument("--gateway-cpu", type=int, default=0, help="CPU the gateway is pinned to (-1: none)")
+    p.add_argument("--client-cpu", type=int, default=1,
+                   help="CPU the load client and the publisher are pinned to (-1: none)")
+    p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
+                   help="before each scenario, wait up to S seconds for the machine to be idle")
+    p.add_argument("--inprocess-topics", default="100,1000,10000,100000",
+                   help="own-topic counts of the in-process comparison; '' = none")
+    p.add_argument("--inprocess-messages", type=int, default=100_000)
+    p.add_argument("--py-spy", metavar="DIR",
+                   help="record zmqws with py-spy while it publishes, raw stacks to DIR (spy_summary.py reads "
+                        "them); py-spy pauses the process to sample it: its CPU figures then run high")
+    p.add_argument("--loadclient", metavar="PATH", help="use this load client binary instead of building one")
+    p.add_argument("--json", metavar="FILE", help="write the raw results here")
+    p.add_argument("--logs", metavar="DIR", help="keep the gateways' logs here (else in a new temp dir)")
+    args = p.parse_args(argv)
+    stacks = parse_list(args.stacks)
+    if any(s not in STACKS for s in stacks) or args.size < 16 or args.shared < 1:
+        p.error(f"--stacks from {', '.join(STACKS)}; --size >= 16; --shared >= 1")
+    ncpu = os.cpu_count() or 1
+    for name in ("gateway_cpu", "client_cpu"):
+        if not 0 <= getattr(args, name) < ncpu:
+            setattr(args, name, None)
+
+    results: List[Dict[str, Any]] = []
+    client_counts = parse_list(args.clients, int)
+    if client_counts:
+        loadclient = args.loadclient or build_loadclient()
+        logdir = args.logs or tempfile.mkdtemp(prefix="zmqws-topics-")
+        os.makedirs(logdir, exist_ok=True)
+        if args.py_spy:
+            os.makedirs(args.py_spy, exist_ok=True)
+        started = time.monotonic()
+        for clients in client_counts:
+            for share in parse_list(args.shared_share, float):
+                for stack in stacks:  # side by side: the stacks of one size and share back to back
+                    if args.quiet_wait and not wait_quiet(args.quiet_wait):
+                        print("topics.py: the machine is still busy; running anyway", file=sys.stderr)
+                    r = run_scenario(stack, clients, share, args, loadclient, logdir)
+                    results.append(r)
+                    msg = (f"error: {r['error']}" if "error" in r else
+                           f"{r['cpu_us_per_msg']:.1f} CPU µs/msg, loss {r['loss_pct']:.2f} %")
+                    print(f"[{time.monotonic() - started:6.1f} s] {stack:8} {clients:6} clients, "
+                          f"share {share:g}: {msg}", file=sys.stderr, flush=True)
+        print(f"gateway logs: {logdir}", file=sys.stderr)
+    rows = [inprocess(n, args.shared, args.inprocess_messages) for n in parse_list(args.inprocess_topics, int)]
+
+    when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    print(f"\n{when}; {platform.node()}; {ncpu} CPUs; Python {platform.python_version()}")
+    if results:
+        print(f"\nEnd to end: {args.rate:g} msg/s of {args.size} B for {args.duration:g} s; client i on u<i>. "
+              f"and s<i mod {args.shared}>.; gateway on CPU {args.gateway_cpu}, load client + publisher on "
+              f"CPU {args.client_cpu}\n")
+        print(e2e_table(results))
+    if rows:
+        print(f"\nIn process: CPU µs per message on an own topic (one recipient), one message per turn; "
+              f"shared topic: per delivery ({args.shared} shared topics)\n")
+        print(inprocess_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"date": when, "args": vars(args), "results": results, "inprocess": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
