@@ -58,13 +58,16 @@ C_FANOUT_SRC = os.path.join(HERE, "c_fanout.c")
 C_FANOUT = os.path.join(HERE, "c_fanout")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-STACKS = ("zmqws", "websockets", "tornado", "picows", "node", "c")
+STACKS = ("zmqws", "zmqws-flush", "websockets", "tornado", "picows", "node", "c")
+FLUSH_INTERVAL_MS = 2.0  # stack zmqws-flush: zmqws with --flush-interval (changed by the flag of that name)
 NODE_DIR = os.path.join(HERE, "node")
 
 
 def gateway_command(stack: str, endpoint: str, port: int, rcvhwm: int,
                     profile_out: Optional[str] = None, deflate: bool = False) -> List[str]:
     py = sys.executable
+    if stack == "zmqws-flush":
+        return gateway_command("zmqws", endpoint, port, rcvhwm) + ["--flush-interval", str(FLUSH_INTERVAL_MS)]
     if stack == "zmqws":
         if profile_out:
             return [py, os.path.join(HERE, "zmqws_profiled.py"), "--sub", endpoint,
@@ -551,6 +554,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="latency of every message on every K-th connection")
     p.add_argument("--client-pause-us", type=int, default=0,
                    help="the load client sleeps this long between epoll rounds (batches reads)")
+    p.add_argument("--flush-interval", type=float, default=FLUSH_INTERVAL_MS, metavar="MS",
+                   help="stack zmqws-flush: zmqws --flush-interval MS (default: %(default)s)")
     p.add_argument("--rcvhwm", type=int, default=100_000, help="the gateways' SUB receive HWM")
     p.add_argument("--sndhwm", type=int, default=100_000, help="the publisher's send HWM")
     p.add_argument("--gateway-cpu", type=int, default=0, help="CPU the gateway is pinned to (-1: none)")
@@ -569,6 +574,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--json", metavar="FILE", help="write the raw results here")
     p.add_argument("--logs", metavar="DIR", help="keep the gateways' logs here (else in a new temp dir)")
     args = p.parse_args(argv)
+    globals()["FLUSH_INTERVAL_MS"] = args.flush_interval
     if args.size < 16:
         p.error("--size must be at least 16")
     if args.messages != "auto":
