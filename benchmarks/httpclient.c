@@ -1,8 +1,9 @@
 /*
- * httpclient: the load client of benchmarks/transports.py for zmqws's HTTP fallbacks,
- * Server-Sent Events and long-polling (docs/usage.md, "HTTP fallbacks").
+ * httpclient: the load client of benchmarks/transports.py for zmqws's HTTP transports:
+ * Server-Sent Events and long-polling (docs/usage.md, "HTTP fallbacks"), and Socket.IO over
+ * Engine.IO long-polling.
  *
- *   httpclient --mode sse|poll --port P --conns C --messages N [--host H] [--path PATH]
+ *   httpclient --mode sse|poll|eio --port P --conns C --messages N [--host H] [--path PATH]
  *              [--sample-every K] [--timeout S] [--idle S] [--connect-timeout S] [--parallel K]
  *
  * --mode sse   each connection sends "GET /events" and reads the endless event stream
@@ -18,6 +19,14 @@
  *              none).  An answer with "Connection: close" (--max-requests-per-connection)
  *              or an EOF is followed by a new connection that goes on from the same id.
  *              Ready when every connection has sent its first request.
+ * --mode eio   Engine.IO v4 long-polling sessions carrying Socket.IO v5 (the protocol of
+ *              socket.io-client with transports ["polling"]): the handshake
+ *              "GET /socket.io/?EIO=4&transport=polling" answers "0{"sid":...}"; "40" (the
+ *              CONNECT of namespace /) and "3" (the pong of each "2" ping) are POSTed on a
+ *              second keep-alive connection of the session; GETs with &sid= follow one another
+ *              on the first.  An answer is packets separated by 0x1e; each message is a "45"
+ *              BINARY_EVENT packet followed by its attachment, "b" + base64.  Ready when every
+ *              session has its CONNECT answer ("40...").
  *
  * Every request carries "Host: localhost" (the gateway's Host check).  The payload's first
  * 16 bytes (after base64 decoding) are what the benchmark's publisher puts there:
@@ -57,7 +66,8 @@
 #include <unistd.h>
 
 enum { S_CONNECTING = 0, S_HEAD, S_BODY, S_STREAM, S_DONE, S_CLOSED };
-enum { M_SSE = 0, M_POLL };
+enum { P_NONE = 0, P_CONNECTING, P_IDLE, P_WAIT };  /* eio: the POST connection */
+enum { M_SSE = 0, M_POLL, M_EIO };
 
 #define DATA_PREFIX 16         /* timestamp + sequence */
 #define B64_PREFIX 24          /* base64 characters that hold them */
@@ -94,6 +104,14 @@ typedef struct {
     int have_since;
     int keep_alive;
     uint64_t header_last_id;
+    /* eio */
+    char sid[64];
+    int attachment;             /* a "45" packet came: its binary attachment is next */
+    int pfd, pstate;            /* the POST connection */
+    int need_connect, pongs;    /* packets to POST: "40", "3" x pongs */
+    char phead[512];
+    uint32_t phead_len;
+    int64_t pbody_left;         /* -1: reading the head */
 } conn_t;
 
 static conn_t *conns;
@@ -104,8 +122,8 @@ static const char *host = "127.0.0.1";
 static int port;
 static const char *path;
 
-static uint64_t wire_bytes, gap_notices, requests, reconnects, http_errors, unparsed;
-static int eof_count, error_count, done_count;
+static uint64_t wire_bytes, gap_notices, requests, reconnects, http_errors, unparsed, posts;
+static int eof_count, error_count, done_count, ready_count, pending, counting;
 static uint64_t *hist;
 static uint64_t lat_samples, lat_max_ns;
 
@@ -185,15 +203,28 @@ static void on_message(conn_t *c, const char *b64, size_t n, int64_t t) {
     if (!c->done && expected && c->next_seq >= expected) { c->done = 1; done_count++; }
 }
 
+static void mark_ready(conn_t *c) {
+    if (c->ready) return;
+    c->ready = 1;
+    ready_count++;
+    pending--;
+}
+
 static void conn_close(conn_t *c) {
     if (c->state == S_CLOSED) return;
     epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
+    if (c->pstate != P_NONE) {
+        epoll_ctl(epfd, EPOLL_CTL_DEL, c->pfd, NULL);
+        close(c->pfd);
+        c->pstate = P_NONE;
+    }
     c->state = S_CLOSED;
     if (!c->done) { c->done = 1; done_count++; }
 }
 
-static void start_connect(conn_t *c) {
+/* A non-blocking connect of connection index i (its POST side if post), in the epoll set. */
+static int connect_to(int i, int post) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     if (fd < 0) die("socket");
     int one = 1;
@@ -202,11 +233,15 @@ static void start_connect(conn_t *c) {
     sa.sin_family = AF_INET;
     sa.sin_port = htons(port);
     inet_pton(AF_INET, host, &sa.sin_addr);
-    c->fd = fd;
-    c->state = S_CONNECTING;
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS) die("connect");
-    struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = c};
+    struct epoll_event ev = {.events = EPOLLOUT, .data.u64 = ((uint64_t)i << 1) | post};
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl");
+    return fd;
+}
+
+static void start_connect(conn_t *c) {
+    c->fd = connect_to(c - conns, 0);
+    c->state = S_CONNECTING;
 }
 
 /* The request of this connection: the stream, or the next poll. */
@@ -216,7 +251,9 @@ static int send_request(conn_t *c) {
     if (mode == M_SSE)
         n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n",
                      path);
-    else if (c->have_since)
+    else if (mode == M_EIO && c->sid[0])
+        n = snprintf(req, sizeof req, "GET %s&sid=%s HTTP/1.1\r\nHost: localhost\r\n\r\n", path, c->sid);
+    else if (mode == M_POLL && c->have_since)
         n = snprintf(req, sizeof req, "GET %s%csince=%llu HTTP/1.1\r\nHost: localhost\r\n\r\n",
                      path, strchr(path, '?') ? '&' : '?', (unsigned long long)c->since);
     else
@@ -225,18 +262,22 @@ static int send_request(conn_t *c) {
     requests++;
     c->state = S_HEAD;
     c->head_len = 0;
+    if (mode == M_POLL) mark_ready(c);  /* held by the gateway from now on */
     return 0;
 }
 
-/* The connect finished: send the request, then wait for input. */
-static int on_connected(conn_t *c) {
+/* A connect finished: wait for input (and send the request, on the GET side). */
+static int on_connected(conn_t *c, int post) {
+    int fd = post ? c->pfd : c->fd;
     int err = 0;
     socklen_t l = sizeof err;
-    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
+    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l);
     if (err) { errno = err; return -1; }
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-    epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
-    return send_request(c);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = ((uint64_t)(c - conns) << 1) | post};
+    epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev);
+    if (!post) return send_request(c);
+    c->pstate = P_IDLE;
+    return 0;
 }
 
 /* -- Server-Sent Events ------------------------------------------------------------------- */
@@ -348,9 +389,111 @@ static int64_t parse_head(conn_t *c, const char *hend) {
     return length;
 }
 
+/* -- Engine.IO long-polling --------------------------------------------------------------- */
+
+/* POST what the session has to say ("40", pongs) when its POST connection is free. */
+static void post_flush(conn_t *c) {
+    if (!c->need_connect && !c->pongs) return;
+    if (c->pstate == P_NONE) {
+        c->pfd = connect_to(c - conns, 1);
+        c->pstate = P_CONNECTING;
+        return;  /* on_connected() makes it P_IDLE; then again */
+    }
+    if (c->pstate != P_IDLE) return;
+    char body[256];
+    int n = 0;
+    if (c->need_connect) n += snprintf(body + n, sizeof body - n, "40");
+    for (; c->pongs > 0 && n < (int)sizeof body - 2; c->pongs--)
+        n += snprintf(body + n, sizeof body - n, n ? "\x1e" "3" : "3");
+    c->need_connect = 0;
+    c->pongs = 0;
+    char req[512];
+    int m = snprintf(req, sizeof req, "POST %s&sid=%s HTTP/1.1\r\nHost: localhost\r\n"
+                     "Content-Type: text/plain;charset=UTF-8\r\nContent-Length: %d\r\n\r\n%.*s",
+                     path, c->sid, n, n, body);
+    if (write(c->pfd, req, m) != m) { error_count++; return; }
+    posts++;
+    c->pstate = P_WAIT;
+    c->phead_len = 0;
+    c->pbody_left = -1;
+}
+
+/* The answers to the POSTs ("ok"): read, checked for 200, then the next POST if any. */
+static void post_feed(conn_t *c, const char *p, size_t n) {
+    while (n > 0 && c->pstate == P_WAIT) {
+        if (c->pbody_left < 0) {
+            size_t k = sizeof c->phead - 1 - c->phead_len;
+            if (k > n) k = n;
+            memcpy(c->phead + c->phead_len, p, k);
+            size_t old = c->phead_len;
+            c->phead_len += k;
+            c->phead[c->phead_len] = 0;
+            char *hend = strstr(c->phead, "\r\n\r\n");
+            if (!hend) {
+                if (c->phead_len >= sizeof c->phead - 1) { error_count++; c->pstate = P_IDLE; }
+                return;
+            }
+            if (strncmp(c->phead, "HTTP/1.1 200", 12) != 0) {
+                http_errors++;
+                fprintf(stderr, "httpclient: POST: %.120s\n", c->phead);
+            }
+            const char *cl = strcasestr(c->phead, "\r\nContent-Length:");
+            c->pbody_left = cl && cl < hend ? strtoll(cl + 17, NULL, 10) : 0;
+            size_t used = (size_t)(hend + 4 - c->phead) - old;
+            p += used; n -= used;
+        }
+        size_t k = (uint64_t)c->pbody_left < n ? (size_t)c->pbody_left : n;
+        c->pbody_left -= k; p += k; n -= k;
+        if (c->pbody_left == 0) {
+            c->pstate = P_IDLE;
+            if (strcasestr(c->phead, "\r\nConnection: close")) {
+                epoll_ctl(epfd, EPOLL_CTL_DEL, c->pfd, NULL);
+                close(c->pfd);
+                c->pstate = P_NONE;
+            }
+            post_flush(c);
+        }
+    }
+}
+
+/* A GET's answer: Engine.IO packets separated by 0x1e (Engine.IO v4 "payload"). */
+static void eio_answer(conn_t *c, int64_t t) {
+    const char *b = c->body, *end = c->body + c->body_len;
+    while (b < end) {
+        const char *e = memchr(b, 0x1e, end - b);
+        if (!e) e = end;
+        size_t n = e - b;
+        if (n >= 1 && b[0] == 'b') {  /* a binary packet: the attachment of the last "45" */
+            if (c->attachment) on_message(c, b + 1, n - 1, t);
+            else unparsed++;
+            c->attachment = 0;
+        } else if (n >= 2 && b[0] == '4') {  /* MESSAGE: a Socket.IO packet */
+            if (b[1] == '5') c->attachment = 1;  /* BINARY_EVENT, one attachment */
+            else if (b[1] == '0') mark_ready(c);  /* the CONNECT answer */
+            else if (b[1] == '4') { http_errors++; fprintf(stderr, "httpclient: %.*s\n", (int)n, b); }
+            else unparsed++;
+        } else if (n >= 1 && b[0] == '2') {  /* ping: pong */
+            c->pongs++;
+            post_flush(c);
+        } else if (n >= 1 && b[0] == '0') {  /* open: the sid, then CONNECT to / */
+            const char *sid = memmem(b, n, "\"sid\":\"", 7);
+            const char *q = sid ? memchr(sid + 7, '"', e - sid - 7) : NULL;
+            if (!q || q - sid - 7 >= (int)sizeof c->sid) { http_errors++; break; }
+            memcpy(c->sid, sid + 7, q - sid - 7);
+            c->sid[q - sid - 7] = 0;
+            c->need_connect = 1;
+            post_flush(c);
+        } else if (n >= 1 && b[0] == '1') {  /* close */
+            eof_count++;
+        }  /* "6" noop */
+        b = e + 1;
+    }
+}
+
 /* The answer is complete: take it, then the next poll (on a new connection if this one closes). */
 static int poll_done(conn_t *c, int64_t t) {
-    poll_answer(c, t);
+    if (mode == M_EIO) eio_answer(c, t);
+    else poll_answer(c, t);
     if (c->done) { c->state = S_DONE; return 0; }
     if (!c->keep_alive) {
         epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
@@ -408,7 +551,7 @@ static int poll_feed(conn_t *c, const char *p, size_t n, int64_t t) {
 
 /* Input of a connection past its connect, in the counting phase. */
 static int on_input(conn_t *c, const char *p, size_t n, int64_t t) {
-    if (mode == M_POLL) return poll_feed(c, p, n, t);
+    if (mode != M_SSE) return poll_feed(c, p, n, t);
     if (c->state == S_STREAM) { sse_feed(c, p, n, t); return 0; }
     /* the stream's head */
     size_t k = HEAD_MAX - 1 - c->head_len;
@@ -425,9 +568,57 @@ static int on_input(conn_t *c, const char *p, size_t n, int64_t t) {
         return -1;
     }
     c->state = S_STREAM;
+    mark_ready(c);
     size_t used = (size_t)(hend + 4 - c->head) - old;
     if (n > used) sse_feed(c, p + used, n - used, t);
     return 0;
+}
+
+/* One epoll event (data: connection index << 1 | POST side); 1 when messages came, -1 on an
+   error (the connection is closed then). */
+static int on_event(uint64_t data, int64_t t) {
+    static char buf[READ_SIZE];
+    conn_t *c = &conns[data >> 1];
+    int post = data & 1;
+    if (c->state == S_CLOSED) return 0;
+    if (post) {
+        if (c->pstate == P_CONNECTING) {
+            if (on_connected(c, 1) < 0) { conn_close(c); return -1; }
+            post_flush(c);
+            return 0;
+        }
+        ssize_t r = read(c->pfd, buf, sizeof buf);
+        if (r > 0) post_feed(c, buf, r);
+        else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {  /* opened again when needed */
+            epoll_ctl(epfd, EPOLL_CTL_DEL, c->pfd, NULL);
+            close(c->pfd);
+            c->pstate = P_NONE;
+            post_flush(c);
+        }
+        return 0;
+    }
+    if (c->state == S_CONNECTING) {
+        if (on_connected(c, 0) < 0) { conn_close(c); return -1; }
+        return 0;
+    }
+    ssize_t r = read(c->fd, buf, sizeof buf);
+    if (r > 0) {
+        if (counting) wire_bytes += r;
+        uint64_t before = c->received;
+        if (on_input(c, buf, r, t) < 0) { conn_close(c); return -1; }
+        return c->received != before;
+    }
+    if (r < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
+    if (r == 0) eof_count++;
+    if (mode != M_SSE && counting && !c->done && r == 0) {  /* the server ended it: poll again */
+        epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
+        reconnects++;
+        start_connect(c);
+        return 0;
+    }
+    conn_close(c);
+    return -1;
 }
 
 /* -- report ------------------------------------------------------------------------------- */
@@ -445,7 +636,7 @@ static double hist_pct(double q) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: httpclient --mode sse|poll --port P --conns C --messages N [--host H] "
+    fprintf(stderr, "usage: httpclient --mode sse|poll|eio --port P --conns C --messages N [--host H] "
                     "[--path PATH] [--sample-every K] [--timeout S] [--idle S] [--connect-timeout S] "
                     "[--parallel K]\n");
     exit(2);
@@ -458,7 +649,7 @@ int main(int argc, char **argv) {
         const char *a = argv[i];
         if (i + 1 >= argc) usage();
         const char *v = argv[++i];
-        if (!strcmp(a, "--mode")) mode = !strcmp(v, "sse") ? M_SSE : !strcmp(v, "poll") ? M_POLL : -2;
+        if (!strcmp(a, "--mode")) mode = !strcmp(v, "sse") ? M_SSE : !strcmp(v, "poll") ? M_POLL : !strcmp(v, "eio") ? M_EIO : -2;
         else if (!strcmp(a, "--host")) host = v;
         else if (!strcmp(a, "--port")) port = atoi(v);
         else if (!strcmp(a, "--conns")) nconns = atoi(v);
@@ -472,7 +663,7 @@ int main(int argc, char **argv) {
         else usage();
     }
     if (!port || nconns <= 0 || mode < 0) usage();
-    if (!path) path = mode == M_SSE ? "/events" : "/poll";
+    if (!path) path = mode == M_SSE ? "/events" : mode == M_POLL ? "/poll" : "/socket.io/?EIO=4&transport=polling";
     signal(SIGPIPE, SIG_IGN);
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -485,75 +676,40 @@ int main(int argc, char **argv) {
     if (!conns || !hist || epfd < 0) die("setup");
     for (int i = 0; i < nconns; i++) conns[i].sampled = sample_every > 0 && i % sample_every == 0;
 
-    /* Phase 1: every connection open (SSE: its head read; poll: its first request sent). */
+    /* Phase 1: every connection ready (SSE: its head read; poll: its first request sent;
+       eio: its CONNECT answer read), at most --parallel in progress at a time. */
     int64_t t0 = now_ns();
-    int started = 0, opened = 0, pending = 0;
+    int started = 0;
     struct epoll_event evs[1024];
-    static char buf[READ_SIZE];
-    while (opened < nconns) {
+    while (ready_count < nconns) {
         while (started < nconns && pending < parallel) { start_connect(&conns[started++]); pending++; }
         if ((now_ns() - t0) / 1e9 > connect_timeout) {
             errno = ETIMEDOUT;
-            fprintf(stderr, "httpclient: %d of %d connections open\n", opened, nconns);
+            fprintf(stderr, "httpclient: %d of %d connections ready\n", ready_count, nconns);
             die("connect timeout");
         }
         int n = epoll_wait(epfd, evs, 1024, 100);
         int64_t t = now_ns();
-        for (int i = 0; i < n; i++) {
-            conn_t *c = evs[i].data.ptr;
-            if (c->state == S_CONNECTING) {
-                if (on_connected(c) < 0) die("connect/request");
-            } else {
-                ssize_t r = read(c->fd, buf, sizeof buf);
-                if (r > 0) { if (on_input(c, buf, r, t) < 0) die("response"); }
-                else if (r == 0 || (errno != EAGAIN && errno != EINTR)) die("early close");
-            }
-            if (!c->ready && (c->state == S_STREAM || (mode == M_POLL && c->state != S_CONNECTING))) {
-                c->ready = 1;
-                opened++;
-                pending--;
-            }
-        }
+        for (int i = 0; i < n; i++)
+            if (on_event(evs[i].data.u64, t) < 0) die("connect/request/response");
     }
     double connect_s = (now_ns() - t0) / 1e9;
-    printf("READY %d %.3f\n", opened, connect_s);
+    printf("READY %d %.3f\n", ready_count, connect_s);
     fflush(stdout);
 
     /* Phase 2: count. */
     int64_t ready_ns = now_ns(), first_ns = -1, last_ns = -1;
     double cpu_first = 0, cpu_at_last = 0;
     int timed_out = 0;
+    counting = 1;
     while (done_count < nconns) {
         int n = epoll_wait(epfd, evs, 1024, 50);
         int64_t t = now_ns();
         int got = 0;
         for (int i = 0; i < n; i++) {
-            conn_t *c = evs[i].data.ptr;
-            if (c->state == S_CLOSED) continue;
-            if (c->state == S_CONNECTING) {  /* a poll connection opened again */
-                if (on_connected(c) < 0) { error_count++; conn_close(c); }
-                continue;
-            }
-            ssize_t r = read(c->fd, buf, sizeof buf);
-            if (r > 0) {
-                wire_bytes += r;
-                uint64_t before = c->received;
-                if (on_input(c, buf, r, t) < 0) { error_count++; conn_close(c); }
-                if (c->received != before) got = 1;
-            } else if (r == 0) {
-                eof_count++;
-                if (mode == M_POLL && !c->done) {  /* the server ended it: go on from the same id */
-                    epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
-                    close(c->fd);
-                    reconnects++;
-                    start_connect(c);
-                } else {
-                    conn_close(c);
-                }
-            } else if (errno != EAGAIN && errno != EINTR) {
-                error_count++;
-                conn_close(c);
-            }
+            int r = on_event(evs[i].data.u64, t);
+            if (r < 0) error_count++;
+            else if (r > 0) got = 1;
         }
         if (got) {
             if (first_ns < 0) { first_ns = t; cpu_first = cpu_seconds(); }
@@ -581,16 +737,16 @@ int main(int argc, char **argv) {
     printf("{\"mode\": \"%s\", \"conns\": %d, \"upgraded\": %d, \"connect_s\": %.3f, \"messages_expected\": %llu, "
            "\"received\": %llu, \"min_per_conn\": %llu, \"max_per_conn\": %llu, \"complete_conns\": %d, "
            "\"gaps\": %llu, \"out_of_order\": %llu, \"gap_notices\": %llu, \"unparsed\": %llu, "
-           "\"requests\": %llu, \"reconnects\": %llu, \"http_errors\": %llu, "
+           "\"requests\": %llu, \"posts\": %llu, \"reconnects\": %llu, \"http_errors\": %llu, "
            "\"closed_by_server\": 0, \"close_codes\": {}, \"eof\": %d, \"errors\": %d, \"open_at_end\": %d, "
            "\"timed_out\": %s, \"first_s\": %.6f, \"last_s\": %.6f, \"window_s\": %.6f, "
            "\"first_abs_s\": %.6f, \"last_abs_s\": %.6f, "
            "\"lat_samples\": %llu, \"lat_p50_ms\": %.3f, \"lat_p99_ms\": %.3f, \"lat_max_ms\": %.3f, "
            "\"cpu_window_s\": %.3f, \"cpu_total_s\": %.3f, \"wire_bytes\": %llu}\n",
-           mode == M_SSE ? "sse" : "poll", nconns, opened, connect_s, (unsigned long long)expected,
+           mode == M_SSE ? "sse" : mode == M_POLL ? "poll" : "eio", nconns, ready_count, connect_s, (unsigned long long)expected,
            (unsigned long long)total, (unsigned long long)(minr == UINT64_MAX ? 0 : minr),
            (unsigned long long)maxr, complete, (unsigned long long)gaps, (unsigned long long)ooo,
-           (unsigned long long)gap_notices, (unsigned long long)unparsed, (unsigned long long)requests,
+           (unsigned long long)gap_notices, (unsigned long long)unparsed, (unsigned long long)requests, (unsigned long long)posts,
            (unsigned long long)reconnects, (unsigned long long)http_errors,
            eof_count, error_count, open_at_end, timed_out ? "true" : "false",
            first_ns >= 0 ? (first_ns - ready_ns) / 1e9 : -1.0, last_ns >= 0 ? (last_ns - ready_ns) / 1e9 : -1.0,

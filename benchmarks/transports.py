@@ -18,8 +18,11 @@ For each rate and each transport (a "scenario"):
      JSON array's base64 ``data``);
    * ``sio-ws``: ``sio_loadclient.mjs`` over WebSocket (``--sio-client raw``, the default:
      the minimal Engine.IO handshake on Node's ``ws``; ``sio``: real socket.io-client);
-   * ``sio-polling``: ``sio_loadclient.mjs`` with socket.io-client, ``transports:
-     ["polling"]``;
+   * ``sio-polling``: ``httpclient.c --mode eio`` (``--sio-polling-client c``, the default:
+     Engine.IO v4 long-polling sessions by hand, GETs on one keep-alive connection, "40" and
+     pongs POSTed on another) or ``sio_loadclient.mjs`` with socket.io-client and
+     ``transports: ["polling"]`` (``sio``: what an application runs, but one Node process
+     cannot keep up with 1000 sessions at 100 msg/s);
 
    every message reaches a client as publisher.py's binary payload (a binary frame, a
    base64 SSE event or JSON string, a Socket.IO binary attachment);
@@ -154,6 +157,8 @@ def client_args(transport: str, port: int, clients: int, messages: int, args: ar
     if transport in ("sse", "poll"):
         return [tools["httpclient"], "--mode", transport, *common]
     mode, sio_transport = (args.sio_client, "websocket") if transport == "sio-ws" else ("sio", "polling")
+    if transport == "sio-polling" and args.sio_polling_client == "c":
+        return [tools["httpclient"], "--mode", "eio", *common]
     return [tools["node"], SIO_LOADCLIENT, *common, "--mode", mode, "--transport", sio_transport]
 
 
@@ -249,6 +254,10 @@ def notes(r: Dict[str, Any], args: argparse.Namespace) -> List[str]:
         out.append("client-bound")
     if c["timed_out"]:
         out.append(f"cut at {args.timeout:.0f} s")
+    elif c["complete_conns"] < c["conns"]:
+        out.append(f"ended: {args.idle:g} s without a message, {c['complete_conns']} of {c['conns']} complete")
+    if g["queued_bytes_at_end"]:
+        out.append(f"{g['queued_bytes_at_end'] / 1e6:.1f} MB still queued in the gateway")
     if c["gaps"]:
         out.append(f"{c['gaps']} sequence gaps")
     if c["out_of_order"]:
@@ -324,7 +333,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="comma-separated publish rates in msg/s, one scenario each; 0 = full rate")
     p.add_argument("--duration", type=float, default=10.0,
                    help="seconds of publishing at a paced rate (messages = rate x duration)")
-    p.add_argument("--full-messages", type=int, default=5000, help="messages published at full rate")
+    p.add_argument("--full-messages", type=int, default=10000, help="messages published at full rate")
     p.add_argument("--size", type=int, default=64, help="message size in bytes (>= 16)")
     p.add_argument("--payload", choices=("zeros", "json"), default="zeros",
                    help="after the 16-byte header: zeros, or JSON text (publisher.py)")
@@ -336,7 +345,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "them (no sequence or latency checks)")
     p.add_argument("--sio-client", choices=("raw", "sio"), default="raw",
                    help="sio-ws: the minimal Engine.IO client on ws, or real socket.io-client "
-                        "(sio-polling always runs socket.io-client)")
+                        "(sio-polling: see --sio-polling-client)")
+    p.add_argument("--sio-polling-client", choices=("c", "sio"), default="c",
+                   help="sio-polling: Engine.IO long-polling in C (httpclient.c --mode eio), or "
+                        "socket.io-client in Node")
     p.add_argument("--gateway-args", default="", help="more zmqws options for every gateway, one string")
     p.add_argument("--timeout", type=float, default=30.0,
                    help="seconds after the clients are ready after which a scenario is cut")
@@ -370,7 +382,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             setattr(args, name, None)
 
     tools = {"loadclient": build_loadclient(), "httpclient": build_httpclient()}
-    if any(t.startswith("sio") for t in transports):
+    if "sio-ws" in transports or ("sio-polling" in transports and args.sio_polling_client == "sio"):
         tools["node"] = node_for_loadclient()
     logdir = args.logs or tempfile.mkdtemp(prefix="zmqws-transports-")
     os.makedirs(logdir, exist_ok=True)
