@@ -138,6 +138,18 @@ def counter_deltas(before: Dict[str, float], after: Dict[str, float]) -> Dict[st
 # -- the processes of a scenario ---------------------------------------------------------
 
 
+def start_py_spy(pid: int, name: str, args: argparse.Namespace) -> tuple:
+    """py-spy recording the gateway (raw stacks for spy_summary.py), pinned with the client."""
+    os.makedirs(args.py_spy, exist_ok=True)
+    out = os.path.join(os.path.abspath(args.py_spy), f"{name}.txt")
+    spy = subprocess.Popen(["py-spy", "record", "--format", "raw", "-o", out, "-r", "200",
+                            "-d", str(int(args.duration + args.timeout + 10)), "-p", str(pid)],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           preexec_fn=pinned(args.client_cpu))
+    time.sleep(1.0)  # py-spy attaches
+    return spy, out
+
+
 def gateway_args(transport: str, endpoint: str, port: int, args: argparse.Namespace) -> List[str]:
     """zmqws as fanout.py runs it (binary frames), deflate only for ws-deflate."""
     deflate = (["--deflate-threshold", str(args.deflate_threshold)] if transport == "ws-deflate"
@@ -177,7 +189,7 @@ def run_scenario(transport: str, rate: float, args: argparse.Namespace, tools: D
     messages = args.full_messages if rate <= 0 else max(1, int(rate * args.duration))
     res: Dict[str, Any] = {"transport": transport, "clients": clients, "rate": rate, "messages": messages,
                            "size": args.size, "payload": args.payload}
-    pub = gw = client = None
+    pub = gw = client = spy = None
     log_offset = None
     log_path = os.path.join(logdir, f"{transport}-{clients}-{rate:g}.log")
     gw_log = open(log_path, "wb")
@@ -199,6 +211,8 @@ def run_scenario(transport: str, rate: float, args: argparse.Namespace, tools: D
         wait_clients(port, transport, clients, 15)
         time.sleep(0.3)  # the last connections settle
         metrics0 = read_metrics(port)
+        if args.py_spy:
+            spy, res["py_spy"] = start_py_spy(gw.pid, f"{transport}-{rate:g}", args)
         others0 = all_cpu()
         cpu0 = proc_cpu(gw.pid)
         t_go = time.monotonic()
@@ -209,7 +223,8 @@ def run_scenario(transport: str, rate: float, args: argparse.Namespace, tools: D
                                                 "the load client's report")))
         res["gateway_cpu_s"] = proc_cpu(gw.pid) - cpu0
         res["wall_s"] = time.monotonic() - t_go
-        res["other_cpu_s"] = other_cpu(others0, all_cpu(), {os.getpid(), gw.pid, pub.pid, client.pid})
+        ours = {os.getpid(), gw.pid, pub.pid, client.pid} | ({spy.pid} if spy is not None else set())
+        res["other_cpu_s"] = other_cpu(others0, all_cpu(), ours)
         res["gateway_rss_mb"] = proc_status_kb(gw.pid, "VmHWM") / 1024
         res["gateway"] = counter_deltas(metrics0, read_metrics(port))
         res["offered_rate"] = sent["rate"]
@@ -233,6 +248,7 @@ def run_scenario(transport: str, rate: float, args: argparse.Namespace, tools: D
     except Exception as exc:  # a failed scenario is a row of the table; the run goes on
         res["error"] = str(exc)
     finally:
+        stop(spy, signal.SIGINT, 20)
         stop(client, signal.SIGKILL)
         stop_publisher(pub)
         stop(gw, signal.SIGTERM, 15)
@@ -267,7 +283,7 @@ def notes(r: Dict[str, Any], args: argparse.Namespace) -> List[str]:
     if g["drops"] or g["slow_closed"]:
         out.append(f"gateway drops {g['drops']:.0f}, slow closes {g['slow_closed']:.0f}")
     if r["transport"] in ("poll", "sio-polling") and r["received"]:
-        out.append(f"{g['http_requests'] / r['received']:.2f} requests per delivery")
+        out.append(f"{r['received'] / max(1.0, g['http_requests']):.1f} deliveries per HTTP request")
     if g["zmq_messages"] < r["messages"]:
         out.append(f"gateway took {g['zmq_messages']:.0f} of {r['messages']} from ZeroMQ")
     if c.get("deflate") and c.get("deflate_conns", 0) < c["conns"]:
@@ -366,6 +382,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="the target: CPU per delivery at most this times plain WebSocket's")
     p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
                    help="before each scenario, wait up to S seconds for the machine to be idle")
+    p.add_argument("--py-spy", metavar="DIR",
+                   help="record the gateway with py-spy, raw stacks to DIR/TRANSPORT-RATE.txt "
+                        "(summarise with spy_summary.py)")
     p.add_argument("--json", metavar="FILE", help="write the raw results here")
     p.add_argument("--logs", metavar="DIR", help="keep the gateways' logs here (else in a new temp dir)")
     args = p.parse_args(argv)
