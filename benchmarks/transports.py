@@ -305,14 +305,14 @@ def notes(r: Dict[str, Any], args: argparse.Namespace) -> List[str]:
 def table(results: List[Dict[str, Any]], args: argparse.Namespace) -> str:
     base = {r["rate"]: r["gateway_cpu_us_per_delivery"] for r in results
             if r["transport"] == BASE and "error" not in r and r["received"]}
-    head = ("| transport | offered msg/s | msgs x clients | deliveries/s | loss % | latency p50 / p99 ms "
-            "| wire B / msg | gateway CPU s (% of run) | CPU µs / delivery | vs ws | "
+    head = ("| transport | offered msg/s | deliveries (of msgs x clients) | deliveries/s | loss % "
+            "| latency p50 / p99 ms | wire B / msg | gateway CPU s (% of run) | CPU µs / delivery | vs ws | "
             f"≤ {args.max_ratio:g}x ws, 0 % loss paced | client CPU % (CPU {args.client_cpu} busy %) | notes |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         offered = "full" if r["rate"] <= 0 else f"{r['rate']:g}"
         if "error" in r:
-            lines.append(f"| {r['transport']} | {offered} | {r['messages']} x {r['clients']} "
+            lines.append(f"| {r['transport']} | {offered} | - (of {r['messages']} x {r['clients']}) "
                          f"| - | - | - | - | - | - | - | no | - | error: {r['error']} |")
             continue
         c = r["client"]
@@ -328,7 +328,7 @@ def table(results: List[Dict[str, Any]], args: argparse.Namespace) -> str:
         if r.get("client_cpu_busy"):
             client_cpu += f" ({r['client_cpu_busy']['busy_pct']:.0f})"
         lines.append(
-            f"| {r['transport']} | {offered} | {r['messages']} x {r['clients']} "
+            f"| {r['transport']} | {offered} | {fmt_rate(r['received'])} (of {r['messages']} x {r['clients']}) "
             f"| {fmt_rate(r['deliveries_per_s'])} | {r['loss_pct']:.2f} | {latency} | {wire} "
             f"| {r['gateway_cpu_s']:.2f} ({r['gateway_cpu_pct']:.0f} %) "
             f"| {r['gateway_cpu_us_per_delivery']:.2f} | {f'{ratio:.2f}x' if ratio else '-'} "
