@@ -92,7 +92,7 @@ COUNTERS = {
 
 
 def build_httpclient() -> str:
-    """The C SSE / long-poll load client."""
+    """The C load client of the HTTP transports (SSE, long-poll, Engine.IO long-polling)."""
     return build(HTTPCLIENT, HTTPCLIENT_SRC)
 
 
@@ -284,7 +284,7 @@ def notes(r: Dict[str, Any], args: argparse.Namespace) -> List[str]:
         out.append(f"gateway drops {g['drops']:.0f}, slow closes {g['slow_closed']:.0f}")
     if g["loop_busy_s"] >= 0.9 * r["wall_s"]:
         out.append(f"gateway loop saturated (busy {100 * g['loop_busy_s'] / r['wall_s']:.0f} % of the run, "
-                   f"longest turn {1000 * g['loop_turn_max_s']:.0f} ms)")
+                   f"longest turn since start {1000 * g['loop_turn_max_s']:.0f} ms)")
     if r["transport"] in ("poll", "sio-polling") and r["received"]:
         out.append(f"{r['received'] / max(1.0, g['http_requests']):.1f} deliveries per HTTP request")
     if g["zmq_messages"] < r["messages"]:
