@@ -42,7 +42,7 @@
  * message, or --timeout seconds after READY.  Prints "READY <conns> <seconds>", then one
  * JSON line with the same fields as loadclient's report (CPU time between the first and
  * last message, latency percentiles, ...) plus gap_notices, requests, reconnects,
- * http_errors and unparsed (events or objects without a binary payload).
+ * posts (eio), http_errors and unparsed (events or objects without a binary payload).
  *
  * One thread, epoll, non-blocking sockets, one read() of up to 256 KiB per ready socket per
  * epoll round.
@@ -609,8 +609,10 @@ static int on_event(uint64_t data, int64_t t) {
         return c->received != before;
     }
     if (r < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
-    if (r == 0) eof_count++;
-    if (mode != M_SSE && counting && !c->done && r == 0) {  /* the server ended it: poll again */
+    if (r < 0 || !counting) { conn_close(c); return -1; }  /* an error, or a close before READY */
+    if (c->done) { conn_close(c); return 0; }  /* after its last answer: nothing lost */
+    eof_count++;
+    if (mode != M_SSE) {  /* the server ended it: poll again on a new connection */
         epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
         close(c->fd);
         reconnects++;
@@ -618,7 +620,7 @@ static int on_event(uint64_t data, int64_t t) {
         return 0;
     }
     conn_close(c);
-    return -1;
+    return 0;
 }
 
 /* -- report ------------------------------------------------------------------------------- */

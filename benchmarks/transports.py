@@ -323,8 +323,8 @@ def table(results: List[Dict[str, Any]], args: argparse.Namespace) -> str:
             offered = f"full ({fmt_rate(r['offered_rate'])})"
         ref = base.get(r["rate"])
         ratio = r["gateway_cpu_us_per_delivery"] / ref if ref else None
-        ok = (ratio is not None and ratio <= args.max_ratio
-              and (r["rate"] <= 0 or (r["loss_pct"] == 0 and c["gaps"] == 0)))
+        met = (ratio <= args.max_ratio and (r["rate"] <= 0 or (r["loss_pct"] == 0 and c["gaps"] == 0))
+               if ratio is not None else None)
         latency = (f"{c['lat_p50_ms']:.1f} / {c['lat_p99_ms']:.1f}" if c.get("lat_samples") else "-")
         wire = f"{c['wire_bytes'] / r['received']:.0f}" if c.get("wire_bytes") and r["received"] else "-"
         client_cpu = f"{r['client_cpu_pct']:.0f}"
@@ -335,7 +335,7 @@ def table(results: List[Dict[str, Any]], args: argparse.Namespace) -> str:
             f"| {fmt_rate(r['deliveries_per_s'])} | {r['loss_pct']:.2f} | {latency} | {wire} "
             f"| {r['gateway_cpu_s']:.2f} ({r['gateway_cpu_pct']:.0f} %) "
             f"| {r['gateway_cpu_us_per_delivery']:.2f} | {f'{ratio:.2f}x' if ratio else '-'} "
-            f"| {'yes' if ok else 'no'} | {client_cpu} | {'; '.join(notes(r, args))} |")
+            f"| {'-' if met is None else 'yes' if met else 'no'} | {client_cpu} | {'; '.join(notes(r, args))} |")
     return "\n".join(lines)
 
 
