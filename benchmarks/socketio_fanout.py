@@ -97,6 +97,16 @@ def publisher(args: argparse.Namespace) -> None:
 # -- helpers ----------------------------------------------------------------------------------
 
 
+def node_for_loadclient() -> str:
+    """The node binary, once tests/node has socket.io-client and ws (``npm install`` the first time)."""
+    node = shutil.which("node")
+    if node is None:
+        sys.exit(f"{os.path.basename(sys.argv[0])}: node is needed for the Socket.IO load client")
+    if not os.path.isdir(os.path.join(NODE_DIR, "node_modules", "socket.io-client")):
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True)
+    return node
+
+
 def proc_rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -245,11 +255,7 @@ def main() -> int:
         return 0
     if args.size < 11:
         p.error("--size must be at least 11 (the sequence number and a space)")
-    node = shutil.which("node")
-    if node is None:
-        sys.exit("socketio_fanout.py: node is needed for the load client")
-    if not os.path.isdir(os.path.join(NODE_DIR, "node_modules", "socket.io-client")):
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True)
+    node = node_for_loadclient()
     if (os.cpu_count() or 1) < 2:
         args.gateway_cpu = args.client_cpu = None
     stacks = [s for s in args.stacks.split(",") if s]
