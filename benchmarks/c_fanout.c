@@ -32,6 +32,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -49,6 +50,28 @@ static int open_fds[MAXFD];
 static int nopen;
 static volatile sig_atomic_t stopping;
 static unsigned long long short_writes, messages, frames_written;
+/* The sweep: time of one message's write() loop over the clients, for its median and p99. */
+#define MAX_SWEEPS (1 << 20)
+static float sweep_ms[MAX_SWEEPS];
+static size_t nsweeps;
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int by_value(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+static void report_sweeps(void) {
+    if (!nsweeps) return;
+    qsort(sweep_ms, nsweeps, sizeof sweep_ms[0], by_value);
+    fprintf(stderr, "sweep: %zu sweeps, p50 %.3f ms, p99 %.3f ms, max %.3f ms\n", nsweeps,
+            sweep_ms[nsweeps / 2], sweep_ms[nsweeps * 99 / 100], sweep_ms[nsweeps - 1]);
+}
 
 static void on_term(int sig) { (void)sig; stopping = 1; }
 
@@ -138,11 +161,13 @@ static void fan_out(const unsigned char *data, size_t n) {
     else { frame[1] = 127; for (int i = 0; i < 8; i++) frame[2 + i] = (uint64_t)n >> (56 - 8 * i); h = 10; }
     memcpy(frame + h, data, n);
     size_t total = h + n;
+    double started = now_ms();
     for (int i = 0; i < nopen; i++) {
         ssize_t w = write(open_fds[i], frame, total);
         if (w != (ssize_t)total) short_writes++;
         else frames_written++;
     }
+    if (nopen && nsweeps < MAX_SWEEPS) sweep_ms[nsweeps++] = (float)(now_ms() - started);
     messages++;
 }
 
@@ -208,6 +233,7 @@ int main(int argc, char **argv) {
     }
     fprintf(stderr, "c_fanout: %llu messages, %llu frames written, %llu short or failed writes\n",
             messages, frames_written, short_writes);
+    report_sweeps();
     zmq_msg_close(&msg);
     zmq_close(sub);
     zmq_ctx_term(ctx);

@@ -64,8 +64,11 @@ NODE_DIR = os.path.join(HERE, "node")
 
 
 def gateway_command(stack: str, endpoint: str, port: int, rcvhwm: int,
-                    profile_out: Optional[str] = None, deflate: bool = False) -> List[str]:
+                    profile_out: Optional[str] = None, deflate: bool = False, timed: bool = False) -> List[str]:
     py = sys.executable
+    if stack == "zmqws" and timed:  # the output sweep timed in the process (zmqws_timed.py)
+        return [py, os.path.join(HERE, "zmqws_timed.py"), "--sub", endpoint,
+                "--port", str(port), "--rcvhwm", str(rcvhwm)]
     if stack == "zmqws-flush":
         return gateway_command("zmqws", endpoint, port, rcvhwm) + ["--flush-interval", str(FLUSH_INTERVAL_MS)]
     if stack == "zmqws":
@@ -359,7 +362,8 @@ def run_scenario(stack: str, clients: int, args: argparse.Namespace, loadclient:
             os.makedirs(args.profile, exist_ok=True)
             profile_out = os.path.join(os.path.abspath(args.profile), f"zmqws-{clients}.prof")
             res["profile"] = profile_out
-        gw = subprocess.Popen(gateway_command(stack, endpoint, port, args.rcvhwm, profile_out, deflate),
+        gw = subprocess.Popen(gateway_command(stack, endpoint, port, args.rcvhwm, profile_out, deflate,
+                                              timed=args.sweep),
                               stdin=subprocess.DEVNULL, stdout=gw_log, stderr=subprocess.STDOUT,
                               preexec_fn=pinned(args.gateway_cpu))
         wait_port(port, gw, 15)
@@ -439,7 +443,14 @@ def run_scenario(stack: str, clients: int, args: argparse.Namespace, loadclient:
     res["log_problems_at_stop"] = log_problems(log_text[log_offset:])
     if profile_out and "profile" in res:
         res["profile_top"] = log_text  # zmqws_profiled.py prints the top functions on exit
+    sweep = SWEEP_LINE.search(log_text)  # zmqws_timed.py and c_fanout print it on exit
+    if sweep:
+        res["sweep_ms"] = {"n": int(sweep[1]), "p50": float(sweep[2]), "p99": float(sweep[3]),
+                           "max": float(sweep[4])}
     return res
+
+
+SWEEP_LINE = re.compile(r"sweep: (\d+) sweeps, p50 ([\d.]+) ms, p99 ([\d.]+) ms, max ([\d.]+) ms")
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -485,6 +496,9 @@ def table(results: List[Dict[str, Any]], args: argparse.Namespace) -> str:
         ref = base.get((r["clients"], r["size"], r["rate"], r.get("deflate")))
         ratio = f"{r['deliveries_per_s'] / ref:.2f}x" if ref else "-"
         notes = []
+        if r.get("sweep_ms"):
+            sw = r["sweep_ms"]
+            notes.append(f"in-process sweep p50 / p99 {sw['p50']:.2f} / {sw['p99']:.2f} ms ({sw['n']} sweeps)")
         if r.get("deflate") and args.deflate_count_only:
             notes.append("client counts only (no inflate, no sequence/latency checks)")
         if c["timed_out"]:
@@ -567,6 +581,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--retries", type=int, default=0,
                    help="run a scenario again (up to N times) when other processes used more "
                         "than 5 %% of a CPU during it")
+    p.add_argument("--sweep", action="store_true",
+                   help="run zmqws as benchmarks/zmqws_timed.py: the in-process time of each output "
+                        "sweep, its p50/p99 in the notes (the C loop always reports its own)")
     p.add_argument("--profile", metavar="DIR", help="run zmqws under cProfile, stats to DIR")
     p.add_argument("--py-spy", metavar="DIR", help="attach py-spy to zmqws, raw stacks to DIR")
     p.add_argument("--loadclient", metavar="PATH",

@@ -172,9 +172,11 @@ class OutputQueues:
         sent = 0
         if out:
             try:
-                if client.tls:
+                if len(out) == 1:  # send() costs less than a one-buffer sendmsg()
+                    sent = client.sock.send(out[0])
+                elif client.tls:
                     # SSL sockets have no sendmsg: one record-sized batch per write.
-                    sent = client.sock.send(out[0] if len(out) == 1 else b"".join(out[:64]))
+                    sent = client.sock.send(b"".join(out[:64]))
                 else:
                     sent = client.sock.sendmsg(out if len(out) <= IOV_MAX else out[:IOV_MAX])
             except self._would_block:
