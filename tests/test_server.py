@@ -585,7 +585,7 @@ def test_no_tls_no_openssl_loaded():
     """Without TLS a gateway does not load ssl or hashlib (OpenSSL's libraries are megabytes
     of RSS per process, about a tenth of the memory budget for 10 000 idle connections)."""
     code = (
-        "import sys, zmqws\n"
+        "import sys, zmqws, zmqws.cli\n"  # the command line's modules too
         "g = zmqws.Gateway('tcp://127.0.0.1:1', 0)\n"
         "g.start()\n"
         "import socket, base64\n"

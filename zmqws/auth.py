@@ -9,7 +9,6 @@ there), a :class:`~zmqws.rights.Rights`, or raises
 
 from __future__ import annotations
 
-import hmac
 from typing import Callable, Iterable, Optional, Union
 
 from .protocol.handshake import HTTPError, Request
@@ -36,6 +35,8 @@ def _unauthorized() -> HTTPError:
 
 
 def _same(given: Optional[str], expected: bytes) -> bool:
+    import hmac  # here, not at the top: hmac loads OpenSSL's hashlib (megabytes of RSS)
+
     return given is not None and hmac.compare_digest(given.encode("utf-8"), expected)
 
 
