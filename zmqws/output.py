@@ -154,12 +154,32 @@ class OutputQueues:
 
     def flush_dirty(self) -> None:
         """After each turn: one write per client with new output (not those waiting for POLLOUT)."""
-        if self._dirty:
-            dirty = self._dirty
-            self._dirty = {}
-            for client in dirty:
-                if not client.want_write and client.phase != GONE:
-                    self.flush(client)
+        if not self._dirty:
+            return
+        dirty = self._dirty
+        self._dirty = {}
+        would_block, refill = self._would_block, self._refill
+        for client in dirty:
+            if client.want_write or client.phase == GONE:
+                continue
+            out = client.session.out
+            if len(out) != 1:
+                self.flush(client)
+                continue
+            # The common case inline (a fan-out sweep does it for every client): one
+            # buffer, sent whole, nothing waiting on the queue's draining.
+            try:
+                sent = client.sock.send(out[0])
+            except would_block:
+                sent = 0
+            except OSError:
+                self.connections.abort(client)
+                continue
+            if sent == len(out[0]) and not (client.paused or client.close_after_flush or client in refill):
+                out.clear()
+                client.session.out_bytes = 0
+            else:
+                self._sent(client, sent)
 
     def write_now(self, client: Client) -> None:
         """Write a client's queue now, not with what the rest of the turn queues."""
