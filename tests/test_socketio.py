@@ -1379,11 +1379,16 @@ def test_no_sio_recovery_sends_no_pid_and_no_offset(make_gateway, raw_ws):
 
 
 class WriteRecorder:
-    """A server-side client socket's stand-in that records each ``sendmsg`` (one write each)."""
+    """A server-side client socket's stand-in that records each ``send``/``sendmsg`` (one write each)."""
 
     def __init__(self, sock) -> None:
         self.sock = sock
         self.writes: List[bytes] = []
+
+    def send(self, data, *args):
+        sent = self.sock.send(data, *args)
+        self.writes.append(bytes(data)[:sent])
+        return sent
 
     def sendmsg(self, buffers, *args):
         sent = self.sock.sendmsg(buffers, *args)

@@ -36,7 +36,7 @@ from .config import ServerConfig, server_config
 from .connections import Connections
 from .listener import Listener
 from .loop import Loop, Timer
-from .peer import HTTP, STREAM, TLS, WEBSOCKET, Client
+from .peer import GONE, HTTP, STREAM, TLS, WEBSOCKET, Client
 from .protocol.connection import OPEN
 from .protocol.frames import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, OP_BINARY, OP_TEXT, encode_frame
 from .protocol.handshake import Request
@@ -45,6 +45,8 @@ from .stats import Stats
 __all__ = ["WebSocketServer"]
 
 log = logging.getLogger("zmqws")
+
+HOUSEKEEPING_SLICES = 10  # a housekeeping round (every client once) is spread over this many ticks
 
 
 class WebSocketServer:
@@ -135,6 +137,8 @@ class WebSocketServer:
         self._stopped = threading.Event()
         self._started = False
         self._housekeeping_timer: Optional[Timer] = None
+        self._round: List[Client] = []  # housekeeping: the clients this round has still to see
+        self._round_slice = 1
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -331,16 +335,25 @@ class WebSocketServer:
         period = 1.0
         if self.ping_interval:
             period = min(period, self.ping_interval / 2)
-        self._housekeeping_timer = self.loop.call_later(period, self._housekeeping)
+        self._housekeeping_timer = self.loop.call_later(period / HOUSEKEEPING_SLICES, self._housekeeping)
 
     def _housekeeping(self) -> None:
-        """Once a second: handshake and close deadlines, keepalive pings (RFC 6455 §5.5.2) and
-        their timeout, idle clients, streams' heartbeats."""
+        """Every client once a second: handshake and close deadlines, keepalive pings (RFC 6455
+        §5.5.2) and their timeout, idle clients, streams' heartbeats.  A round is spread over
+        :data:`HOUSEKEEPING_SLICES` ticks, each taking its share of the clients, so that
+        10 000 clients cost ten short pauses of the loop, not one long one."""
         now = time.monotonic()
         ping_interval = self.ping_interval
         ping_timeout = self.ping_timeout
-        for client in list(self.connections.by_fd.values()):
+        if not self._round:  # a new round: the clients of now, in slices
+            self._round = list(self.connections.by_fd.values())
+            self._round_slice = max(1, -(-len(self._round) // HOUSEKEEPING_SLICES))
+        share = self._round[-self._round_slice:]
+        del self._round[-self._round_slice:]
+        for client in share:
             phase = client.phase
+            if phase == GONE:  # closed since the round began
+                continue
             ws = client.ws
             if phase == WEBSOCKET and ws is not None and ws.state == OPEN:
                 if self.idle_timeout and now - client.last_seen >= self.idle_timeout:
