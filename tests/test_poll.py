@@ -184,6 +184,50 @@ def test_poll_gap_notice_when_since_is_older_than_the_history(make_gateway, http
     assert gw.stats.gaps == 1
 
 
+def test_poll_far_behind_on_a_big_history_reads_no_more_than_it_answers(make_gateway, http_conn, monkeypatch):
+    # Attack: every request with since=0 (or any old id) on a 20 000-message history made the
+    # hub filter all of it per request, then answer at most poll_max_messages.
+    gw = make_gateway(None, history=20_000, poll_max_messages=100, subscribe_all=True)  # id 1: marker
+    for i in range(20_000):  # ids 2..20001
+        gw.publish(b"m%d" % i, topic="far")
+    wait_until(lambda: gw.last_id == 20_001 and len(gw.hub.history) == 20_000, timeout=30)
+    matched = []
+    monkeypatch.setattr("zmqws.hub.topic_matches", lambda topic, prefixes: matched.append(topic) or True)
+    conn = http_conn(gw.port)
+    response, body, _ = get(conn, "/poll?since=1")
+    docs = json.loads(body)
+    assert ids_of(docs) == list(range(2, 102))
+    assert len(matched) == 100
+
+
+def test_poll_answers_share_one_encoding_of_each_message(make_gateway, http_conn, monkeypatch):
+    """A message's JSON document is encoded once, whatever the number of polls that get it
+    (held ones, answered on delivery, and ones answered at once from the history)."""
+    import zmqws.wire
+    docs_made = []
+    json_doc = zmqws.wire.json_doc
+    monkeypatch.setattr(zmqws.wire, "json_doc", lambda m: docs_made.append(m.id) or json_doc(m))
+    gw = make_gateway(None, poll_timeout=5, subscribe_all=True)
+    base = gw.last_id
+    held = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(2)]
+    try:
+        for sock in held:
+            sock.sendall(f"GET /poll?since={base} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        wait_until(lambda: gw.stats.polls_held == 2)
+        gw.publish(b"\x00\xffbinary", topic="enc")
+        bodies = [read_response(sock)[2] for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
+    conn = http_conn(gw.port)
+    bodies += [get(conn, f"/poll?since={base}")[1] for _ in range(2)]
+    assert docs_made == [base + 1]
+    assert len(set(bodies)) == 1
+    stored = next(gw.hub.history.after(base))
+    assert bodies[0] == b"[" + stored.json + b"]"
+    assert json.loads(bodies[0]) == [{"id": base + 1, "topic": "enc", "data": "AP9iaW5hcnk=", "binary": True}]
+
+
 def test_poll_resume_after_upstream_blind_spell_gets_a_gap_notice(make_gateway, http_conn):
     """A poll that resumes after the gateway dropped the topic's upstream subscription (the
     linger expired) is told, as a WebSocket client would be, that messages may be lost."""

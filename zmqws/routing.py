@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 from collections import deque
+from itertools import islice
 from typing import Any, Deque, Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
 
 __all__ = ["Route", "Router", "Upstream", "History", "Stored", "parse_id", "MAX_ID_DIGITS"]
@@ -223,9 +224,13 @@ class Upstream:
 
 
 class Stored:
-    """One message as kept in the history."""
+    """One message as kept in the history.
 
-    __slots__ = ("id", "topic", "payload", "opcode", "multipart")
+    ``json``: its ``json`` envelope document, encoded once by the first client that needs it
+    (:func:`zmqws.wire.json_bytes`) and shared by every later one; it lives and goes with the
+    message (at most one encoding per message held in the history)."""
+
+    __slots__ = ("id", "topic", "payload", "opcode", "multipart", "json")
 
     def __init__(self, msg_id: int, topic: bytes, payload: bytes, opcode: int, multipart: bool) -> None:
         self.id = msg_id
@@ -233,6 +238,7 @@ class Stored:
         self.payload = payload
         self.opcode = opcode
         self.multipart = multipart
+        self.json: Optional[bytes] = None
 
 
 class History:
@@ -272,11 +278,12 @@ class History:
             self._bytes -= len(old.payload) + len(old.topic)
             self.first_missing = old.id
 
-    def after(self, since: int) -> List[Stored]:
-        """Messages with an id greater than ``since``, oldest first."""
+    def after(self, since: int) -> Iterator[Stored]:
+        """Messages with an id greater than ``since``, oldest first, as they are read (a caller
+        that needs a few of them reads no further; the history must not change meanwhile)."""
         items = self._items
         if not items or items[-1].id <= since:
-            return []
+            return iter(())
         # ids grow by one per message, but an evicted or unstored one leaves no trace: search.
         lo, hi = 0, len(items)
         while lo < hi:
@@ -285,4 +292,4 @@ class History:
                 lo = mid + 1
             else:
                 hi = mid
-        return [items[i] for i in range(lo, len(items))]
+        return islice(items, lo, None)

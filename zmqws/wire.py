@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .protocol.deflate import PerMessageDeflate
     from .routing import Stored
 
-__all__ = ["Wire", "WebSocketWire", "SseWire", "Envelopes", "json_doc"]
+__all__ = ["Wire", "WebSocketWire", "SseWire", "Envelopes", "json_doc", "json_bytes"]
 
 
 def json_doc(m: "Stored") -> Dict[str, Any]:
@@ -38,6 +38,15 @@ def json_doc(m: "Stored") -> Dict[str, Any]:
         doc["data"] = base64.b64encode(m.payload).decode("ascii")
         doc["binary"] = True
     return doc
+
+
+def json_bytes(m: "Stored") -> bytes:
+    """:func:`json_doc` encoded (compact, ASCII: ``json.dumps``' ``ensure_ascii``), once per
+    message: kept on the message (``Stored.json``) for every later client, route and poll."""
+    encoded = m.json
+    if encoded is None:
+        encoded = m.json = json.dumps(json_doc(m), separators=(",", ":")).encode("ascii")
+    return encoded
 
 
 class Envelopes:
@@ -59,7 +68,7 @@ class Envelopes:
             head = m.topic + self.separator
             text = m.opcode == OP_TEXT and is_utf8(head)
             return (OP_TEXT if text else OP_BINARY), head + m.payload
-        return OP_TEXT, json.dumps(json_doc(m), separators=(",", ":")).encode("utf-8")
+        return OP_TEXT, json_bytes(m)
 
     def notice(self, notice: Dict[str, Any], envelope: str) -> bytes:
         """A gateway notice (``{"gap": [first, last]}``) as a client of ``envelope`` reads it."""

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from ..peer import GONE, address_text
 from ..rpc import client_info
-from ..wire import Wire, json_doc
+from ..wire import Wire, json_bytes
 from . import JoinQuery, client_id_of
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,8 +52,7 @@ class PollWire(Wire):
         self.transport = transport
 
     def deliver(self, members: List[Any], batch: List["Stored"]) -> None:
-        for client in members:
-            self.transport.answer(client, batch)
+        self.transport.answer_all(members, batch)
 
     def answer(self, member: Any, items: List[Any]) -> bool:
         """A resume with something to say: the poll is answered with it."""
@@ -93,7 +92,7 @@ class PollTransport:
         try:
             sent: List[Any] = list(self._sends.pop(client, ()))
             if since is not None and not behind:
-                notice, missed = hub.missed(query.prefixes, since)
+                notice, missed = hub.missed(query.prefixes, since, context.config.poll_max_messages)
                 sent += ([notice] if notice else []) + missed
             if sent:
                 self._respond(client, sent, cors)
@@ -110,8 +109,15 @@ class PollTransport:
 
     def answer(self, client: "Client", items: List[Any]) -> None:
         """A held poll's answer (messages, or ``[]`` at its deadline): it leaves the hub."""
-        self.context.hub.leave(client)
-        self._respond(client, items, self._cors.pop(client, []))
+        self.answer_all([client], items)
+
+    def answer_all(self, clients: List["Client"], items: List[Any]) -> None:
+        """The same answer to held polls (a route's messages of a turn): the body built once."""
+        body, delivered = self._body(items)
+        leave = self.context.hub.leave
+        for client in clients:
+            leave(client)
+            self._send(client, body, delivered, self._cors.pop(client, []))
 
     def gone(self, client: "Client") -> None:
         self._cors.pop(client, None)
@@ -164,20 +170,31 @@ class PollTransport:
         self.context.server.abort(client)
 
     def _respond(self, client: "Client", items: List[Any], cors: Cors) -> None:
-        """A JSON array of messages (a gap notice first), bounded in count and bytes."""
+        """A poll answered at once (see :meth:`_body`)."""
+        self._send(client, *self._body(items), cors)
+
+    def _body(self, items: List[Any]) -> Tuple[bytes, int]:
+        """A JSON array of messages (a gap notice first), bounded in count and bytes, and the
+        number of messages in it."""
         config = self.context.config
-        server = self.context.server
-        docs: List[str] = []
+        docs: List[bytes] = []
         size = 2
         for item in items:
-            doc = json.dumps(item if isinstance(item, dict) else json_doc(item), separators=(",", ":"))
+            # A message's document is encoded once (json_bytes), whatever the number of polls.
+            if isinstance(item, dict):
+                doc = json.dumps(item, separators=(",", ":")).encode("ascii")
+            else:
+                doc = json_bytes(item)
             if docs and (len(docs) >= config.poll_max_messages or size + len(doc) > config.poll_max_bytes):
                 break  # the rest on the next poll, which asks for what follows the last id
             docs.append(doc)
             size += len(doc) + 1
         delivered = sum(1 for item in items[:len(docs)] if not isinstance(item, dict))
+        return b"[" + b",".join(docs) + b"]", delivered
+
+    def _send(self, client: "Client", body: bytes, delivered: int, cors: Cors) -> None:
+        server = self.context.server
         server.stats.messages_out += delivered
-        body = ("[" + ",".join(docs) + "]").encode("utf-8")
         server.stats.bytes_out += len(body)
         headers = [("Cache-Control", "no-cache"), ("X-Zmqws-Last-Id", str(self.context.hub.last_id))] + cors
         if cors:
