@@ -87,11 +87,39 @@ class NamespaceSocket:
         return self.client_id.decode("utf-8", "replace")
 
 
+class TurnEncodings:
+    """A wire's encodings of this turn's messages by id, so that the routes of the wire (other
+    topics, the same namespace) share them: a message is encoded once per wire and turn."""
+
+    __slots__ = ("wire", "separator", "_by_id", "_newest")
+
+    def __init__(self, wire: Wire, separator: bytes) -> None:
+        self.wire = wire
+        self.separator = separator  # between two messages' encodings
+        self._by_id: Dict[int, bytes] = {}
+        self._newest = 0
+
+    def join(self, batch: List["Stored"]) -> bytes:
+        """A route's messages of this turn, encoded (once per turn) and joined."""
+        if batch[0].id > self._newest:  # ids only grow: a later turn, the previous one's are done
+            self._by_id = {}
+        by_id = self._by_id
+        encode = self.wire.encode
+        parts = []
+        for m in batch:
+            encoded = by_id.get(m.id)
+            if encoded is None:
+                encoded = by_id[m.id] = encode(m, ENVELOPE)
+            parts.append(encoded)
+        self._newest = max(self._newest, batch[-1].id)
+        return self.separator.join(parts)
+
+
 class SioWebSocketWire(WebSocketWire):
     """Socket.IO sockets of one namespace over WebSocket: an event's frames built once (one frame
     per packet) for every route of the wire, the same bytes queued on each socket's connection."""
 
-    __slots__ = ("layer", "nsp", "prefix", "_frames", "_newest")
+    __slots__ = ("layer", "nsp", "prefix", "_turn")
     shared = False       # the members are sockets: delivered to their sessions' connections
     gap_notices = False  # Socket.IO has none: a socket that lost messages recovers instead
     name = "socketio"
@@ -101,8 +129,7 @@ class SioWebSocketWire(WebSocketWire):
         self.layer = layer
         self.nsp = nsp
         self.prefix = namespace_prefix(nsp)
-        self._frames: Dict[int, bytes] = {}  # this turn's events, by message id (routes share them)
-        self._newest = 0
+        self._turn = TurnEncodings(self, b"")
 
     def encode(self, m: "Stored", envelope: str) -> bytes:
         out = []
@@ -114,17 +141,7 @@ class SioWebSocketWire(WebSocketWire):
         return out[0] if len(out) == 1 else b"".join(out)
 
     def deliver(self, members: List[Any], batch: List["Stored"]) -> None:
-        if batch[0].id > self._newest:  # ids only grow: a later turn, the previous one's frames are done
-            self._frames = {}
-        frames = self._frames
-        parts = []
-        for m in batch:
-            frame = frames.get(m.id)
-            if frame is None:
-                frame = frames[m.id] = self.encode(m, ENVELOPE)
-            parts.append(frame)
-        self._newest = max(self._newest, batch[-1].id)
-        blob = parts[0] if len(parts) == 1 else b"".join(parts)
+        blob = self._turn.join(batch)
         server = self.layer.context.server
         over = server.fanout(blob, [socket.session.ws_client for socket in members], len(batch))
         if over and server.drop_slow:  # no gap notice in Socket.IO: closed, the client recovers
@@ -133,9 +150,11 @@ class SioWebSocketWire(WebSocketWire):
 
 
 class SioPollWire(Wire):
-    """Socket.IO sockets of one namespace on polling sessions: packets queued on each session."""
+    """Socket.IO sockets of one namespace on polling sessions: an event's packets encoded once
+    for long-polling (``b`` + base64 for an attachment, Engine.IO v4), the same bytes queued on
+    each session until its next GET."""
 
-    __slots__ = ("layer", "nsp", "prefix")
+    __slots__ = ("layer", "nsp", "prefix", "_turn")
     shared = False
     gap_notices = False
     name = "socketio-polling"
@@ -145,16 +164,18 @@ class SioPollWire(Wire):
         self.layer = layer
         self.nsp = nsp
         self.prefix = namespace_prefix(nsp)
+        self._turn = TurnEncodings(self, eio.SEPARATOR_BYTES)
+
+    def encode(self, m: "Stored", envelope: str) -> bytes:
+        return eio.encode_payload(self.layer.event_packets(m, self.nsp, self.prefix))
 
     def deliver(self, members: List[Any], batch: List["Stored"]) -> None:
+        payload = self._turn.join(batch)
         layer = self.layer
-        packets: List[eio.Packet] = []
-        for m in batch:
-            packets.extend(layer.event_packets(m, self.nsp, self.prefix))
-        stats = layer.context.server.stats
+        layer.context.server.stats.messages_out += len(batch) * len(members)
+        send_payload = layer.engine.send_payload
         for socket in members:
-            stats.messages_out += len(batch)
-            layer.engine.send(socket.session, packets)
+            send_payload(socket.session, payload)
 
 
 class SocketIOLayer:
