@@ -207,10 +207,12 @@ class Upstream:
 
     def gap(self, prefix: bytes, seen: int) -> Optional[Tuple[int, int]]:
         """Ids (first, last) in which messages for ``prefix`` may have been missed after ``seen``."""
+        since = self.since
+        if seen >= since.get(prefix, seen + 1):
+            return None  # the common case (a poll that keeps up): covered since before ``seen``
         # The subscriptions covering ``prefix`` are its leading substrings: O(len(prefix)) look-ups,
         # not a walk over every subscription.
         covering = [prefix[:i] for i in range(len(prefix) + 1)]
-        since = self.since
         starts = [since[q] for q in covering if q in since]
         if not starts:
             return None
