@@ -52,7 +52,7 @@ class PollWire(Wire):
         self.transport = transport
 
     def deliver(self, members: List[Any], batch: List["Stored"]) -> None:
-        self.transport.answer_all(members, batch)
+        self.transport.deliver(members, batch)
 
     def answer(self, member: Any, items: List[Any]) -> bool:
         """A resume with something to say: the poll is answered with it."""
@@ -72,6 +72,7 @@ class PollTransport:
         self._sends: Dict["Client", List["Stored"]] = {}  # --rpc: the application's sends for the next poll
         self._rpc_clients: Dict["Client", None] = {}  # --rpc: connections the application knows
         self._sweep_timer: Optional["Timer"] = None
+        self._gathering: Dict["Client", List[Any]] = {}  # poll_coalesce_ms: held polls' messages so far
 
     def start(self, client: "Client", request: "Request", cors: Cors) -> None:
         """``GET /poll?since=ID``: the messages after ID at once, or held until one comes."""
@@ -91,25 +92,73 @@ class PollTransport:
             self._rpc_connected(client, request, query.prefixes)
         try:
             sent: List[Any] = list(self._sends.pop(client, ()))
+            notice = None
             if since is not None and not behind:
                 notice, missed = hub.missed(query.prefixes, since, context.config.poll_max_messages)
                 sent += ([notice] if notice else []) + missed
-            if sent:
+            gather = bool(sent) and notice is None and self._may_wait(sent)
+            if sent and not gather:
                 self._respond(client, sent, cors)
                 return
-            # Nothing yet: hold the request, routed like any client, until a message or the timeout.
+            # Nothing yet (or too little, with poll_coalesce_ms): hold the request, routed like
+            # any client, until a message or the timeout.
             context.server.stats.polls_held += 1
             self._cors[client] = cors
             context.server.park(client, time.monotonic() + context.config.poll_timeout, self.name)
             hub.join(client, query.prefixes, "json", self.wire, client.rights, since if behind else None,
                      chose_topics=query.chose_topics)
+            if gather:  # what was there, and what comes within poll_coalesce_ms, in one answer
+                self._gathering[client] = sent
+                self._answer_later([(client, sent)])
         finally:
             for prefix in query.prefixes:
                 hub.release(prefix)
 
     def answer(self, client: "Client", items: List[Any]) -> None:
-        """A held poll's answer (messages, or ``[]`` at its deadline): it leaves the hub."""
-        self.answer_all([client], items)
+        """A held poll's answer (messages, or ``[]`` at its deadline; after what it gathered):
+        it leaves the hub."""
+        self.answer_all([client], self._gathering.pop(client, []) + items)
+
+    def deliver(self, clients: List["Client"], batch: List["Stored"]) -> None:
+        """A route's messages of a turn to its held polls: answered at once, or with
+        ``poll_coalesce_ms`` gathered until that long after the first (a full answer goes
+        at once: it could carry no more)."""
+        if not self.context.config.poll_coalesce_ms:
+            self.answer_all(clients, batch)
+            return
+        gathering = self._gathering
+        new, full = [], []
+        for client in clients:
+            gathered = gathering.get(client)
+            if gathered is None:
+                gathered = gathering[client] = list(batch)
+                new.append((client, gathered))
+            else:
+                gathered.extend(batch)
+            if not self._may_wait(gathered):
+                full.append(client)
+        for client in full:
+            self.answer(client, [])
+        if new:
+            self._answer_later(new)
+
+    def _may_wait(self, items: List[Any]) -> bool:
+        """With ``poll_coalesce_ms``, an answer (no gap notice in it) waits for more unless it
+        is full."""
+        config = self.context.config
+        return bool(config.poll_coalesce_ms) and len(items) < config.poll_max_messages
+
+    def _answer_later(self, gathering: List[Tuple["Client", List[Any]]]) -> None:
+        loop = self.context.server.loop
+        assert loop is not None
+        loop.call_later(self.context.config.poll_coalesce_ms / 1000, lambda: self._gathered(gathering))
+
+    def _gathered(self, gathering: List[Tuple["Client", List[Any]]]) -> None:
+        """``poll_coalesce_ms`` after their first message: the polls still gathering these
+        messages are answered (not a later poll of the same connection)."""
+        for client, gathered in gathering:
+            if self._gathering.get(client) is gathered:
+                self.answer(client, [])
 
     def answer_all(self, clients: List["Client"], items: List[Any]) -> None:
         """The same answer to held polls (a route's messages of a turn): the body built once."""
@@ -121,6 +170,7 @@ class PollTransport:
 
     def gone(self, client: "Client") -> None:
         self._cors.pop(client, None)
+        self._gathering.pop(client, None)
 
     # -- the two-way channel (zmqws.rpc) ------------------------------------------------------
 
