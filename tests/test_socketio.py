@@ -1278,6 +1278,38 @@ def test_a_message_is_encoded_once_for_every_polling_session(make_gateway, monke
     assert event == f'451-["message",{{"_placeholder":true,"num":0}},"{encoded[0]}"]' and attachment == "bAP9iaW4="
 
 
+def test_poll_coalesce_gathers_a_polling_sockets_events_into_one_answer(make_gateway):
+    gw = make_gateway(None, poll_coalesce_ms=400)
+    client = RawPolling(gw.port)
+    assert client.post(b'40{"topics":["t"]}') == (200, b"ok")
+    assert poll_until(client, 1)[0].startswith("40{")
+    with held_poll(gw, client) as answer:
+        start = time.monotonic()
+        gw.publish("a", topic="t")
+        time.sleep(0.15)
+        gw.publish("b", topic="t")
+    elapsed = time.monotonic() - start
+    (status, body), = answer
+    assert status == 200 and [sio_event(p)[:2] for p in packets(body)] == [["message", "a"], ["message", "b"]]
+    assert 0.35 <= elapsed < 2
+
+
+def test_poll_coalesce_an_ack_goes_after_the_events_gathered_before_it(make_gateway):
+    gw = make_gateway(None, poll_coalesce_ms=1000)
+    client = RawPolling(gw.port)
+    assert client.post(b'40{"topics":["t"]}') == (200, b"ok")
+    assert poll_until(client, 1)[0].startswith("40{")
+    gw.publish("a", topic="t")
+    (wire,) = gw.socketio._poll_wires.values()
+    wait_until(lambda: wire._gathering, message="the event to be gathered")
+    start = time.monotonic()
+    assert client.post(b'421["subscribe","u"]') == (200, b"ok")
+    status, body = client.get()
+    assert time.monotonic() - start < 0.8
+    event, ack = packets(body)
+    assert sio_event(event)[:2] == ["message", "a"] and ack == '431[{"topics":["t","u"]}]'
+
+
 def test_packets_waiting_for_a_poll_go_as_frames_after_the_upgrade(make_gateway, raw_ws):
     gw = make_gateway(None)
     client = RawPolling(gw.port)

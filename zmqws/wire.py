@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .protocol.deflate import PerMessageDeflate
     from .routing import Stored
 
-__all__ = ["Wire", "WebSocketWire", "SseWire", "Envelopes", "json_doc", "json_bytes"]
+__all__ = ["Wire", "WebSocketWire", "SseWire", "Envelopes", "TurnEncodings", "json_doc", "json_bytes"]
 
 
 def json_doc(m: "Stored") -> Dict[str, Any]:
@@ -161,3 +161,32 @@ class SseWire(Wire):
     def encode_notice(self, notice: Dict[str, Any], envelope: str) -> bytes:
         text = json.dumps(notice, separators=(",", ":")).encode("utf-8")
         return sse.encode_event(text, event=next(iter(notice)))
+
+
+class TurnEncodings:
+    """A wire's encodings of this turn's messages by id, so that the routes of one wire (other
+    topics) share them: for wires that are not ``shared`` (they deliver each turn's messages
+    themselves), a message is still encoded once per wire and turn."""
+
+    __slots__ = ("wire", "separator", "_by_id", "_newest")
+
+    def __init__(self, wire: Wire, separator: bytes) -> None:
+        self.wire = wire
+        self.separator = separator  # between two messages' encodings
+        self._by_id: Dict[int, bytes] = {}
+        self._newest = 0
+
+    def join(self, batch: List["Stored"], envelope: str) -> bytes:
+        """A route's messages of this turn, encoded (once per turn) and joined."""
+        if batch[0].id > self._newest:  # ids only grow: a later turn, the previous one's are done
+            self._by_id = {}
+        by_id = self._by_id
+        encode = self.wire.encode
+        parts = []
+        for m in batch:
+            encoded = by_id.get(m.id)
+            if encoded is None:
+                encoded = by_id[m.id] = encode(m, envelope)
+            parts.append(encoded)
+        self._newest = max(self._newest, batch[-1].id)
+        return self.separator.join(parts)
