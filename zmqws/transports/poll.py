@@ -7,7 +7,9 @@ answer is a JSON array of ``json``-envelope messages, bounded by
 ``poll_max_messages`` and ``poll_max_bytes`` (the rest comes with the next
 poll, which asks ``since`` the last id); ``X-Zmqws-Last-Id`` carries the last
 id the gateway gave, so a client whose first poll comes back empty knows
-where to ask from.
+where to ask from.  With ``poll_coalesce_ms`` an answer with messages waits
+that long for more (not a full one, nor one with a gap notice), so that a
+poller of a busy stream makes one request per interval, not one per message.
 
 With ``--rpc`` a long-polling client is its (keep-alive) connection: the
 application is told of it at its first poll, and that it left once the
