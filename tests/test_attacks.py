@@ -1047,6 +1047,29 @@ def test_14d_since_beyond_the_last_id_is_a_gap_not_a_wait(make_gateway):
         ws.close()
 
 
+# -- 16. A poll with an old since reads the whole history ------------------------------------
+
+def test_16_poll_with_an_old_since_reads_no_more_history_than_it_answers(make_gateway, monkeypatch):
+    # Every request with since=1 (or any old id) on a 20 000-message history made the hub
+    # filter all of it (20 000 topic matches) per request, then answer at most
+    # poll_max_messages: 17 ms of loop per request, turns of seconds with many such pollers.
+    gw = make_gateway(None, history=20_000, poll_max_messages=100, subscribe_all=True)  # id 1: marker
+    for i in range(20_000):  # ids 2..20001
+        gw.publish(b"m%d" % i, topic="far")
+    wait_until(lambda: gw.last_id == 20_001 and len(gw.hub.history) == 20_000, timeout=30)
+    matched = []
+    monkeypatch.setattr("zmqws.hub.topic_matches", lambda topic, prefixes: matched.append(topic) or True)
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
+    try:
+        conn.request("GET", "/poll?since=1")
+        response = conn.getresponse()
+        docs = json.loads(response.read())
+    finally:
+        conn.close()
+    assert response.status == 200 and [d["id"] for d in docs] == list(range(2, 102))
+    assert len(matched) == 100
+
+
 # -- The token file ----------------------------------------------------------------------------
 
 TOKENS = """\

@@ -198,7 +198,7 @@ def test_ids_start_from_the_clock_without_first_id():
     after = int(time.time() * 1_000_000)
     assert before - 1 <= hub.last_id <= after
     hub.take(None, b"x")
-    assert hub.history.after(0)[0].id == hub.last_id
+    assert next(hub.history.after(0)).id == hub.last_id
 
 
 def test_first_id_is_the_first_id_given():
@@ -565,6 +565,23 @@ def test_missed_gives_the_notice_and_the_messages(rig):
     assert notice is None and [m.id for m in missed] == [ids[1]]
     notice, missed = rig.hub.missed([b"a"], ids[-1] + 5)
     assert notice == {"gap": [ids[-1] + 1, ids[-1] + 5]} and missed == []
+
+
+def test_missed_with_a_limit_reads_the_history_no_further_than_its_last_message(monkeypatch):
+    # A poll answers at most poll_max_messages: one with an old since must not make the hub
+    # filter the whole history (20 000 messages here) for each request.
+    rig = Rig(history=20_000)
+    rig.join("keeper", [])  # marker 1
+    rig.hub.take_payloads([b"t%d" % i for i in range(20_000)])  # 2..20001
+    rig.hub.flush()
+    matched = []
+    monkeypatch.setattr("zmqws.hub.topic_matches", lambda topic, prefixes: matched.append(topic) or True)
+    notice, missed = rig.hub.missed([b"t"], 1, 100)
+    assert notice is None and [m.id for m in missed] == list(range(2, 102))
+    assert len(matched) == 100
+    # without a limit: every message after since, the same notice logic
+    notice, missed = rig.hub.missed([b"t"], 19_990)
+    assert notice is None and [m.id for m in missed] == list(range(19_991, 20_002))
 
 
 def test_missed_past_the_history_names_the_evicted_ids():

@@ -184,6 +184,97 @@ def test_poll_gap_notice_when_since_is_older_than_the_history(make_gateway, http
     assert gw.stats.gaps == 1
 
 
+def test_poll_answers_share_one_encoding_of_each_message(make_gateway, http_conn, monkeypatch):
+    """A message's JSON document is encoded once, whatever the number of polls that get it
+    (held ones, answered on delivery, and ones answered at once from the history)."""
+    import zmqws.wire
+    docs_made = []
+    json_doc = zmqws.wire.json_doc
+    monkeypatch.setattr(zmqws.wire, "json_doc", lambda m: docs_made.append(m.id) or json_doc(m))
+    gw = make_gateway(None, poll_timeout=5, subscribe_all=True)
+    base = gw.last_id
+    held = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(2)]
+    try:
+        for sock in held:
+            sock.sendall(f"GET /poll?since={base} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        wait_until(lambda: gw.stats.polls_held == 2)
+        gw.publish(b"\x00\xffbinary", topic="enc")
+        bodies = [read_response(sock)[2] for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
+    conn = http_conn(gw.port)
+    bodies += [get(conn, f"/poll?since={base}")[1] for _ in range(2)]
+    assert docs_made == [base + 1]
+    assert len(set(bodies)) == 1
+    stored = next(gw.hub.history.after(base))
+    assert bodies[0] == b"[" + stored.json + b"]"
+    assert json.loads(bodies[0]) == [{"id": base + 1, "topic": "enc", "data": "AP9iaW5hcnk=", "binary": True}]
+
+
+def test_poll_coalesce_a_held_poll_gathers_what_comes_within_the_interval(make_gateway):
+    gw = make_gateway(None, poll_coalesce_ms=400, poll_timeout=5, subscribe_all=True)
+    base = gw.last_id
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+    try:
+        sock.sendall(f"GET /poll?since={base} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        wait_until(lambda: gw.stats.polls_held == 1)
+        start = time.monotonic()
+        gw.publish("first", topic="c")
+        time.sleep(0.15)
+        gw.publish("second", topic="c")
+        status, _, body = read_response(sock)
+        elapsed = time.monotonic() - start
+    finally:
+        sock.close()
+    assert status == 200 and [d["data"] for d in json.loads(body)] == ["first", "second"]
+    assert 0.35 <= elapsed < 2
+
+
+def test_poll_coalesce_a_poll_with_messages_waiting_waits_for_more(make_gateway, http_conn):
+    gw = make_gateway(None, poll_coalesce_ms=400, poll_timeout=5, subscribe_all=True)
+    base = gw.last_id
+    gw.publish("waiting", topic="c")
+    wait_until(lambda: gw.last_id == base + 1)
+    timer = threading.Timer(0.15, lambda: gw.publish("more", topic="c"))
+    timer.start()
+    try:
+        response, body, elapsed = get(http_conn(gw.port), f"/poll?since={base}")
+    finally:
+        timer.cancel()
+    assert [d["data"] for d in json.loads(body)] == ["waiting", "more"]
+    assert 0.35 <= elapsed < 2
+
+
+def test_poll_coalesce_a_full_answer_or_a_gap_notice_goes_at_once(make_gateway, http_conn):
+    gw = make_gateway(None, poll_coalesce_ms=1000, poll_max_messages=3, history=4, poll_timeout=5,
+                      subscribe_all=True)  # id 1: the marker
+    for i in range(6):  # ids 2..7, the history keeps 4..7
+        gw.publish(f"m{i}", topic="c")
+    wait_until(lambda: gw.last_id == 7)
+    conn = http_conn(gw.port)
+    response, body, elapsed = get(conn, "/poll?since=4")  # 5, 6, 7: full
+    assert ids_of(json.loads(body)) == [5, 6, 7] and elapsed < 0.5
+    response, body, elapsed = get(conn, "/poll?since=1")  # 2, 3 evicted: a gap notice first
+    docs = json.loads(body)
+    assert docs[0] == {"gap": [2, 3]} and ids_of(docs[1:]) == [4, 5] and elapsed < 0.5
+    # a held poll whose gathered messages fill an answer
+    timer = threading.Timer(0.2, lambda: [gw.publish(f"n{i}", topic="c") for i in range(3)])
+    timer.start()
+    try:
+        response, body, elapsed = get(conn, "/poll?since=7")
+    finally:
+        timer.cancel()
+    assert ids_of(json.loads(body)) == [8, 9, 10] and elapsed < 0.9
+
+
+def test_poll_coalesce_is_bounded():
+    from zmqws.config import TransportConfig
+    for ms in (-1, 1001):
+        with pytest.raises(ValueError, match="poll_coalesce_ms"):
+            TransportConfig(poll_coalesce_ms=ms)
+
+
 def test_poll_resume_after_upstream_blind_spell_gets_a_gap_notice(make_gateway, http_conn):
     """A poll that resumes after the gateway dropped the topic's upstream subscription (the
     linger expired) is told, as a WebSocket client would be, that messages may be lost."""

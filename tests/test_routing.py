@@ -152,7 +152,7 @@ def ids(items) -> List[int]:
 
 def test_history_count_bound():
     h = History(3)
-    assert h.after(0) == [] and h.first_missing == 0
+    assert list(h.after(0)) == [] and h.first_missing == 0
     for i in range(1, 6):
         h.add(stored(i))
     assert len(h) == 3
@@ -161,7 +161,7 @@ def test_history_count_bound():
     assert ids(h.after(2)) == [3, 4, 5]
     assert ids(h.after(3)) == [4, 5]
     assert ids(h.after(4)) == [5]
-    assert h.after(5) == [] and h.after(99) == []
+    assert list(h.after(5)) == [] and list(h.after(99)) == []
 
 
 def test_history_byte_bound_counts_topic_and_payload():
@@ -181,7 +181,7 @@ def test_history_zero_keeps_nothing():
     h = History(0)
     for i in (1, 2, 7):
         h.add(stored(i))
-    assert len(h) == 0 and h.after(0) == [] and h.first_missing == 7
+    assert len(h) == 0 and list(h.after(0)) == [] and h.first_missing == 7
 
 
 def test_history_after_with_ids_that_skip():
@@ -193,7 +193,7 @@ def test_history_after_with_ids_that_skip():
     assert ids(h.after(3)) == [5, 9, 10]
     assert ids(h.after(5)) == [9, 10]
     assert ids(h.after(8)) == [9, 10]
-    assert h.after(10) == []
+    assert list(h.after(10)) == []
 
 
 # -- Upstream --------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from hypothesis import strategies as st
 from conftest import NODE_DIR, NodeProcess, wait_subscribed, wait_until
 from test_rpc import Application
 from zmqws.protocol import engineio as eio
-from zmqws.protocol.frames import OP_CLOSE, OP_TEXT
+from zmqws.protocol.frames import OP_BINARY, OP_CLOSE, OP_TEXT
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -1096,6 +1096,17 @@ def test_payload_round_trip(items):
     assert eio.decode_payload(eio.encode_payload(items)) == items
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from("0123456"), st.text(alphabet=st.characters(
+    blacklist_characters="\x1e", codec="utf-8"), max_size=20)) | st.tuples(st.just("4"), st.binary(max_size=20)),
+    min_size=1, max_size=4), max_size=4))
+def test_payloads_joined_decode_to_their_packets(groups):
+    """Payloads encoded apart (one per event, shared by the sessions) joined with the separator
+    are one payload: what a polling session moving to WebSocket gets back as packets."""
+    groups = [[(kind, data) if isinstance(data, str) else (eio.MESSAGE, data) for kind, data in g] for g in groups]
+    assert eio.decode_payloads([eio.encode_payload(g) for g in groups]) == [p for g in groups for p in g]
+
+
 # =================================================================================================
 # 6. namespaces
 # =================================================================================================
@@ -1238,6 +1249,84 @@ def test_a_message_is_encoded_once_per_namespace_over_websocket(make_gateway, ra
     for ws in sockets:
         assert sio_event(ws.recv_frame()[2].decode(), "/custom")[:2] == ["message", "x"]
     assert len(encoded) == 1
+
+
+def test_a_message_is_encoded_once_for_every_polling_session(make_gateway, monkeypatch):
+    """Polling sessions with different topics are on different routes: an event's packets
+    (the attachment's base64 too) are still encoded once, the same bytes in every answer."""
+    gw = make_gateway(None)
+    clients = []
+    for topics in (["a."], ["a.", "b."], ["a."]):
+        client = RawPolling(gw.port)
+        assert client.post(b"40" + json.dumps({"topics": topics}).encode()) == (200, b"ok")
+        assert poll_until(client, 1)[0].startswith("40{")
+        clients.append(client)
+    (wire,) = gw.socketio._poll_wires.values()
+    encoded: List[int] = []
+    encode = type(wire).encode
+
+    def counted(self, m, envelope):
+        encoded.append(m.id)
+        return encode(self, m, envelope)
+
+    monkeypatch.setattr(type(wire), "encode", counted)
+    gw.publish(b"\x00\xffbin", topic="a.1")
+    bodies = [client.get()[1] for client in clients]
+    assert len(encoded) == 1
+    assert len(set(bodies)) == 1
+    event, attachment = packets(bodies[0])
+    assert event == f'451-["message",{{"_placeholder":true,"num":0}},"{encoded[0]}"]' and attachment == "bAP9iaW4="
+
+
+def test_poll_coalesce_gathers_a_polling_sockets_events_into_one_answer(make_gateway):
+    gw = make_gateway(None, poll_coalesce_ms=400)
+    client = RawPolling(gw.port)
+    assert client.post(b'40{"topics":["t"]}') == (200, b"ok")
+    assert poll_until(client, 1)[0].startswith("40{")
+    with held_poll(gw, client) as answer:
+        start = time.monotonic()
+        gw.publish("a", topic="t")
+        time.sleep(0.15)
+        gw.publish("b", topic="t")
+    elapsed = time.monotonic() - start
+    (status, body), = answer
+    assert status == 200 and [sio_event(p)[:2] for p in packets(body)] == [["message", "a"], ["message", "b"]]
+    assert 0.35 <= elapsed < 2
+
+
+def test_poll_coalesce_an_ack_goes_after_the_events_gathered_before_it(make_gateway):
+    gw = make_gateway(None, poll_coalesce_ms=1000)
+    client = RawPolling(gw.port)
+    assert client.post(b'40{"topics":["t"]}') == (200, b"ok")
+    assert poll_until(client, 1)[0].startswith("40{")
+    gw.publish("a", topic="t")
+    (wire,) = gw.socketio._poll_wires.values()
+    wait_until(lambda: wire._gathering, message="the event to be gathered")
+    start = time.monotonic()
+    assert client.post(b'421["subscribe","u"]') == (200, b"ok")
+    status, body = client.get()
+    assert time.monotonic() - start < 0.8
+    event, ack = packets(body)
+    assert sio_event(event)[:2] == ["message", "a"] and ack == '431[{"topics":["t","u"]}]'
+
+
+def test_packets_waiting_for_a_poll_go_as_frames_after_the_upgrade(make_gateway, raw_ws):
+    gw = make_gateway(None)
+    client = RawPolling(gw.port)
+    assert client.post(b'40{"topics":["t"]}') == (200, b"ok")
+    assert poll_until(client, 1)[0].startswith("40{")
+    ws = raw_ws(gw.port, path=f"/socket.io/?EIO=4&transport=websocket&sid={client.sid}")
+    ws.send_frame(OP_TEXT, b"2probe")
+    assert ws.recv_frame()[2] == b"3probe"
+    gw.publish("text", topic="t")
+    gw.publish(b"\x00\xff", topic="t")
+    session = gw.sio.sessions[client.sid]
+    wait_until(lambda: len(eio.decode_payloads(session.packets)) == 3, message="the events to wait for a poll")
+    ws.send_frame(OP_TEXT, b"5")
+    assert sio_event(ws.recv_frame()[2].decode())[:2] == ["message", "text"]
+    assert ws.recv_frame()[2].decode().startswith('451-["message",{"_placeholder":true,"num":0}')
+    _, opcode, data = ws.recv_frame()
+    assert (opcode, data) == (OP_BINARY, b"\x00\xff")
 
 
 @pytest.mark.parametrize("mode", ["websocket", "polling"])

@@ -134,6 +134,7 @@ class TransportConfig:
     poll_timeout: float = 25.0
     poll_max_messages: int = 100
     poll_max_bytes: int = 1 << 20
+    poll_coalesce_ms: float = 0.0  # > 0: a poll's (and a Socket.IO polling socket's) messages wait for more
     socketio: bool = True
     sio_path: str = "/socket.io/"
     sio_event: str = "message"
@@ -145,6 +146,8 @@ class TransportConfig:
 
     def __post_init__(self) -> None:
         _choice("envelope", self.envelope, ENVELOPES)
+        if not 0 <= self.poll_coalesce_ms <= 1000:
+            raise ValueError(f"poll_coalesce_ms must be within 0..1000, not {self.poll_coalesce_ms!r}")
         for name in self.sio_namespaces:
             if not name.strip("/") or "," in name or "?" in name:
                 raise ValueError(f"sio_namespaces: {name!r} is not a namespace name (like /chat)")

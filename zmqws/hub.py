@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
 
 from .protocol.frames import OP_BINARY, OP_TEXT
@@ -496,13 +497,16 @@ class Hub:
             if subscriber is not None:
                 self._resume(member, subscriber, since)
 
-    def missed(self, prefixes: Sequence[bytes], since: int) -> Tuple[Optional[Notice], List[Stored]]:
+    def missed(self, prefixes: Sequence[bytes], since: int,
+               limit: Optional[int] = None) -> Tuple[Optional[Notice], List[Stored]]:
         """Resume: a gap notice if the ids after ``since`` are not all known, and the
-        messages in the history after ``since`` for ``prefixes``."""
+        messages in the history after ``since`` for ``prefixes``: the first ``limit`` of them
+        (None: all), the history read no further than the last one (a poll answers at most
+        ``poll_max_messages``: one with an old ``since`` must not cost the whole history)."""
         notice = self._gap_notice(prefixes, since)
-        missed = [m for m in self.history.after(since)
-                  if topic_matches(m.topic if m.multipart else m.payload, prefixes)]
-        return notice, missed
+        matching = (m for m in self.history.after(since)
+                    if topic_matches(m.topic if m.multipart else m.payload, prefixes))
+        return notice, list(islice(matching, limit))
 
     def _gap_notice(self, prefixes: Sequence[bytes], since: int) -> Optional[Notice]:
         """A gap notice naming the ids after ``since`` the gateway cannot vouch for (never

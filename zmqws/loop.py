@@ -39,9 +39,11 @@ __all__ = ["Loop", "Timer"]
 
 log = logging.getLogger("zmqws")
 
-POLLIN = zmq.POLLIN
-POLLOUT = zmq.POLLOUT
-POLLERR = zmq.POLLERR
+# Plain ints: pyzmq's constants are enum flags, and ``|``/``&`` of those build enum members
+# (a few µs a turn per ready descriptor on the hot path).
+POLLIN = int(zmq.POLLIN)
+POLLOUT = int(zmq.POLLOUT)
+POLLERR = int(zmq.POLLERR)
 
 _EPOLL = getattr(select, "epoll", None)
 if _EPOLL is not None:

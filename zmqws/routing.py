@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 from collections import deque
+from itertools import islice
 from typing import Any, Deque, Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
 
 __all__ = ["Route", "Router", "Upstream", "History", "Stored", "parse_id", "MAX_ID_DIGITS"]
@@ -206,10 +207,12 @@ class Upstream:
 
     def gap(self, prefix: bytes, seen: int) -> Optional[Tuple[int, int]]:
         """Ids (first, last) in which messages for ``prefix`` may have been missed after ``seen``."""
+        since = self.since
+        if seen >= since.get(prefix, seen + 1):
+            return None  # the common case (a poll that keeps up): covered since before ``seen``
         # The subscriptions covering ``prefix`` are its leading substrings: O(len(prefix)) look-ups,
         # not a walk over every subscription.
         covering = [prefix[:i] for i in range(len(prefix) + 1)]
-        since = self.since
         starts = [since[q] for q in covering if q in since]
         if not starts:
             return None
@@ -223,9 +226,13 @@ class Upstream:
 
 
 class Stored:
-    """One message as kept in the history."""
+    """One message as kept in the history.
 
-    __slots__ = ("id", "topic", "payload", "opcode", "multipart")
+    ``json``: its ``json`` envelope document, encoded once by the first client that needs it
+    (:func:`zmqws.wire.json_bytes`) and shared by every later one; it lives and goes with the
+    message (at most one encoding per message held in the history)."""
+
+    __slots__ = ("id", "topic", "payload", "opcode", "multipart", "json")
 
     def __init__(self, msg_id: int, topic: bytes, payload: bytes, opcode: int, multipart: bool) -> None:
         self.id = msg_id
@@ -233,6 +240,7 @@ class Stored:
         self.payload = payload
         self.opcode = opcode
         self.multipart = multipart
+        self.json: Optional[bytes] = None
 
 
 class History:
@@ -272,11 +280,12 @@ class History:
             self._bytes -= len(old.payload) + len(old.topic)
             self.first_missing = old.id
 
-    def after(self, since: int) -> List[Stored]:
-        """Messages with an id greater than ``since``, oldest first."""
+    def after(self, since: int) -> Iterator[Stored]:
+        """Messages with an id greater than ``since``, oldest first, as they are read (a caller
+        that needs a few of them reads no further; the history must not change meanwhile)."""
         items = self._items
         if not items or items[-1].id <= since:
-            return []
+            return iter(())
         # ids grow by one per message, but an evicted or unstored one leaves no trace: search.
         lo, hi = 0, len(items)
         while lo < hi:
@@ -285,4 +294,4 @@ class History:
                 lo = mid + 1
             else:
                 hi = mid
-        return [items[i] for i in range(lo, len(items))]
+        return islice(items, lo, None)

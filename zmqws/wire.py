@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .protocol.deflate import PerMessageDeflate
     from .routing import Stored
 
-__all__ = ["Wire", "WebSocketWire", "SseWire", "Envelopes", "json_doc"]
+__all__ = ["Wire", "WebSocketWire", "SseWire", "Envelopes", "TurnEncodings", "json_doc", "json_bytes"]
 
 
 def json_doc(m: "Stored") -> Dict[str, Any]:
@@ -38,6 +38,15 @@ def json_doc(m: "Stored") -> Dict[str, Any]:
         doc["data"] = base64.b64encode(m.payload).decode("ascii")
         doc["binary"] = True
     return doc
+
+
+def json_bytes(m: "Stored") -> bytes:
+    """:func:`json_doc` encoded (compact, ASCII: ``json.dumps``' ``ensure_ascii``), once per
+    message: kept on the message (``Stored.json``) for every later client, route and poll."""
+    encoded = m.json
+    if encoded is None:
+        encoded = m.json = json.dumps(json_doc(m), separators=(",", ":")).encode("ascii")
+    return encoded
 
 
 class Envelopes:
@@ -59,7 +68,7 @@ class Envelopes:
             head = m.topic + self.separator
             text = m.opcode == OP_TEXT and is_utf8(head)
             return (OP_TEXT if text else OP_BINARY), head + m.payload
-        return OP_TEXT, json.dumps(json_doc(m), separators=(",", ":")).encode("utf-8")
+        return OP_TEXT, json_bytes(m)
 
     def notice(self, notice: Dict[str, Any], envelope: str) -> bytes:
         """A gateway notice (``{"gap": [first, last]}``) as a client of ``envelope`` reads it."""
@@ -152,3 +161,32 @@ class SseWire(Wire):
     def encode_notice(self, notice: Dict[str, Any], envelope: str) -> bytes:
         text = json.dumps(notice, separators=(",", ":")).encode("utf-8")
         return sse.encode_event(text, event=next(iter(notice)))
+
+
+class TurnEncodings:
+    """A wire's encodings of this turn's messages by id, so that the routes of one wire (other
+    topics) share them: for wires that are not ``shared`` (they deliver each turn's messages
+    themselves), a message is still encoded once per wire and turn."""
+
+    __slots__ = ("wire", "separator", "_by_id", "_newest")
+
+    def __init__(self, wire: Wire, separator: bytes) -> None:
+        self.wire = wire
+        self.separator = separator  # between two messages' encodings
+        self._by_id: Dict[int, bytes] = {}
+        self._newest = 0
+
+    def join(self, batch: List["Stored"], envelope: str) -> bytes:
+        """A route's messages of this turn, encoded (once per turn) and joined."""
+        if batch[0].id > self._newest:  # ids only grow: a later turn, the previous one's are done
+            self._by_id = {}
+        by_id = self._by_id
+        encode = self.wire.encode
+        parts = []
+        for m in batch:
+            encoded = by_id.get(m.id)
+            if encoded is None:
+                encoded = by_id[m.id] = encode(m, envelope)
+            parts.append(encoded)
+        self._newest = max(self._newest, batch[-1].id)
+        return self.separator.join(parts)

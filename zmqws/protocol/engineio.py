@@ -26,9 +26,10 @@ from typing import Any, List, Optional, Tuple, Union
 from .errors import SocketIOError, ZmqwsError
 
 __all__ = [
-    "EngineIOError", "EngineErrorCode", "SioPacketType", "SocketIOError", "Packet", "decode_payload", "encode_payload",
+    "EngineIOError", "EngineErrorCode", "SioPacketType", "SocketIOError", "Packet",
+    "decode_payload", "decode_payloads", "encode_payload",
     "SioPacket", "decode_sio", "encode_sio", "Reassembler", "ERROR_MESSAGES",
-    "OPEN", "CLOSE", "PING", "PONG", "MESSAGE", "UPGRADE", "NOOP", "SEPARATOR",
+    "OPEN", "CLOSE", "PING", "PONG", "MESSAGE", "UPGRADE", "NOOP", "SEPARATOR", "SEPARATOR_BYTES",
     "CONNECT", "DISCONNECT", "EVENT", "ACK", "CONNECT_ERROR", "BINARY_EVENT", "BINARY_ACK",
 ]
 
@@ -36,6 +37,7 @@ __all__ = [
 OPEN, CLOSE, PING, PONG, MESSAGE, UPGRADE, NOOP = "0", "1", "2", "3", "4", "5", "6"
 _EIO_TYPES = frozenset(OPEN + CLOSE + PING + PONG + MESSAGE + UPGRADE + NOOP)
 SEPARATOR = "\x1e"
+SEPARATOR_BYTES = b"\x1e"
 
 class EngineErrorCode(IntEnum):
     """Engine.IO HTTP error codes (engine.io's ``Server.errors``)."""
@@ -125,7 +127,9 @@ def decode_payload(body: bytes, max_packets: int = 1000) -> List[Packet]:
 
 
 def encode_payload(packets: List[Packet]) -> bytes:
-    """Packets for a long-polling response: strings as is, binary as ``b`` + base64."""
+    """Packets for a long-polling response: strings as is, binary as ``b`` + base64.  Encoded
+    payloads join into one with :data:`SEPARATOR` (text packets never hold it: their JSON
+    escapes control characters), so a payload can be built once and shared."""
     parts = []
     for kind, data in packets:
         if isinstance(data, bytes):
@@ -133,6 +137,13 @@ def encode_payload(packets: List[Packet]) -> bytes:
         else:
             parts.append(kind + data)
     return SEPARATOR.join(parts).encode("utf-8")
+
+
+def decode_payloads(payloads: List[bytes]) -> List[Packet]:
+    """Payloads :func:`encode_payload` made, back to their packets, however many (a polling
+    session moving to WebSocket gets what waited for its next poll as frames)."""
+    data = SEPARATOR_BYTES.join(payloads)
+    return decode_payload(data, max_packets=len(data)) if data else []
 
 
 def decode_ws_frame(data: Union[str, bytes]) -> Packet:

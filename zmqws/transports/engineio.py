@@ -47,6 +47,8 @@ log = logging.getLogger("zmqws")
 
 POLLING = "polling"
 WEBSOCKET = "websocket"
+NOOP_PAYLOAD = eio.NOOP.encode("ascii")    # a noop packet, encoded for long-polling
+CLOSE_PAYLOAD = eio.CLOSE.encode("ascii")  # a close packet, encoded for long-polling
 Cors = List[Tuple[str, str]]
 
 
@@ -54,6 +56,12 @@ def new_sid() -> str:
     """A random session id (120 bits, URL-safe): what ``secrets.token_urlsafe(15)`` gives,
     without the import of hashlib (and OpenSSL's libcrypto) that ``secrets`` makes."""
     return base64.urlsafe_b64encode(os.urandom(15)).decode("ascii")
+
+
+def payload_response(request: "Request", payload: bytes, cors: Cors) -> bytes:
+    """A long-polling response: an encoded payload (``eio.encode_payload``)."""
+    return http_response(200, payload, "text/plain; charset=UTF-8",
+                         [("Cache-Control", "no-store")] + cors, keep_alive=request.keep_alive)
 
 
 class Layer(Protocol):
@@ -82,7 +90,7 @@ class EngineSession:
         self.poll_cors: Cors = []                     # ... and the CORS headers of its answer
         self.probe_client: Optional["Client"] = None  # a WebSocket being probed for the upgrade
         self.probed = False                           # ... that answered the probe
-        self.packets: List[eio.Packet] = []           # waiting for the next poll
+        self.packets: List[bytes] = []  # waiting for the next poll: encoded payloads (eio.encode_payload)
         self.packet_bytes = 0
         self.topics = topics  # the handshake's ?topics= values (the rest of its request is not kept)
         self.rights = rights  # what the client may read and write (its authentication)
@@ -218,7 +226,7 @@ class EngineIOTransport:
         session.slot = host
         if server.handshake_timeout > 0:
             session.first_poll = self._timer(server.handshake_timeout, lambda: self._no_first_poll(session))
-        return self._payload_response(request, [(eio.OPEN, self._open_packet(session, [WEBSOCKET])[1:])], cors)
+        return payload_response(request, self._open_packet(session, [WEBSOCKET]).encode("utf-8"), cors)
 
     def _release_slot(self, session: EngineSession) -> None:
         """The session no longer counts as a connection (closed, or carried by a WebSocket now)."""
@@ -233,11 +241,6 @@ class EngineIOTransport:
             session.first_poll.cancel()
             session.first_poll = None
 
-    @staticmethod
-    def _payload_response(request: "Request", packets: List[eio.Packet], cors: Cors) -> bytes:
-        return http_response(200, eio.encode_payload(packets), "text/plain; charset=UTF-8",
-                             [("Cache-Control", "no-store")] + cors, keep_alive=request.keep_alive)
-
     def _poll(self, client: "Client", session: EngineSession, cors: Cors) -> None:
         if session.poll_client is not None:
             # Two polls at once: engine.io answers 400 and closes the session.
@@ -247,7 +250,7 @@ class EngineIOTransport:
         if not session.packets and session.probe_client is not None and session.probed:
             # Upgrading: the client waits for this poll to end before it sends "5" (engine.io
             # answers polls with a noop while upgrading); holding it would stall the upgrade.
-            session.packets.append((eio.NOOP, ""))
+            session.packets.append(NOOP_PAYLOAD)
         session.poll_client = client
         session.poll_cors = cors
         if session.packets:
@@ -260,11 +263,12 @@ class EngineIOTransport:
         """The held poll gets the packets waiting (the session stays)."""
         client = session.poll_client
         assert client is not None and client.request is not None
-        packets, session.packets, session.packet_bytes = session.packets, [], 0
+        payload = eio.SEPARATOR_BYTES.join(session.packets)
+        session.packets, session.packet_bytes = [], 0
         session.poll_client = None
         self._polls.pop(client, None)
         client.transport = None
-        self.context.server.http_reply(client, self._payload_response(client.request, packets, session.poll_cors),
+        self.context.server.http_reply(client, payload_response(client.request, payload, session.poll_cors),
                                        keep_alive=True)
 
     def _post(self, session: EngineSession, request: "Request", cors: Cors) -> bytes:
@@ -289,7 +293,7 @@ class EngineIOTransport:
         session = self._polls.get(client)
         if session is not None:
             if not session.packets:
-                session.packets.append((eio.NOOP, ""))
+                session.packets.append(NOOP_PAYLOAD)
             self._answer_poll(session)
 
     # -- WebSocket ---------------------------------------------------------------------
@@ -358,7 +362,7 @@ class EngineIOTransport:
             client.send(eio.PONG + "probe")
             session.probed = True
             if session.poll_client is not None:
-                session.packets.append((eio.NOOP, ""))
+                session.packets.append(NOOP_PAYLOAD)
                 self._answer_poll(session)
             return
         if data == eio.UPGRADE:
@@ -370,10 +374,10 @@ class EngineIOTransport:
             del self._probing[client]
             self._of[client] = session
             pending, session.packets, session.packet_bytes = session.packets, [], 0
-            for kind, payload in pending:
+            for kind, payload in eio.decode_payloads(pending):
                 self._send_ws(client, kind, payload)
             if session.poll_client is not None:  # a poll still held: release it
-                session.packets.append((eio.NOOP, ""))
+                session.packets.append(NOOP_PAYLOAD)
                 self._answer_poll(session)
             self.layer.moved(session)
             log.debug("socket.io session %s upgraded to websocket", session)
@@ -397,16 +401,23 @@ class EngineIOTransport:
 
     def send(self, session: EngineSession, packets: List[eio.Packet]) -> None:
         """Engine.IO packets to a session, over its current transport."""
-        if session.closed:
-            return
-        if session.transport == WEBSOCKET:
+        if session.transport != WEBSOCKET:
+            self.send_payload(session, eio.encode_payload(packets))
+        elif not session.closed:
             assert session.ws_client is not None
             for kind, payload in packets:
                 self._send_ws(session.ws_client, kind, payload)
+
+    def send_payload(self, session: EngineSession, payload: bytes) -> None:
+        """Packets encoded for long-polling (``eio.encode_payload``) to a session: the same
+        ``bytes`` may go to many sessions (an event's packets are encoded once for all)."""
+        if session.closed:
             return
-        for kind, payload in packets:
-            session.packets.append((kind, payload))
-            session.packet_bytes += len(payload) + 1
+        if session.transport == WEBSOCKET:
+            self.send(session, eio.decode_payloads([payload]))
+            return
+        session.packets.append(payload)
+        session.packet_bytes += len(payload) + 1
         if session.packet_bytes > self.context.server.max_queue:
             self.context.server.stats.slow_closed += 1
             self.close_session(session, "slow consumer")
@@ -493,7 +504,7 @@ class EngineIOTransport:
         elif session.poll_client is not None:
             # The held poll ends with a close packet, or with a noop when the client itself
             # closed (engine.io's polling transport does the same).
-            session.packets.append((eio.CLOSE if notify else eio.NOOP, ""))
+            session.packets.append(CLOSE_PAYLOAD if notify else NOOP_PAYLOAD)
             self._answer_poll(session)
         if session.probe_client is not None:
             session.probe_client.close(CLOSE_NORMAL, "")

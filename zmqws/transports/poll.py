@@ -7,7 +7,9 @@ answer is a JSON array of ``json``-envelope messages, bounded by
 ``poll_max_messages`` and ``poll_max_bytes`` (the rest comes with the next
 poll, which asks ``since`` the last id); ``X-Zmqws-Last-Id`` carries the last
 id the gateway gave, so a client whose first poll comes back empty knows
-where to ask from.
+where to ask from.  With ``poll_coalesce_ms`` an answer with messages waits
+that long for more (not a full one, nor one with a gap notice), so that a
+poller of a busy stream makes one request per interval, not one per message.
 
 With ``--rpc`` a long-polling client is its (keep-alive) connection: the
 application is told of it at its first poll, and that it left once the
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from ..peer import GONE, address_text
 from ..rpc import client_info
-from ..wire import Wire, json_doc
+from ..wire import Wire, json_bytes
 from . import JoinQuery, client_id_of
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,8 +54,7 @@ class PollWire(Wire):
         self.transport = transport
 
     def deliver(self, members: List[Any], batch: List["Stored"]) -> None:
-        for client in members:
-            self.transport.answer(client, batch)
+        self.transport.deliver(members, batch)
 
     def answer(self, member: Any, items: List[Any]) -> bool:
         """A resume with something to say: the poll is answered with it."""
@@ -73,6 +74,7 @@ class PollTransport:
         self._sends: Dict["Client", List["Stored"]] = {}  # --rpc: the application's sends for the next poll
         self._rpc_clients: Dict["Client", None] = {}  # --rpc: connections the application knows
         self._sweep_timer: Optional["Timer"] = None
+        self._gathering: Dict["Client", List[Any]] = {}  # poll_coalesce_ms: held polls' messages so far
 
     def start(self, client: "Client", request: "Request", cors: Cors) -> None:
         """``GET /poll?since=ID``: the messages after ID at once, or held until one comes."""
@@ -92,29 +94,85 @@ class PollTransport:
             self._rpc_connected(client, request, query.prefixes)
         try:
             sent: List[Any] = list(self._sends.pop(client, ()))
+            notice = None
             if since is not None and not behind:
-                notice, missed = hub.missed(query.prefixes, since)
+                notice, missed = hub.missed(query.prefixes, since, context.config.poll_max_messages)
                 sent += ([notice] if notice else []) + missed
-            if sent:
+            gather = bool(sent) and notice is None and self._may_wait(sent)
+            if sent and not gather:
                 self._respond(client, sent, cors)
                 return
-            # Nothing yet: hold the request, routed like any client, until a message or the timeout.
+            # Nothing yet (or too little, with poll_coalesce_ms): hold the request, routed like
+            # any client, until a message or the timeout.
             context.server.stats.polls_held += 1
             self._cors[client] = cors
             context.server.park(client, time.monotonic() + context.config.poll_timeout, self.name)
             hub.join(client, query.prefixes, "json", self.wire, client.rights, since if behind else None,
                      chose_topics=query.chose_topics)
+            if gather:  # what was there, and what comes within poll_coalesce_ms, in one answer
+                self._gathering[client] = sent
+                self._answer_later([(client, sent)])
         finally:
             for prefix in query.prefixes:
                 hub.release(prefix)
 
     def answer(self, client: "Client", items: List[Any]) -> None:
-        """A held poll's answer (messages, or ``[]`` at its deadline): it leaves the hub."""
-        self.context.hub.leave(client)
-        self._respond(client, items, self._cors.pop(client, []))
+        """A held poll's answer (messages, or ``[]`` at its deadline; after what it gathered):
+        it leaves the hub."""
+        self.answer_all([client], self._gathering.pop(client, []) + items)
+
+    def deliver(self, clients: List["Client"], batch: List["Stored"]) -> None:
+        """A route's messages of a turn to its held polls: answered at once, or with
+        ``poll_coalesce_ms`` gathered until that long after the first (a full answer goes
+        at once: it could carry no more)."""
+        if not self.context.config.poll_coalesce_ms:
+            self.answer_all(clients, batch)
+            return
+        gathering = self._gathering
+        new, full = [], []
+        for client in clients:
+            gathered = gathering.get(client)
+            if gathered is None:
+                gathered = gathering[client] = list(batch)
+                new.append((client, gathered))
+            else:
+                gathered.extend(batch)
+            if not self._may_wait(gathered):
+                full.append(client)
+        for client in full:
+            self.answer(client, [])
+        if new:
+            self._answer_later(new)
+
+    def _may_wait(self, items: List[Any]) -> bool:
+        """With ``poll_coalesce_ms``, an answer (no gap notice in it) waits for more unless it
+        is full."""
+        config = self.context.config
+        return bool(config.poll_coalesce_ms) and len(items) < config.poll_max_messages
+
+    def _answer_later(self, gathering: List[Tuple["Client", List[Any]]]) -> None:
+        loop = self.context.server.loop
+        assert loop is not None
+        loop.call_later(self.context.config.poll_coalesce_ms / 1000, lambda: self._gathered(gathering))
+
+    def _gathered(self, gathering: List[Tuple["Client", List[Any]]]) -> None:
+        """``poll_coalesce_ms`` after their first message: the polls still gathering these
+        messages are answered (not a later poll of the same connection)."""
+        for client, gathered in gathering:
+            if self._gathering.get(client) is gathered:
+                self.answer(client, [])
+
+    def answer_all(self, clients: List["Client"], items: List[Any]) -> None:
+        """The same answer to held polls (a route's messages of a turn): the body built once."""
+        body, delivered = self._body(items)
+        leave = self.context.hub.leave
+        for client in clients:
+            leave(client)
+            self._send(client, body, delivered, self._cors.pop(client, []))
 
     def gone(self, client: "Client") -> None:
         self._cors.pop(client, None)
+        self._gathering.pop(client, None)
 
     # -- the two-way channel (zmqws.rpc) ------------------------------------------------------
 
@@ -164,20 +222,31 @@ class PollTransport:
         self.context.server.abort(client)
 
     def _respond(self, client: "Client", items: List[Any], cors: Cors) -> None:
-        """A JSON array of messages (a gap notice first), bounded in count and bytes."""
+        """A poll answered at once (see :meth:`_body`)."""
+        self._send(client, *self._body(items), cors)
+
+    def _body(self, items: List[Any]) -> Tuple[bytes, int]:
+        """A JSON array of messages (a gap notice first), bounded in count and bytes, and the
+        number of messages in it."""
         config = self.context.config
-        server = self.context.server
-        docs: List[str] = []
+        docs: List[bytes] = []
         size = 2
         for item in items:
-            doc = json.dumps(item if isinstance(item, dict) else json_doc(item), separators=(",", ":"))
+            # A message's document is encoded once (json_bytes), whatever the number of polls.
+            if isinstance(item, dict):
+                doc = json.dumps(item, separators=(",", ":")).encode("ascii")
+            else:
+                doc = json_bytes(item)
             if docs and (len(docs) >= config.poll_max_messages or size + len(doc) > config.poll_max_bytes):
                 break  # the rest on the next poll, which asks for what follows the last id
             docs.append(doc)
             size += len(doc) + 1
         delivered = sum(1 for item in items[:len(docs)] if not isinstance(item, dict))
+        return b"[" + b",".join(docs) + b"]", delivered
+
+    def _send(self, client: "Client", body: bytes, delivered: int, cors: Cors) -> None:
+        server = self.context.server
         server.stats.messages_out += delivered
-        body = ("[" + ",".join(docs) + "]").encode("utf-8")
         server.stats.bytes_out += len(body)
         headers = [("Cache-Control", "no-cache"), ("X-Zmqws-Last-Id", str(self.context.hub.last_id))] + cors
         if cors:

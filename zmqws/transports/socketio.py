@@ -47,7 +47,7 @@ from ..protocol.frames import OP_BINARY, OP_TEXT
 from ..rights import TopicRefused
 from ..rpc import Outcome, client_info, embed
 from ..routing import parse_id
-from ..wire import Wire, WebSocketWire
+from ..wire import TurnEncodings, Wire, WebSocketWire
 from .engineio import POLLING, EngineIOTransport, EngineSession, new_sid
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -91,7 +91,7 @@ class SioWebSocketWire(WebSocketWire):
     """Socket.IO sockets of one namespace over WebSocket: an event's frames built once (one frame
     per packet) for every route of the wire, the same bytes queued on each socket's connection."""
 
-    __slots__ = ("layer", "nsp", "prefix", "_frames", "_newest")
+    __slots__ = ("layer", "nsp", "prefix", "_turn")
     shared = False       # the members are sockets: delivered to their sessions' connections
     gap_notices = False  # Socket.IO has none: a socket that lost messages recovers instead
     name = "socketio"
@@ -101,8 +101,7 @@ class SioWebSocketWire(WebSocketWire):
         self.layer = layer
         self.nsp = nsp
         self.prefix = namespace_prefix(nsp)
-        self._frames: Dict[int, bytes] = {}  # this turn's events, by message id (routes share them)
-        self._newest = 0
+        self._turn = TurnEncodings(self, b"")
 
     def encode(self, m: "Stored", envelope: str) -> bytes:
         out = []
@@ -114,17 +113,7 @@ class SioWebSocketWire(WebSocketWire):
         return out[0] if len(out) == 1 else b"".join(out)
 
     def deliver(self, members: List[Any], batch: List["Stored"]) -> None:
-        if batch[0].id > self._newest:  # ids only grow: a later turn, the previous one's frames are done
-            self._frames = {}
-        frames = self._frames
-        parts = []
-        for m in batch:
-            frame = frames.get(m.id)
-            if frame is None:
-                frame = frames[m.id] = self.encode(m, ENVELOPE)
-            parts.append(frame)
-        self._newest = max(self._newest, batch[-1].id)
-        blob = parts[0] if len(parts) == 1 else b"".join(parts)
+        blob = self._turn.join(batch, ENVELOPE)
         server = self.layer.context.server
         over = server.fanout(blob, [socket.session.ws_client for socket in members], len(batch))
         if over and server.drop_slow:  # no gap notice in Socket.IO: closed, the client recovers
@@ -132,10 +121,23 @@ class SioWebSocketWire(WebSocketWire):
                 server.close_slow(client)
 
 
-class SioPollWire(Wire):
-    """Socket.IO sockets of one namespace on polling sessions: packets queued on each session."""
+class Gathering:
+    """``poll_coalesce_ms``: a polling socket's events waiting to go to its session together."""
 
-    __slots__ = ("layer", "nsp", "prefix")
+    __slots__ = ("payloads", "count")
+
+    def __init__(self) -> None:
+        self.payloads: List[bytes] = []
+        self.count = 0  # messages
+
+
+class SioPollWire(Wire):
+    """Socket.IO sockets of one namespace on polling sessions: an event's packets encoded once
+    for long-polling (``b`` + base64 for an attachment, Engine.IO v4), the same bytes queued on
+    each session until its next GET.  With ``poll_coalesce_ms`` a socket's events wait that long
+    after the first (at most ``poll_max_messages`` of them), so that one GET answer carries them."""
+
+    __slots__ = ("layer", "nsp", "prefix", "_turn", "_gathering")
     shared = False
     gap_notices = False
     name = "socketio-polling"
@@ -145,16 +147,52 @@ class SioPollWire(Wire):
         self.layer = layer
         self.nsp = nsp
         self.prefix = namespace_prefix(nsp)
+        self._turn = TurnEncodings(self, eio.SEPARATOR_BYTES)
+        self._gathering: Dict[NamespaceSocket, Gathering] = {}
+
+    def encode(self, m: "Stored", envelope: str) -> bytes:
+        return eio.encode_payload(self.layer.event_packets(m, self.nsp, self.prefix))
 
     def deliver(self, members: List[Any], batch: List["Stored"]) -> None:
+        payload = self._turn.join(batch, ENVELOPE)
         layer = self.layer
-        packets: List[eio.Packet] = []
-        for m in batch:
-            packets.extend(layer.event_packets(m, self.nsp, self.prefix))
-        stats = layer.context.server.stats
+        layer.context.server.stats.messages_out += len(batch) * len(members)
+        if layer.context.config.poll_coalesce_ms:
+            self._gather(members, payload, len(batch))
+            return
+        send_payload = layer.engine.send_payload
         for socket in members:
-            stats.messages_out += len(batch)
-            layer.engine.send(socket.session, packets)
+            send_payload(socket.session, payload)
+
+    def _gather(self, members: List[NamespaceSocket], payload: bytes, count: int) -> None:
+        gathering = self._gathering
+        config = self.layer.context.config
+        new = []
+        for socket in members:
+            gathered = gathering.get(socket)
+            if gathered is None:
+                gathered = gathering[socket] = Gathering()
+                new.append((socket, gathered))
+            gathered.payloads.append(payload)
+            gathered.count += count
+            if gathered.count >= config.poll_max_messages:
+                self.release(socket)
+        if new:
+            loop = self.layer.context.server.loop
+            assert loop is not None
+            loop.call_later(config.poll_coalesce_ms / 1000, lambda: self._due(new))
+
+    def _due(self, gathering: List[Tuple[NamespaceSocket, Gathering]]) -> None:
+        for socket, gathered in gathering:
+            if self._gathering.get(socket) is gathered:
+                self.release(socket)
+
+    def release(self, socket: NamespaceSocket) -> None:
+        """The events gathered for a socket go to its session now (before anything else sent to
+        it: an ack, the application's event, the move to WebSocket)."""
+        gathered = self._gathering.pop(socket, None)
+        if gathered is not None:
+            self.layer.engine.send_payload(socket.session, eio.SEPARATOR_BYTES.join(gathered.payloads))
 
 
 class SocketIOLayer:
@@ -245,6 +283,19 @@ class SocketIOLayer:
         hub = self.context.hub
         for socket in session.sockets.values():
             hub.move(socket, socket, self._wire(socket))
+        for socket in session.sockets.values():  # what the polling wire gathered (the moves' flush too)
+            self._release(socket)
+
+    def _release(self, socket: NamespaceSocket) -> None:
+        """Events a polling socket gathered (``poll_coalesce_ms``) go to its session now."""
+        wire = self._poll_wires.get(socket.nsp)
+        if wire is not None:
+            wire.release(socket)
+
+    def _send(self, socket: NamespaceSocket, packets: List[eio.Packet]) -> None:
+        """Packets to one socket, after the events gathered for it."""
+        self._release(socket)
+        self.engine.send(socket.session, packets)
 
     def closed(self, session: EngineSession, reason: str) -> None:
         """The session is closing (for ``reason``): its sockets leave (recoverable)."""
@@ -370,6 +421,7 @@ class SocketIOLayer:
         if sockets.get(socket.nsp) is not socket:
             return
         del sockets[socket.nsp]
+        self._release(socket)
         if self.context.rpc is not None:
             self.context.rpc.disconnected(socket.client_id, reason)
         subscriber = self.context.hub.leave(socket)
@@ -416,8 +468,7 @@ class SocketIOLayer:
                 else:
                     reply = {"ok": False, "error": "upstream full"}
         if packet.id is not None:
-            self.engine.send(socket.session, [(eio.MESSAGE, eio.encode_sio(
-                eio.ACK, [reply], nsp=socket.nsp, ack_id=packet.id))])
+            self._send(socket, [(eio.MESSAGE, eio.encode_sio(eio.ACK, [reply], nsp=socket.nsp, ack_id=packet.id))])
 
     # -- the two-way channel (zmqws.rpc) ------------------------------------------------------
 
@@ -456,8 +507,7 @@ class SocketIOLayer:
         else:
             args = [{"error": embed(payload) if outcome is Outcome.ERROR else payload.decode("utf-8", "replace")}]
             attachments = []
-        self.engine.send(socket.session, self._packets(eio.ACK, eio.BINARY_ACK, args, socket.nsp, attachments,
-                                                       ack_id))
+        self._send(socket, self._packets(eio.ACK, eio.BINARY_ACK, args, socket.nsp, attachments, ack_id))
 
     @staticmethod
     def _arguments(payload: bytes) -> List[Any]:
@@ -482,7 +532,7 @@ class SocketIOLayer:
         if session.closed or session.sockets.get(socket.nsp) is not socket:
             return False
         args = [topic.decode("utf-8", "replace")] + self._arguments(payload)
-        self.engine.send(session, self._packets(eio.EVENT, eio.BINARY_EVENT, args, socket.nsp, attachments))
+        self._send(socket, self._packets(eio.EVENT, eio.BINARY_EVENT, args, socket.nsp, attachments))
         self.context.server.stats.messages_out += 1
         return True
 
@@ -492,7 +542,7 @@ class SocketIOLayer:
         session = socket.session
         if session.sockets.get(socket.nsp) is not socket:
             return
-        self.engine.send(session, [(eio.MESSAGE, eio.encode_sio(eio.DISCONNECT, nsp=socket.nsp))])
+        self._send(socket, [(eio.MESSAGE, eio.encode_sio(eio.DISCONNECT, nsp=socket.nsp))])
         self._leave(socket, "server namespace disconnect")
 
     @staticmethod
