@@ -49,11 +49,12 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOADCLIENT_SRC = os.path.join(HERE, "loadclient.c")
 LOADCLIENT = os.path.join(HERE, "loadclient")
+LOADCOMMON_H = os.path.join(HERE, "loadcommon.h")  # included by loadclient.c and httpclient.c
 C_FANOUT_SRC = os.path.join(HERE, "c_fanout.c")
 C_FANOUT = os.path.join(HERE, "c_fanout")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -97,9 +98,11 @@ def gateway_command(stack: str, endpoint: str, port: int, rcvhwm: int,
 # -- helpers ------------------------------------------------------------------------------
 
 
-def build(binary: str, source: str, *flags: str) -> str:
-    """Compile ``source`` with gcc -O2 into ``binary`` unless the binary is newer than the source."""
-    if os.path.exists(binary) and os.path.getmtime(binary) >= os.path.getmtime(source):
+def build(binary: str, source: str, *flags: str, headers: Sequence[str] = ()) -> str:
+    """Compile ``source`` with gcc -O2 into ``binary`` unless the binary is newer than the source
+    and the ``headers`` it includes."""
+    newest = max(os.path.getmtime(f) for f in (source, *headers))
+    if os.path.exists(binary) and os.path.getmtime(binary) >= newest:
         return binary
     gcc = shutil.which("gcc") or shutil.which("cc")
     if gcc is None:
@@ -110,7 +113,7 @@ def build(binary: str, source: str, *flags: str) -> str:
 
 def build_loadclient() -> str:
     """The C load client (needs zlib)."""
-    return build(LOADCLIENT, LOADCLIENT_SRC, "-lz")
+    return build(LOADCLIENT, LOADCLIENT_SRC, "-lz", headers=[LOADCOMMON_H])
 
 
 def build_c_fanout() -> str:

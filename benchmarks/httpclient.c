@@ -50,20 +50,7 @@
  * Build: gcc -O2 -o httpclient httpclient.c   (benchmarks/transports.py does it)
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <signal.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/epoll.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
 
 enum { S_CONNECTING = 0, S_HEAD, S_BODY, S_STREAM, S_DONE, S_CLOSED };
 enum { P_NONE = 0, P_CONNECTING, P_IDLE, P_WAIT };  /* eio: the POST connection */
@@ -73,10 +60,6 @@ enum { M_SSE = 0, M_POLL, M_EIO };
 #define B64_PREFIX 24          /* base64 characters that hold them */
 #define LINE_KEEP 64           /* bytes of an SSE line kept (the field name + the data prefix) */
 #define HEAD_MAX 4096
-#define READ_SIZE (256 * 1024)
-
-#define H_FINE 100000          /* µs buckets below 100 ms */
-#define H_COARSE 600000        /* then ms buckets up to 600 s */
 
 typedef struct {
     int fd;
@@ -114,43 +97,12 @@ typedef struct {
     int64_t pbody_left;         /* -1: reading the head */
 } conn_t;
 
-static conn_t *conns;
-static int nconns, mode = -1;
-static uint64_t expected;
-static int epfd;
-static const char *host = "127.0.0.1";
-static int port;
-static const char *path;
+#define CLIENT_NAME "httpclient"
+#include "loadcommon.h"
 
-static uint64_t wire_bytes, gap_notices, requests, reconnects, http_errors, unparsed, posts;
-static int eof_count, error_count, done_count, ready_count, pending, counting;
-static uint64_t *hist;
-static uint64_t lat_samples, lat_max_ns;
-
-static int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static double cpu_seconds(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
-}
-
-static void die(const char *msg) {
-    fprintf(stderr, "httpclient: %s: %s\n", msg, strerror(errno));
-    printf("FAILED %s\n", msg);
-    fflush(stdout);
-    exit(1);
-}
-
-static uint64_t le64(const uint8_t *p) {
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v;  /* x86/ARM little-endian */
-}
+static int mode = -1;
+static uint64_t gap_notices, requests, reconnects, http_errors, unparsed, posts;
+static int counting;
 
 /* Decode the first B64_PREFIX base64 characters of s (standard alphabet, RFC 4648 §4) into
    out; returns the bytes decoded (16 or more when s holds a whole header), -1 if not base64. */
@@ -186,21 +138,8 @@ static void on_message(conn_t *c, const char *b64, size_t n, int64_t t) {
     uint8_t p[B64_PREFIX];
     if (b64_prefix(b64, n, p) < DATA_PREFIX) { unparsed++; return; }
     c->received++;
-    uint64_t ts = le64(p), seq = le64(p + 8);
-    if (seq == c->next_seq) c->next_seq++;
-    else if (seq > c->next_seq) { c->gaps += seq - c->next_seq; c->next_seq = seq + 1; }
-    else c->out_of_order++;
-    if (c->sampled) {
-        int64_t d = t - (int64_t)ts;
-        if (d < 0) d = 0;
-        uint64_t us = (uint64_t)d / 1000;
-        uint64_t idx = us < H_FINE ? us : H_FINE + (us - H_FINE) / 1000;
-        if (idx >= H_FINE + H_COARSE) idx = H_FINE + H_COARSE - 1;
-        hist[idx]++;
-        lat_samples++;
-        if ((uint64_t)d > lat_max_ns) lat_max_ns = d;
-    }
-    if (!c->done && expected && c->next_seq >= expected) { c->done = 1; done_count++; }
+    check_message(c, &c->next_seq, le64(p), le64(p + 8), t);
+    check_done(c);
 }
 
 static void mark_ready(conn_t *c) {
@@ -220,27 +159,16 @@ static void conn_close(conn_t *c) {
         c->pstate = P_NONE;
     }
     c->state = S_CLOSED;
-    if (!c->done) { c->done = 1; done_count++; }
+    mark_done(c);
 }
 
-/* A non-blocking connect of connection index i (its POST side if post), in the epoll set. */
-static int connect_to(int i, int post) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    if (fd < 0) die("socket");
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct sockaddr_in sa = {0};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(port);
-    inet_pton(AF_INET, host, &sa.sin_addr);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS) die("connect");
-    struct epoll_event ev = {.events = EPOLLOUT, .data.u64 = ((uint64_t)i << 1) | post};
-    if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl");
-    return fd;
+/* The epoll data of a connection's sockets: its index << 1 | 1 on the POST side. */
+static epoll_data_t event_data(conn_t *c, int post) {
+    return (epoll_data_t){.u64 = ((uint64_t)(c - conns) << 1) | post};
 }
 
 static void start_connect(conn_t *c) {
-    c->fd = connect_to(c - conns, 0);
+    c->fd = tcp_connect(event_data(c, 0));
     c->state = S_CONNECTING;
 }
 
@@ -269,11 +197,8 @@ static int send_request(conn_t *c) {
 /* A connect finished: wait for input (and send the request, on the GET side). */
 static int on_connected(conn_t *c, int post) {
     int fd = post ? c->pfd : c->fd;
-    int err = 0;
-    socklen_t l = sizeof err;
-    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l);
-    if (err) { errno = err; return -1; }
-    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = ((uint64_t)(c - conns) << 1) | post};
+    if (connect_result(fd) < 0) return -1;
+    struct epoll_event ev = {.events = EPOLLIN, .data = event_data(c, post)};
     epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev);
     if (!post) return send_request(c);
     c->pstate = P_IDLE;
@@ -370,13 +295,32 @@ static void poll_answer(conn_t *c, int64_t t) {
     else if (!c->have_since && c->header_last_id) { c->since = c->header_last_id; c->have_since = 1; }
 }
 
+/* Append what fits of p[0..n) to a response head being read (buf: size bytes, *len of them
+   used, NUL-terminated); returns the end of the head (its "\r\n\r\n") once it is complete,
+   and in *used how many bytes of p belong to it, or NULL when more is needed. */
+static char *head_add(char *buf, size_t size, uint32_t *len, const char *p, size_t n, size_t *used) {
+    size_t k = size - 1 - *len;
+    if (k > n) k = n;
+    memcpy(buf + *len, p, k);
+    size_t old = *len;
+    *len += k;
+    buf[*len] = 0;
+    char *hend = strstr(buf, "\r\n\r\n");
+    if (hend) *used = (size_t)(hend + 4 - buf) - old;
+    return hend;
+}
+
+/* Whether a response head is "HTTP/1.1 200"; if not, an HTTP error, printed. */
+static int status_ok(const char *head, const char *what) {
+    if (strncmp(head, "HTTP/1.1 200", 12) == 0) return 1;
+    http_errors++;
+    fprintf(stderr, "httpclient: %s%.120s\n", what, head);
+    return 0;
+}
+
 /* The head of a response is in c->head (ends at hend): returns the body length, -1 if bad. */
 static int64_t parse_head(conn_t *c, const char *hend) {
-    if (strncmp(c->head, "HTTP/1.1 200", 12) != 0) {
-        http_errors++;
-        fprintf(stderr, "httpclient: %.120s\n", c->head);
-        return -1;
-    }
+    if (!status_ok(c->head, "")) return -1;
     int64_t length = -1;
     c->keep_alive = 1;
     c->header_last_id = 0;
@@ -395,7 +339,7 @@ static int64_t parse_head(conn_t *c, const char *hend) {
 static void post_flush(conn_t *c) {
     if (!c->need_connect && !c->pongs) return;
     if (c->pstate == P_NONE) {
-        c->pfd = connect_to(c - conns, 1);
+        c->pfd = tcp_connect(event_data(c, 1));
         c->pstate = P_CONNECTING;
         return;  /* on_connected() makes it P_IDLE; then again */
     }
@@ -422,24 +366,15 @@ static void post_flush(conn_t *c) {
 static void post_feed(conn_t *c, const char *p, size_t n) {
     while (n > 0 && c->pstate == P_WAIT) {
         if (c->pbody_left < 0) {
-            size_t k = sizeof c->phead - 1 - c->phead_len;
-            if (k > n) k = n;
-            memcpy(c->phead + c->phead_len, p, k);
-            size_t old = c->phead_len;
-            c->phead_len += k;
-            c->phead[c->phead_len] = 0;
-            char *hend = strstr(c->phead, "\r\n\r\n");
+            size_t used;
+            char *hend = head_add(c->phead, sizeof c->phead, &c->phead_len, p, n, &used);
             if (!hend) {
                 if (c->phead_len >= sizeof c->phead - 1) { error_count++; c->pstate = P_IDLE; }
                 return;
             }
-            if (strncmp(c->phead, "HTTP/1.1 200", 12) != 0) {
-                http_errors++;
-                fprintf(stderr, "httpclient: POST: %.120s\n", c->phead);
-            }
+            status_ok(c->phead, "POST: ");
             const char *cl = strcasestr(c->phead, "\r\nContent-Length:");
             c->pbody_left = cl && cl < hend ? strtoll(cl + 17, NULL, 10) : 0;
-            size_t used = (size_t)(hend + 4 - c->phead) - old;
             p += used; n -= used;
         }
         size_t k = (uint64_t)c->pbody_left < n ? (size_t)c->pbody_left : n;
@@ -509,20 +444,11 @@ static int poll_done(conn_t *c, int64_t t) {
 static int poll_feed(conn_t *c, const char *p, size_t n, int64_t t) {
     while (n > 0) {
         if (c->state == S_HEAD) {
-            size_t k = HEAD_MAX - 1 - c->head_len;
-            if (k > n) k = n;
-            memcpy(c->head + c->head_len, p, k);
-            size_t old = c->head_len;
-            c->head_len += k;
-            c->head[c->head_len] = 0;
-            char *hend = strstr(c->head, "\r\n\r\n");
-            if (!hend) {
-                if (c->head_len >= HEAD_MAX - 1) return -1;
-                return 0;
-            }
+            size_t used;
+            char *hend = head_add(c->head, HEAD_MAX, &c->head_len, p, n, &used);
+            if (!hend) return c->head_len >= HEAD_MAX - 1 ? -1 : 0;
             int64_t length = parse_head(c, hend);
             if (length < 0) return -1;
-            size_t used = (size_t)(hend + 4 - c->head) - old;  /* of this chunk */
             p += used; n -= used;
             c->body_want = (uint64_t)length;
             c->body_len = 0;
@@ -554,32 +480,21 @@ static int on_input(conn_t *c, const char *p, size_t n, int64_t t) {
     if (mode != M_SSE) return poll_feed(c, p, n, t);
     if (c->state == S_STREAM) { sse_feed(c, p, n, t); return 0; }
     /* the stream's head */
-    size_t k = HEAD_MAX - 1 - c->head_len;
-    if (k > n) k = n;
-    memcpy(c->head + c->head_len, p, k);
-    size_t old = c->head_len;
-    c->head_len += k;
-    c->head[c->head_len] = 0;
-    char *hend = strstr(c->head, "\r\n\r\n");
-    if (!hend) return c->head_len >= HEAD_MAX - 1 ? -1 : 0;
-    if (strncmp(c->head, "HTTP/1.1 200", 12) != 0) {
-        http_errors++;
-        fprintf(stderr, "httpclient: %.120s\n", c->head);
-        return -1;
-    }
+    size_t used;
+    if (!head_add(c->head, HEAD_MAX, &c->head_len, p, n, &used)) return c->head_len >= HEAD_MAX - 1 ? -1 : 0;
+    if (!status_ok(c->head, "")) return -1;
     c->state = S_STREAM;
     mark_ready(c);
-    size_t used = (size_t)(hend + 4 - c->head) - old;
     if (n > used) sse_feed(c, p + used, n - used, t);
     return 0;
 }
 
 /* One epoll event (data: connection index << 1 | POST side); 1 when messages came, -1 on an
    error (the connection is closed then). */
-static int on_event(uint64_t data, int64_t t) {
+static int on_event(epoll_data_t data, int64_t t) {
     static char buf[READ_SIZE];
-    conn_t *c = &conns[data >> 1];
-    int post = data & 1;
+    conn_t *c = &conns[data.u64 >> 1];
+    int post = data.u64 & 1;
     if (c->state == S_CLOSED) return 0;
     if (post) {
         if (c->pstate == P_CONNECTING) {
@@ -623,20 +538,6 @@ static int on_event(uint64_t data, int64_t t) {
     return 0;
 }
 
-/* -- report ------------------------------------------------------------------------------- */
-
-static double hist_pct(double q) {
-    if (!lat_samples) return -1;
-    uint64_t target = (uint64_t)(q * lat_samples);
-    if (target >= lat_samples) target = lat_samples - 1;
-    uint64_t acc = 0;
-    for (uint64_t i = 0; i < H_FINE + H_COARSE; i++) {
-        acc += hist[i];
-        if (acc > target) return i < H_FINE ? i / 1000.0 : (double)(H_FINE + (i - H_FINE) * 1000) / 1000.0;
-    }
-    return lat_max_ns / 1e6;
-}
-
 static void usage(void) {
     fprintf(stderr, "usage: httpclient --mode sse|poll|eio --port P --conns C --messages N [--host H] "
                     "[--path PATH] [--sample-every K] [--timeout S] [--idle S] [--connect-timeout S] "
@@ -644,117 +545,35 @@ static void usage(void) {
     exit(2);
 }
 
+static int own_option(const char *a, const char *v) {
+    if (strcmp(a, "--mode")) return 0;
+    mode = !strcmp(v, "sse") ? M_SSE : !strcmp(v, "poll") ? M_POLL : !strcmp(v, "eio") ? M_EIO : -2;
+    return 1;
+}
+
+/* Phase 1: a failure is fatal. */
+static void connect_event(epoll_data_t data, int64_t t) {
+    if (on_event(data, t) < 0) die("connect/request/response");
+}
+
 int main(int argc, char **argv) {
-    int sample_every = 10, parallel = 200;
-    double timeout = 30, idle = 3, connect_timeout = 30;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (i + 1 >= argc) usage();
-        const char *v = argv[++i];
-        if (!strcmp(a, "--mode")) mode = !strcmp(v, "sse") ? M_SSE : !strcmp(v, "poll") ? M_POLL : !strcmp(v, "eio") ? M_EIO : -2;
-        else if (!strcmp(a, "--host")) host = v;
-        else if (!strcmp(a, "--port")) port = atoi(v);
-        else if (!strcmp(a, "--conns")) nconns = atoi(v);
-        else if (!strcmp(a, "--messages")) expected = strtoull(v, NULL, 10);
-        else if (!strcmp(a, "--path")) path = v;
-        else if (!strcmp(a, "--sample-every")) sample_every = atoi(v);
-        else if (!strcmp(a, "--timeout")) timeout = atof(v);
-        else if (!strcmp(a, "--idle")) idle = atof(v);
-        else if (!strcmp(a, "--connect-timeout")) connect_timeout = atof(v);
-        else if (!strcmp(a, "--parallel")) parallel = atoi(v);
-        else usage();
-    }
+    parse_options(argc, argv, own_option);
     if (!port || nconns <= 0 || mode < 0) usage();
     if (!path) path = mode == M_SSE ? "/events" : mode == M_POLL ? "/poll" : "/socket.io/?EIO=4&transport=polling";
-    signal(SIGPIPE, SIG_IGN);
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
-    conns = calloc(nconns, sizeof *conns);
-    hist = calloc(H_FINE + H_COARSE, sizeof *hist);
-    epfd = epoll_create1(0);
-    if (!conns || !hist || epfd < 0) die("setup");
-    for (int i = 0; i < nconns; i++) conns[i].sampled = sample_every > 0 && i % sample_every == 0;
-
+    setup();
     /* Phase 1: every connection ready (SSE: its head read; poll: its first request sent;
-       eio: its CONNECT answer read), at most --parallel in progress at a time. */
-    int64_t t0 = now_ns();
-    int started = 0;
-    struct epoll_event evs[1024];
-    while (ready_count < nconns) {
-        while (started < nconns && pending < parallel) { start_connect(&conns[started++]); pending++; }
-        if ((now_ns() - t0) / 1e9 > connect_timeout) {
-            errno = ETIMEDOUT;
-            fprintf(stderr, "httpclient: %d of %d connections ready\n", ready_count, nconns);
-            die("connect timeout");
-        }
-        int n = epoll_wait(epfd, evs, 1024, 100);
-        int64_t t = now_ns();
-        for (int i = 0; i < n; i++)
-            if (on_event(evs[i].data.u64, t) < 0) die("connect/request/response");
-    }
-    double connect_s = (now_ns() - t0) / 1e9;
-    printf("READY %d %.3f\n", ready_count, connect_s);
-    fflush(stdout);
-
-    /* Phase 2: count. */
-    int64_t ready_ns = now_ns(), first_ns = -1, last_ns = -1;
-    double cpu_first = 0, cpu_at_last = 0;
-    int timed_out = 0;
+       eio: its CONNECT answer read). */
+    connect_phase(start_connect, connect_event, "ready");
     counting = 1;
-    while (done_count < nconns) {
-        int n = epoll_wait(epfd, evs, 1024, 50);
-        int64_t t = now_ns();
-        int got = 0;
-        for (int i = 0; i < n; i++) {
-            int r = on_event(evs[i].data.u64, t);
-            if (r < 0) error_count++;
-            else if (r > 0) got = 1;
-        }
-        if (got) {
-            if (first_ns < 0) { first_ns = t; cpu_first = cpu_seconds(); }
-            last_ns = t;
-            cpu_at_last = cpu_seconds();
-        }
-        if ((t - ready_ns) / 1e9 > timeout) { timed_out = 1; break; }
-        if (first_ns >= 0 && (t - last_ns) / 1e9 > idle) break;
-    }
-    double cpu_total = cpu_seconds();
-
-    uint64_t total = 0, gaps = 0, ooo = 0, minr = UINT64_MAX, maxr = 0;
-    int complete = 0, open_at_end = 0;
-    for (int i = 0; i < nconns; i++) {
-        conn_t *c = &conns[i];
-        total += c->received;
-        gaps += c->gaps;
-        ooo += c->out_of_order;
-        if (c->received < minr) minr = c->received;
-        if (c->received > maxr) maxr = c->received;
-        if (expected && c->next_seq >= expected) complete++;
-        if (c->state != S_CLOSED) open_at_end++;
-    }
-    double window = first_ns >= 0 ? (last_ns - first_ns) / 1e9 : 0;
-    printf("{\"mode\": \"%s\", \"conns\": %d, \"upgraded\": %d, \"connect_s\": %.3f, \"messages_expected\": %llu, "
-           "\"received\": %llu, \"min_per_conn\": %llu, \"max_per_conn\": %llu, \"complete_conns\": %d, "
-           "\"gaps\": %llu, \"out_of_order\": %llu, \"gap_notices\": %llu, \"unparsed\": %llu, "
-           "\"requests\": %llu, \"posts\": %llu, \"reconnects\": %llu, \"http_errors\": %llu, "
-           "\"closed_by_server\": 0, \"close_codes\": {}, \"eof\": %d, \"errors\": %d, \"open_at_end\": %d, "
-           "\"timed_out\": %s, \"first_s\": %.6f, \"last_s\": %.6f, \"window_s\": %.6f, "
-           "\"first_abs_s\": %.6f, \"last_abs_s\": %.6f, "
-           "\"lat_samples\": %llu, \"lat_p50_ms\": %.3f, \"lat_p99_ms\": %.3f, \"lat_max_ms\": %.3f, "
-           "\"cpu_window_s\": %.3f, \"cpu_total_s\": %.3f, \"wire_bytes\": %llu}\n",
-           mode == M_SSE ? "sse" : mode == M_POLL ? "poll" : "eio", nconns, ready_count, connect_s, (unsigned long long)expected,
-           (unsigned long long)total, (unsigned long long)(minr == UINT64_MAX ? 0 : minr),
-           (unsigned long long)maxr, complete, (unsigned long long)gaps, (unsigned long long)ooo,
-           (unsigned long long)gap_notices, (unsigned long long)unparsed, (unsigned long long)requests, (unsigned long long)posts,
-           (unsigned long long)reconnects, (unsigned long long)http_errors,
-           eof_count, error_count, open_at_end, timed_out ? "true" : "false",
-           first_ns >= 0 ? (first_ns - ready_ns) / 1e9 : -1.0, last_ns >= 0 ? (last_ns - ready_ns) / 1e9 : -1.0,
-           window, first_ns >= 0 ? first_ns / 1e9 : -1.0, last_ns >= 0 ? last_ns / 1e9 : -1.0,
-           (unsigned long long)lat_samples, hist_pct(0.50), hist_pct(0.99), lat_max_ns / 1e6,
-           first_ns >= 0 ? cpu_at_last - cpu_first : 0.0, cpu_total, (unsigned long long)wire_bytes);
+    count_phase(on_event);
+    printf("{\"mode\": \"%s\", ", mode == M_SSE ? "sse" : mode == M_POLL ? "poll" : "eio");
+    report_totals();
+    printf(", \"gap_notices\": %llu, \"unparsed\": %llu, \"requests\": %llu, \"posts\": %llu, "
+           "\"reconnects\": %llu, \"http_errors\": %llu",
+           (unsigned long long)gap_notices, (unsigned long long)unparsed, (unsigned long long)requests,
+           (unsigned long long)posts, (unsigned long long)reconnects, (unsigned long long)http_errors);
+    report_run();
+    printf(", \"wire_bytes\": %llu}\n", (unsigned long long)wire_bytes);
     fflush(stdout);
     return 0;
 }

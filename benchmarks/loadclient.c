@@ -48,21 +48,7 @@
  * Build: gcc -O2 -o loadclient loadclient.c -lz   (benchmarks/fanout.py does it)
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <signal.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/epoll.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
 #include <zlib.h>
 
 enum { S_CONNECTING = 0, S_UPGRADING, S_OPEN, S_CLOSED };
@@ -70,10 +56,6 @@ enum { S_CONNECTING = 0, S_UPGRADING, S_OPEN, S_CLOSED };
 #define HB_MAX (14 + 125)      /* largest header + the prefix we look at */
 #define DATA_PREFIX 16         /* timestamp + sequence */
 #define RESP_MAX 2048
-#define READ_SIZE (256 * 1024)
-
-#define H_FINE 100000          /* µs buckets below 100 ms */
-#define H_COARSE 600000        /* then ms buckets up to 600 s */
 
 typedef struct {
     int fd;
@@ -103,47 +85,14 @@ typedef struct {
     z_stream zs;
 } conn_t;
 
-static conn_t *conns;
-static int nconns;
-static uint64_t expected = 0;
-static int epfd;
+#define CLIENT_NAME "loadclient"
+#include "loadcommon.h"
+
 static int deflate_mode;
 static int seq_streams = 1;
-static uint64_t wire_bytes, frame_payload_bytes, inflated_bytes, inflate_errors;
+static uint64_t frame_payload_bytes, inflated_bytes, inflate_errors;
 static int deflate_conns, deflate_reset_conns;
 static uint8_t zscratch[65536];
-
-static uint64_t *hist;
-static uint64_t lat_samples, lat_max_ns;
-static int closed_by_server, eof_count, error_count, done_count;
-static uint64_t close_code_counts[5000];
-static int64_t first_ns = -1, last_ns = -1;
-static double cpu_first = -1;
-
-static int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static double cpu_seconds(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
-}
-
-static void die(const char *msg) {
-    fprintf(stderr, "loadclient: %s: %s\n", msg, strerror(errno));
-    printf("FAILED %s\n", msg);
-    fflush(stdout);
-    exit(1);
-}
-
-static uint64_t le64(const uint8_t *p) {
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v;  /* x86/ARM little-endian */
-}
 
 /* Bytes needed to hold the header and the payload prefix we inspect. */
 static size_t hdr_need(const uint8_t *b, size_t have) {
@@ -171,7 +120,7 @@ static void conn_close(conn_t *c) {
     epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     c->state = S_CLOSED;
-    if (!c->done) { c->done = 1; done_count++; }
+    mark_done(c);
 }
 
 static void send_masked(conn_t *c, int opcode, const uint8_t *payload, size_t len) {
@@ -196,21 +145,9 @@ static void on_message(conn_t *c, int opcode, const uint8_t *p, uint64_t len, in
             if (seq >> 56) next = &c->next_seq1;
             seq &= (1ULL << 56) - 1;
         }
-        if (seq == *next) (*next)++;
-        else if (seq > *next) { c->gaps += seq - *next; *next = seq + 1; }
-        else c->out_of_order++;
-        if (c->sampled) {
-            int64_t d = t - (int64_t)ts;
-            if (d < 0) d = 0;
-            uint64_t us = (uint64_t)d / 1000;
-            uint64_t idx = us < H_FINE ? us : H_FINE + (us - H_FINE) / 1000;
-            if (idx >= H_FINE + H_COARSE) idx = H_FINE + H_COARSE - 1;
-            hist[idx]++;
-            lat_samples++;
-            if ((uint64_t)d > lat_max_ns) lat_max_ns = d;
-        }
+        check_message(c, next, ts, seq, t);
     }
-    if (!c->done && expected && c->next_seq >= expected) { c->done = 1; done_count++; }
+    check_done(c);
 }
 
 /* Compressed payload bytes of the current frame into the connection's inflater. */
@@ -332,9 +269,6 @@ static void feed(conn_t *c, const uint8_t *p, size_t n, int64_t t) {
     }
 }
 
-static const char *host = "127.0.0.1";
-static int port = 0;
-static const char *path = "/";
 static const char *path_template = NULL;
 static int path_mod = 1;
 
@@ -355,27 +289,13 @@ static const char *conn_path(int i, char *buf, size_t size) {
 }
 
 static void start_connect(conn_t *c) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    if (fd < 0) die("socket");
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct sockaddr_in sa = {0};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(port);
-    inet_pton(AF_INET, host, &sa.sin_addr);
-    c->fd = fd;
     c->state = S_CONNECTING;
     c->close_code = -1;
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS) die("connect");
-    struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = c};
-    if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl");
+    c->fd = tcp_connect((epoll_data_t){.ptr = c});
 }
 
 static int on_connecting(conn_t *c) {
-    int err = 0;
-    socklen_t l = sizeof err;
-    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
-    if (err) { errno = err; return -1; }
+    if (connect_result(c->fd) < 0) return -1;
     char req[1024], pbuf[512];
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -427,18 +347,6 @@ static int on_upgrading(conn_t *c, int64_t t) {
     return 1;
 }
 
-static double hist_pct(double q) {
-    if (!lat_samples) return -1;
-    uint64_t target = (uint64_t)(q * lat_samples);
-    if (target >= lat_samples) target = lat_samples - 1;
-    uint64_t acc = 0;
-    for (uint64_t i = 0; i < H_FINE + H_COARSE; i++) {
-        acc += hist[i];
-        if (acc > target) return i < H_FINE ? i / 1000.0 : (double)(H_FINE + (i - H_FINE) * 1000) / 1000.0;
-    }
-    return lat_max_ns / 1e6;
-}
-
 static void usage(void) {
     fprintf(stderr, "usage: loadclient --port P --conns C --messages N [--host H] [--path /] "
                     "[--path-template T] [--path-mod M] [--seq-streams 1|2] "
@@ -447,160 +355,70 @@ static void usage(void) {
     exit(2);
 }
 
-int main(int argc, char **argv) {
-    int sample_every = 10, parallel = 200, pause_us = 0;
-    double timeout = 30, idle = 3, connect_timeout = 30;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (i + 1 >= argc) usage();
-        const char *v = argv[++i];
-        if (!strcmp(a, "--host")) host = v;
-        else if (!strcmp(a, "--port")) port = atoi(v);
-        else if (!strcmp(a, "--conns")) nconns = atoi(v);
-        else if (!strcmp(a, "--messages")) expected = strtoull(v, NULL, 10);
-        else if (!strcmp(a, "--path")) path = v;
-        else if (!strcmp(a, "--path-template")) path_template = v;
-        else if (!strcmp(a, "--path-mod")) path_mod = atoi(v);
-        else if (!strcmp(a, "--seq-streams")) seq_streams = atoi(v);
-        else if (!strcmp(a, "--sample-every")) sample_every = atoi(v);
-        else if (!strcmp(a, "--timeout")) timeout = atof(v);
-        else if (!strcmp(a, "--idle")) idle = atof(v);
-        else if (!strcmp(a, "--connect-timeout")) connect_timeout = atof(v);
-        else if (!strcmp(a, "--parallel")) parallel = atoi(v);
-        else if (!strcmp(a, "--pause-us")) pause_us = atoi(v);
-        else if (!strcmp(a, "--deflate")) deflate_mode = atoi(v);
-        else usage();
-    }
-    if (!port || nconns <= 0 || path_mod <= 0 || seq_streams < 1 || seq_streams > 2) usage();
-    signal(SIGPIPE, SIG_IGN);
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
-    conns = calloc(nconns, sizeof *conns);
-    hist = calloc(H_FINE + H_COARSE, sizeof *hist);
-    epfd = epoll_create1(0);
-    if (!conns || !hist || epfd < 0) die("setup");
-    for (int i = 0; i < nconns; i++) conns[i].sampled = sample_every > 0 && i % sample_every == 0;
 
-    /* Phase 1: connect and upgrade everyone, at most `parallel` handshakes at a time. */
-    int64_t t0 = now_ns();
-    int started = 0, opened = 0, pending = 0;
-    struct epoll_event evs[1024];
-    while (opened < nconns) {
-        while (started < nconns && pending < parallel) { start_connect(&conns[started++]); pending++; }
-        if ((now_ns() - t0) / 1e9 > connect_timeout) {
-            errno = ETIMEDOUT;
-            fprintf(stderr, "loadclient: %d of %d connections upgraded\n", opened, nconns);
-            die("connect timeout");
-        }
-        int n = epoll_wait(epfd, evs, 1024, 100);
-        int64_t t = now_ns();
-        for (int i = 0; i < n; i++) {
-            conn_t *c = evs[i].data.ptr;
-            if (c->state == S_CONNECTING) {
-                if (on_connecting(c) < 0) die("connect/upgrade request");
-            } else if (c->state == S_UPGRADING) {
-                int r = on_upgrading(c, t);
-                if (r < 0) die("upgrade");
-                if (r > 0) { opened++; pending--; }
-            } else if (c->state == S_OPEN) {
-                uint8_t buf[4096];  /* early frames (a ping): rare */
-                ssize_t r = read(c->fd, buf, sizeof buf);
-                if (r > 0) feed(c, buf, r, t);
-                else if (r == 0 || (errno != EAGAIN && errno != EINTR)) die("early close");
-            }
-        }
-    }
-    double connect_s = (now_ns() - t0) / 1e9;
-    printf("READY %d %.3f\n", opened, connect_s);
-    fflush(stdout);
+static int own_option(const char *a, const char *v) {
+    if (!strcmp(a, "--path-template")) path_template = v;
+    else if (!strcmp(a, "--path-mod")) path_mod = atoi(v);
+    else if (!strcmp(a, "--seq-streams")) seq_streams = atoi(v);
+    else if (!strcmp(a, "--pause-us")) pause_us = atoi(v);
+    else if (!strcmp(a, "--deflate")) deflate_mode = atoi(v);
+    else return 0;
+    return 1;
+}
 
-    /* Phase 2: count. */
-    int64_t ready_ns = now_ns();
+/* Phase 1: connect, send the upgrade request, read the 101. */
+static void connect_event(epoll_data_t data, int64_t t) {
+    conn_t *c = data.ptr;
+    if (c->state == S_CONNECTING) {
+        if (on_connecting(c) < 0) die("connect/upgrade request");
+    } else if (c->state == S_UPGRADING) {
+        int r = on_upgrading(c, t);
+        if (r < 0) die("upgrade");
+        if (r > 0) { ready_count++; pending--; }
+    } else if (c->state == S_OPEN) {
+        uint8_t buf[4096];  /* early frames (a ping): rare */
+        ssize_t r = read(c->fd, buf, sizeof buf);
+        if (r > 0) feed(c, buf, r, t);
+        else if (r == 0 || (errno != EAGAIN && errno != EINTR)) die("early close");
+    }
+}
+
+/* Phase 2: one read() of an open connection; 1 when messages came, -1 on an error. */
+static int count_event(epoll_data_t data, int64_t t) {
     static uint8_t buf[READ_SIZE];
-    int timed_out = 0;
-    double cpu_at_last = 0;
-    while (done_count < nconns) {
-        int n = epoll_wait(epfd, evs, 1024, 50);
-        int64_t t = now_ns();
-        int got = 0;
-        for (int i = 0; i < n; i++) {
-            conn_t *c = evs[i].data.ptr;
-            if (c->state != S_OPEN) continue;
-            ssize_t r = read(c->fd, buf, sizeof buf);
-            if (r > 0) {
-                wire_bytes += r;
-                uint64_t before = c->received;
-                feed(c, buf, r, t);
-                if (c->received != before) got = 1;
-            } else if (r == 0) {
-                eof_count++;
-                conn_close(c);
-            } else if (errno != EAGAIN && errno != EINTR) {
-                error_count++;
-                conn_close(c);
-            }
-        }
-        if (got) {
-            if (first_ns < 0) { first_ns = t; cpu_first = cpu_seconds(); }
-            last_ns = t;
-            cpu_at_last = cpu_seconds();
-        }
-        double since_ready = (t - ready_ns) / 1e9;
-        if (since_ready > timeout) { timed_out = 1; break; }
-        if (first_ns >= 0 && (t - last_ns) / 1e9 > idle) break;
-        if (pause_us && n > 0) {
-            /* Let data pile up so that each read() takes many frames: fewer system calls
-               and wake-ups per message when a server writes each message separately. */
-            int64_t left = (int64_t)pause_us * 1000 - (now_ns() - t);
-            if (left > 0) {
-                struct timespec ts = {0, left};
-                nanosleep(&ts, NULL);
-            }
-        }
+    conn_t *c = data.ptr;
+    if (c->state != S_OPEN) return 0;
+    ssize_t r = read(c->fd, buf, sizeof buf);
+    if (r > 0) {
+        wire_bytes += r;
+        uint64_t before = c->received;
+        feed(c, buf, r, t);
+        return c->received != before;
     }
-    double cpu_total = cpu_seconds();
+    if (r == 0) {
+        eof_count++;
+        conn_close(c);
+    } else if (errno != EAGAIN && errno != EINTR) {
+        conn_close(c);
+        return -1;
+    }
+    return 0;
+}
 
-    uint64_t total = 0, gaps = 0, ooo = 0, minr = UINT64_MAX, maxr = 0;
-    int complete = 0, open_at_end = 0;
-    for (int i = 0; i < nconns; i++) {
-        conn_t *c = &conns[i];
-        total += c->received;
-        gaps += c->gaps;
-        ooo += c->out_of_order;
-        if (c->received < minr) minr = c->received;
-        if (c->received > maxr) maxr = c->received;
-        if (expected && c->next_seq >= expected) complete++;
-        if (c->state == S_OPEN) open_at_end++;
-    }
-    double window = first_ns >= 0 ? (last_ns - first_ns) / 1e9 : 0;
-    double cpu_window = first_ns >= 0 ? cpu_at_last - cpu_first : 0;
-    printf("{\"conns\": %d, \"upgraded\": %d, \"connect_s\": %.3f, \"messages_expected\": %llu, "
-           "\"received\": %llu, \"min_per_conn\": %llu, \"max_per_conn\": %llu, \"complete_conns\": %d, "
-           "\"gaps\": %llu, \"out_of_order\": %llu, \"closed_by_server\": %d, \"close_codes\": {",
-           nconns, opened, connect_s, (unsigned long long)expected, (unsigned long long)total,
-           (unsigned long long)(minr == UINT64_MAX ? 0 : minr), (unsigned long long)maxr, complete,
-           (unsigned long long)gaps, (unsigned long long)ooo, closed_by_server);
-    int first = 1;
-    for (int i = 0; i < 5000; i++)
-        if (close_code_counts[i]) {
-            printf("%s\"%d\": %llu", first ? "" : ", ", i, (unsigned long long)close_code_counts[i]);
-            first = 0;
-        }
-    printf("}, \"eof\": %d, \"errors\": %d, \"open_at_end\": %d, \"timed_out\": %s, "
-           "\"first_s\": %.6f, \"last_s\": %.6f, \"window_s\": %.6f, "
-           "\"first_abs_s\": %.6f, \"last_abs_s\": %.6f, "
-           "\"lat_samples\": %llu, \"lat_p50_ms\": %.3f, \"lat_p99_ms\": %.3f, \"lat_max_ms\": %.3f, "
-           "\"cpu_window_s\": %.3f, \"cpu_total_s\": %.3f, \"deflate\": %d, \"deflate_conns\": %d, "
+int main(int argc, char **argv) {
+    parse_options(argc, argv, own_option);
+    if (!port || nconns <= 0 || path_mod <= 0 || seq_streams < 1 || seq_streams > 2) usage();
+    if (!path) path = "/";
+    setup();
+    connect_phase(start_connect, connect_event, "upgraded");
+    count_phase(count_event);
+    printf("{");
+    report_totals();
+    report_run();
+    printf(", \"deflate\": %d, \"deflate_conns\": %d, "
            "\"deflate_no_context_takeover_conns\": %d, \"wire_bytes\": %llu, \"frame_payload_bytes\": %llu, "
            "\"inflated_bytes\": %llu, \"inflate_errors\": %llu}\n",
-           eof_count, error_count, open_at_end, timed_out ? "true" : "false",
-           first_ns >= 0 ? (first_ns - ready_ns) / 1e9 : -1.0, last_ns >= 0 ? (last_ns - ready_ns) / 1e9 : -1.0,
-           window, first_ns >= 0 ? first_ns / 1e9 : -1.0, last_ns >= 0 ? last_ns / 1e9 : -1.0,
-           (unsigned long long)lat_samples, hist_pct(0.50), hist_pct(0.99), lat_max_ns / 1e6,
-           cpu_window, cpu_total, deflate_mode, deflate_conns, deflate_reset_conns,
+           deflate_mode, deflate_conns, deflate_reset_conns,
            (unsigned long long)wire_bytes, (unsigned long long)frame_payload_bytes,
            (unsigned long long)inflated_bytes, (unsigned long long)inflate_errors);
     fflush(stdout);

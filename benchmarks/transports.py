@@ -62,7 +62,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fanout import (CpuSampler, all_cpu, build, build_loadclient, fmt_rate, free_port,  # noqa: E402
+from fanout import (LOADCOMMON_H, CpuSampler, all_cpu, build, build_loadclient, fmt_rate, free_port,  # noqa: E402
                     gateway_command, log_problems, other_cpu, parse_list, pinned, proc_cpu,
                     proc_status_kb, readline, stop, stop_publisher, wait_port, wait_quiet, wait_ready)
 from socketio_fanout import LOADCLIENT as SIO_LOADCLIENT, node_for_loadclient  # noqa: E402
@@ -93,7 +93,7 @@ COUNTERS = {
 
 def build_httpclient() -> str:
     """The C load client of the HTTP transports (SSE, long-poll, Engine.IO long-polling)."""
-    return build(HTTPCLIENT, HTTPCLIENT_SRC)
+    return build(HTTPCLIENT, HTTPCLIENT_SRC, headers=[LOADCOMMON_H])
 
 
 # -- the gateway's /metrics ----------------------------------------------------------------
