@@ -121,13 +121,14 @@ def build_c_fanout() -> str:
     return build(C_FANOUT, C_FANOUT_SRC, "-Wno-deprecated-declarations", "-lzmq", "-lcrypto")
 
 
-def wait_ready(client: subprocess.Popen, pub: subprocess.Popen, connect_timeout: float) -> float:
+def wait_ready(client: subprocess.Popen, pub: subprocess.Popen, connect_timeout: float,
+               subscribe_timeout: float = 15) -> float:
     """Wait for the load client's ``READY n seconds`` (every connection open) and then for the
     publisher's ``SUBSCRIBED`` (the gateway's subscription arrived); the connect time in s."""
     ready = readline(client, connect_timeout + 10, "the clients' connections").split()
     if ready[0] != "READY":
         raise RuntimeError(f"load client: {' '.join(ready)}")
-    line = readline(pub, 15, "the gateway's subscription")
+    line = readline(pub, subscribe_timeout, "the gateway's subscription")
     if line != "SUBSCRIBED":
         raise RuntimeError(f"publisher: {line}")
     return float(ready[2])
@@ -332,6 +333,105 @@ def log_problems(text: str) -> List[str]:
             if re.search(r"Traceback|ERROR|CRITICAL|WARNING|Exception|exception", line)]
 
 
+class Scenario:
+    """The processes of one scenario (publisher, gateway, load client, py-spy), each pinned to its
+    CPU, and the gateway's log file; ``with Scenario(log_path) as s:`` stops them all on exit
+    (the load client first, then py-spy, the gateway, and the publisher last: its going is no
+    warning of the gateway's) and closes the log."""
+
+    def __init__(self, log_path: str) -> None:
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        self.pub: Optional[subprocess.Popen] = None
+        self.gw: Optional[subprocess.Popen] = None
+        self.client: Optional[subprocess.Popen] = None
+        self.spy: Optional[subprocess.Popen] = None
+        self.t_go = 0.0
+
+    def __enter__(self) -> "Scenario":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        stop(self.client, signal.SIGKILL)
+        stop(self.spy, signal.SIGINT, 20)
+        stop(self.gw, signal.SIGTERM, 15)
+        stop_publisher(self.pub)
+        self.log.close()
+
+    def publisher(self, command: List[str], cpu: Optional[int]) -> str:
+        """Start the publisher; the endpoint it bound (its ``ENDPOINT tcp://...`` line)."""
+        self.pub = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=pinned(cpu))
+        return readline(self.pub, 15, "the publisher's endpoint").split()[1]
+
+    def gateway(self, command: List[str], port: int, cpu: Optional[int]) -> subprocess.Popen:
+        """Start the gateway (its output to the log) and wait until it listens on ``port``."""
+        self.gw = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+                                   preexec_fn=pinned(cpu))
+        wait_port(port, self.gw, 15)
+        return self.gw
+
+    def load_client(self, command: List[str], cpu: Optional[int]) -> subprocess.Popen:
+        self.client = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       preexec_fn=pinned(cpu))
+        return self.client
+
+    def py_spy(self, out: str, seconds: float, cpu: Optional[int]) -> str:
+        """Record the gateway with py-spy for ``seconds`` (raw stacks for spy_summary.py) into
+        ``out``; returns its absolute path."""
+        out = os.path.abspath(out)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        assert self.gw is not None
+        self.spy = subprocess.Popen(["py-spy", "record", "--format", "raw", "-o", out, "-r", "200",
+                                     "-d", str(int(seconds)), "-p", str(self.gw.pid)],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, preexec_fn=pinned(cpu))
+        time.sleep(1.0)  # py-spy attaches
+        return out
+
+    def go(self, timeout: float) -> Dict[str, Any]:
+        """Tell the publisher to send; its report (a JSON line) once it has sent everything."""
+        assert self.pub is not None and self.pub.stdin is not None
+        self.t_go = time.monotonic()
+        self.pub.stdin.write(b"GO\n")
+        self.pub.stdin.flush()
+        return json.loads(readline(self.pub, timeout, "the publisher's report"))
+
+    def other_cpu(self, before: Dict[int, float]) -> float:
+        """CPU seconds of the processes that are not this scenario's since the ``all_cpu()``
+        snapshot ``before``."""
+        ours = {os.getpid()} | {p.pid for p in (self.pub, self.gw, self.client, self.spy) if p is not None}
+        return other_cpu(before, all_cpu(), ours)
+
+    def log_size(self) -> int:
+        """How much the gateway has logged so far."""
+        self.log.flush()
+        return os.path.getsize(self.log_path)
+
+    def log_text(self) -> str:
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+
+def cpu_busy(res: Dict[str, Any], report: Dict[str, Any], sampler: CpuSampler, args: argparse.Namespace) -> None:
+    """How busy the gateway's and the load client's CPUs were from the client's first message to its
+    last (``res["gateway_cpu_busy"]``, ``res["client_cpu_busy"]``)."""
+    if report.get("first_abs_s", -1) > 0:
+        t0, t1 = report["first_abs_s"], report["last_abs_s"]
+        res["gateway_cpu_busy"] = sampler.busy(args.gateway_cpu, t0, t1)
+        res["client_cpu_busy"] = sampler.busy(args.client_cpu, t0, t1)
+
+
+def delivery_figures(res: Dict[str, Any], report: Dict[str, Any], expected: int) -> None:
+    """From the load client's report and ``res["gateway_cpu_s"]``: received, deliveries/s over the
+    receive window, loss against ``expected`` deliveries, client CPU % and gateway CPU per delivery."""
+    window = report["window_s"]
+    received = res["received"] = report["received"]
+    res["deliveries_per_s"] = received / window if window > 0 else 0.0
+    res["loss_pct"] = 100.0 * (1 - received / expected)
+    res["client_cpu_pct"] = 100.0 * report["cpu_window_s"] / window if window > 0 else 0.0
+    res["gateway_cpu_us_per_delivery"] = 1e6 * res["gateway_cpu_s"] / received if received else 0.0
+
+
 # -- one scenario -----------------------------------------------------------------------------
 
 
@@ -347,99 +447,61 @@ def run_scenario(stack: str, clients: int, args: argparse.Namespace, loadclient:
     res: Dict[str, Any] = {"stack": stack, "clients": clients, "size": args.size,
                            "messages": messages, "rate": args.rate, "deflate": deflate,
                            "payload": args.payload}
-    pub = gw = client = spy = None
     log_offset = None
-    gw_log_path = os.path.join(logdir, f"{stack}{'-deflate' if deflate else ''}-{clients}.log")
-    gw_log = open(gw_log_path, "wb")
-    try:
-        pub = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "publisher.py"), "--messages", str(messages),
-             "--size", str(args.size), "--rate", str(args.rate), "--sndhwm", str(args.sndhwm),
-             "--payload", args.payload],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=pinned(args.client_cpu))
-        endpoint = readline(pub, 10, "publisher endpoint").split()[1]
+    profile_out = None
+    with Scenario(os.path.join(logdir, f"{stack}{'-deflate' if deflate else ''}-{clients}.log")) as s:
+        try:
+            endpoint = s.publisher(
+                [sys.executable, os.path.join(HERE, "publisher.py"), "--messages", str(messages),
+                 "--size", str(args.size), "--rate", str(args.rate), "--sndhwm", str(args.sndhwm),
+                 "--payload", args.payload], args.client_cpu)
+            port = free_port()
+            if args.profile and stack == "zmqws":
+                os.makedirs(args.profile, exist_ok=True)
+                profile_out = os.path.join(os.path.abspath(args.profile), f"zmqws-{clients}.prof")
+                res["profile"] = profile_out
+            gw = s.gateway(gateway_command(stack, endpoint, port, args.rcvhwm, profile_out, deflate,
+                                           timed=args.sweep), port, args.gateway_cpu)
+            client = s.load_client(
+                [loadclient, "--port", str(port), "--conns", str(clients),
+                 "--messages", str(messages), "--sample-every", str(args.sample_every),
+                 "--timeout", str(args.timeout), "--idle", str(args.idle),
+                 "--connect-timeout", str(args.connect_timeout), "--pause-us", str(args.client_pause_us),
+                 "--deflate", str(2 if deflate and args.deflate_count_only else int(deflate))], args.client_cpu)
+            # zmqws subscribes upstream when a client wants a topic; the references at start-up.
+            res["connect_s"] = wait_ready(client, s.pub, args.connect_timeout)
+            time.sleep(0.3)  # let the last upgrades settle in the gateway
 
-        port = free_port()
-        profile_out = None
-        if args.profile and stack == "zmqws":
-            os.makedirs(args.profile, exist_ok=True)
-            profile_out = os.path.join(os.path.abspath(args.profile), f"zmqws-{clients}.prof")
-            res["profile"] = profile_out
-        gw = subprocess.Popen(gateway_command(stack, endpoint, port, args.rcvhwm, profile_out, deflate,
-                                              timed=args.sweep),
-                              stdin=subprocess.DEVNULL, stdout=gw_log, stderr=subprocess.STDOUT,
-                              preexec_fn=pinned(args.gateway_cpu))
-        wait_port(port, gw, 15)
-
-        client = subprocess.Popen(
-            [loadclient, "--port", str(port), "--conns", str(clients),
-             "--messages", str(messages), "--sample-every", str(args.sample_every),
-             "--timeout", str(args.timeout), "--idle", str(args.idle),
-             "--connect-timeout", str(args.connect_timeout), "--pause-us", str(args.client_pause_us),
-             "--deflate", str(2 if deflate and args.deflate_count_only else int(deflate))],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, preexec_fn=pinned(args.client_cpu))
-        # zmqws subscribes upstream when a client wants a topic; the references at start-up.
-        res["connect_s"] = wait_ready(client, pub, args.connect_timeout)
-        time.sleep(0.3)  # let the last upgrades settle in the gateway
-
-        cpu0 = proc_cpu(gw.pid)
-        if args.py_spy and stack == "zmqws":
-            os.makedirs(args.py_spy, exist_ok=True)
-            out = os.path.join(os.path.abspath(args.py_spy), f"zmqws-{clients}.txt")
-            spy = subprocess.Popen(["py-spy", "record", "--format", "raw", "-o", out, "-r", "200",
-                                    "-d", str(int(args.timeout) + 5), "-p", str(gw.pid)],
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, preexec_fn=pinned(args.client_cpu))
-            res["py_spy"] = out
-            time.sleep(1.0)  # py-spy attaches
-        others0 = all_cpu()
-        t_go = time.monotonic()
-        pub.stdin.write(b"GO\n")
-        pub.stdin.flush()
-        sent = json.loads(readline(pub, args.timeout + 60, "the publisher's report"))
-        res["offered_rate"] = sent["rate"]
-        res["send_s"] = sent["send_s"]
-        report = json.loads(readline(client, args.timeout + args.idle + 30, "the load client's report"))
-        res["wall_s"] = time.monotonic() - t_go
-        ours = {os.getpid(), gw.pid, pub.pid, client.pid} | ({spy.pid} if spy is not None else set())
-        res["other_cpu_s"] = other_cpu(others0, all_cpu(), ours)
-        res["gateway_cpu_s"] = proc_cpu(gw.pid) - cpu0
-        res["gateway_rss_mb"] = proc_status_kb(gw.pid, "VmHWM") / 1024
-        res["publisher_cpu_s"] = proc_cpu(pub.pid)
-        if report["first_abs_s"] > 0:
-            t0, t1 = report["first_abs_s"], report["last_abs_s"]
-            res["gateway_cpu_busy"] = sampler.busy(args.gateway_cpu, t0, t1)
-            res["client_cpu_busy"] = sampler.busy(args.client_cpu, t0, t1)
-        gw_log.flush()
-        log_offset = os.path.getsize(gw_log_path)  # what the gateway logged during the run
-        if spy is not None:
-            stop(spy, signal.SIGINT, 20)
-        res["client"] = report
-        expected = messages * clients
-        window = report["window_s"]
-        res["received"] = report["received"]
-        res["deliveries_per_s"] = report["received"] / window if window > 0 else 0.0
-        res["loss_pct"] = 100.0 * (1 - report["received"] / expected)
-        res["gap_loss_pct"] = 100.0 * report["gaps"] / expected
-        res["client_cpu_pct"] = 100.0 * report["cpu_window_s"] / window if window > 0 else 0.0
-        res["gateway_cpu_us_per_delivery"] = (1e6 * res["gateway_cpu_s"] / report["received"]
-                                              if report["received"] else 0.0)
-        res["wire_bytes_per_msg"] = (report["wire_bytes"] / report["received"]
-                                     if report["received"] else 0.0)
-        res["gateway_alive"] = gw.poll() is None
-    except Exception as exc:  # report the failure as a row, go on with the next scenario
-        res["error"] = str(exc)
-    finally:
-        stop(client, signal.SIGKILL)
-        stop(spy, signal.SIGINT, 20)
-        stop_publisher(pub)
-        stop(gw, signal.SIGTERM, 15)
-        gw_log.close()
-    with open(gw_log_path, "rb") as f:
-        log_text = f.read().decode(errors="replace")
+            cpu0 = proc_cpu(gw.pid)
+            if args.py_spy and stack == "zmqws":
+                res["py_spy"] = s.py_spy(os.path.join(args.py_spy, f"zmqws-{clients}.txt"), args.timeout + 5,
+                                         args.client_cpu)
+            others0 = all_cpu()
+            sent = s.go(args.timeout + 60)
+            res["offered_rate"] = sent["rate"]
+            res["send_s"] = sent["send_s"]
+            report = json.loads(readline(client, args.timeout + args.idle + 30, "the load client's report"))
+            res["wall_s"] = time.monotonic() - s.t_go
+            res["other_cpu_s"] = s.other_cpu(others0)
+            res["gateway_cpu_s"] = proc_cpu(gw.pid) - cpu0
+            res["gateway_rss_mb"] = proc_status_kb(gw.pid, "VmHWM") / 1024
+            res["publisher_cpu_s"] = proc_cpu(s.pub.pid)
+            cpu_busy(res, report, sampler, args)
+            log_offset = s.log_size()  # what the gateway logged during the run
+            stop(s.spy, signal.SIGINT, 20)
+            res["client"] = report
+            expected = messages * clients
+            delivery_figures(res, report, expected)
+            res["gap_loss_pct"] = 100.0 * report["gaps"] / expected
+            res["wire_bytes_per_msg"] = (report["wire_bytes"] / report["received"]
+                                         if report["received"] else 0.0)
+            res["gateway_alive"] = gw.poll() is None
+        except Exception as exc:  # report the failure as a row, go on with the next scenario
+            res["error"] = str(exc)
+    log_text = s.log_text()
     if log_offset is None:
         log_offset = len(log_text)
-    res["log"] = gw_log_path
+    res["log"] = s.log_path
     # Trouble during the run, and at shutdown (after the load client is gone: a
     # gateway still writing its backlog to closed connections may complain).
     res["log_problems"] = log_problems(log_text[:log_offset])

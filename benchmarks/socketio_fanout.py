@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,8 +45,8 @@ import time
 from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fanout import (fmt_rate, free_port, pinned, proc_cpu, readline, stop,  # noqa: E402
-                    stop_publisher, wait_port, wait_ready)  # shared with the fan-out benchmark
+from fanout import (Scenario, delivery_figures, fmt_rate, free_port, proc_cpu,  # noqa: E402
+                    readline, wait_ready)  # shared with the fan-out benchmark
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -143,58 +142,35 @@ def server_command(stack: str, endpoint: str, port: int, rcvhwm: int) -> List[st
 def run_scenario(stack: str, clients: int, args: argparse.Namespace, node: str, logdir: str) -> Dict[str, Any]:
     res: Dict[str, Any] = {"stack": stack, "clients": clients, "size": args.size,
                            "messages": args.messages, "rate": args.rate, "client_mode": args.client_mode}
-    pub = server = client = None
-    log_path = os.path.join(logdir, f"{stack}-{clients}.log")
-    log = open(log_path, "wb")
-    try:
-        pub = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--role", "publisher", "--messages", str(args.messages),
-             "--size", str(args.size), "--rate", str(args.rate), "--sndhwm", str(args.sndhwm)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=pinned(args.client_cpu))
-        endpoint = readline(pub, 10, "publisher endpoint").split()[1]
-        port = free_port()
-        server = subprocess.Popen(server_command(stack, endpoint, port, args.rcvhwm),
-                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                  preexec_fn=pinned(args.gateway_cpu))
-        wait_port(port, server, 15)
-        client = subprocess.Popen(
-            [node, LOADCLIENT, "--port", str(port), "--conns", str(clients), "--messages", str(args.messages),
-             "--mode", args.client_mode, "--timeout", str(args.timeout), "--idle", str(args.idle),
-             "--connect-timeout", str(args.connect_timeout)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, preexec_fn=pinned(args.client_cpu))
-        res["connect_s"] = wait_ready(client, pub, args.connect_timeout)
-        time.sleep(0.5)
-        cpu0 = proc_cpu(server.pid)
-        t_go = time.monotonic()
-        pub.stdin.write(b"GO\n")
-        pub.stdin.flush()
-        sent = json.loads(readline(pub, args.timeout + 60, "the publisher's report"))
-        res["offered_rate"] = sent["rate"]
-        report = json.loads(readline(client, args.timeout + args.idle + 30, "the load client's report"))
-        res["wall_s"] = time.monotonic() - t_go
-        res["gateway_cpu_s"] = proc_cpu(server.pid) - cpu0
-        res["gateway_rss_mb"] = proc_rss_mb(server.pid)
-        res["client"] = report
-        expected = args.messages * clients
-        window = report["window_s"]
-        res["received"] = report["received"]
-        res["deliveries_per_s"] = report["received"] / window if window > 0 else 0.0
-        res["loss_pct"] = 100.0 * (1 - report["received"] / expected)
-        res["gaps"] = report["gaps"]
-        # CPU over the receive window (the server's from GO to the end: a slightly longer span)
-        res["gateway_cpu_pct"] = 100.0 * res["gateway_cpu_s"] / max(window, 1e-9)
-        res["client_cpu_pct"] = 100.0 * report["cpu_window_s"] / window if window > 0 else 0.0
-        res["server_alive"] = server.poll() is None
-    except Exception as exc:  # a failed scenario is a row of the table
-        res["error"] = str(exc)
-    finally:
-        stop(client, signal.SIGKILL)
-        stop_publisher(pub)
-        stop(server, signal.SIGTERM, 15)
-        log.close()
-    with open(log_path, "rb") as f:
-        text = f.read().decode(errors="replace")
-    res["log_problems"] = [ln for ln in text.splitlines() if "Traceback" in ln or "ERROR" in ln][:5]
+    with Scenario(os.path.join(logdir, f"{stack}-{clients}.log")) as s:
+        try:
+            endpoint = s.publisher(
+                [sys.executable, os.path.abspath(__file__), "--role", "publisher", "--messages", str(args.messages),
+                 "--size", str(args.size), "--rate", str(args.rate), "--sndhwm", str(args.sndhwm)], args.client_cpu)
+            port = free_port()
+            server = s.gateway(server_command(stack, endpoint, port, args.rcvhwm), port, args.gateway_cpu)
+            client = s.load_client(
+                [node, LOADCLIENT, "--port", str(port), "--conns", str(clients), "--messages", str(args.messages),
+                 "--mode", args.client_mode, "--timeout", str(args.timeout), "--idle", str(args.idle),
+                 "--connect-timeout", str(args.connect_timeout)], args.client_cpu)
+            res["connect_s"] = wait_ready(client, s.pub, args.connect_timeout)
+            time.sleep(0.5)
+            cpu0 = proc_cpu(server.pid)
+            sent = s.go(args.timeout + 60)
+            res["offered_rate"] = sent["rate"]
+            report = json.loads(readline(client, args.timeout + args.idle + 30, "the load client's report"))
+            res["wall_s"] = time.monotonic() - s.t_go
+            res["gateway_cpu_s"] = proc_cpu(server.pid) - cpu0
+            res["gateway_rss_mb"] = proc_rss_mb(server.pid)
+            res["client"] = report
+            delivery_figures(res, report, args.messages * clients)
+            res["gaps"] = report["gaps"]
+            # CPU over the receive window (the server's from GO to the end: a slightly longer span)
+            res["gateway_cpu_pct"] = 100.0 * res["gateway_cpu_s"] / max(report["window_s"], 1e-9)
+            res["server_alive"] = server.poll() is None
+        except Exception as exc:  # a failed scenario is a row of the table
+            res["error"] = str(exc)
+    res["log_problems"] = [ln for ln in s.log_text().splitlines() if "Traceback" in ln or "ERROR" in ln][:5]
     return res
 
 

@@ -60,15 +60,13 @@ import datetime
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
-from fanout import (all_cpu, build_loadclient, free_port, log_problems, other_cpu, parse_list, pinned, proc_cpu,
-                    proc_status_kb, readline, stop, stop_publisher, wait_port, wait_quiet)
+from fanout import (Scenario, all_cpu, build_loadclient, free_port, log_problems, parse_list, proc_cpu,
+                    proc_status_kb, readline, wait_quiet, wait_ready)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STACKS = ("zmqws", "channels")
@@ -94,76 +92,49 @@ def run_scenario(stack: str, clients: int, share: float, args: argparse.Namespac
                  logdir: str) -> Dict[str, Any]:
     res: Dict[str, Any] = {"stack": stack, "clients": clients, "topics": clients + min(clients, args.shared),
                            "shared_share": share, "rate": args.rate}
-    pub = gw = client = spy = None
-    log_path = os.path.join(logdir, f"{stack}-{clients}-{share:g}.log")
-    log = open(log_path, "wb")
-    try:
-        pub = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "topics_publisher.py"), "--clients", str(clients),
-             "--shared", str(args.shared), "--shared-share", str(share), "--rate", str(args.rate),
-             "--duration", str(args.duration), "--size", str(args.size)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=pinned(args.client_cpu))
-        endpoint = readline(pub, 15, "the publisher's endpoint").split()[1]
-        port = free_port()
-        gw = subprocess.Popen(gateway_command(stack, endpoint, port, clients, args), stdin=subprocess.DEVNULL,
-                              stdout=log, stderr=subprocess.STDOUT, preexec_fn=pinned(args.gateway_cpu))
-        wait_port(port, gw, 15)
-        client = subprocess.Popen(
-            [loadclient, "--port", str(port), "--conns", str(clients), "--messages", "0",
-             "--path-template", PATH_TEMPLATE, "--path-mod", str(args.shared), "--seq-streams", "2",
-             "--sample-every", str(args.sample_every), "--idle", str(args.idle),
-             "--timeout", str(args.duration + args.idle_window + 120), "--connect-timeout",
-             str(args.connect_timeout)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, preexec_fn=pinned(args.client_cpu))
-        ready = readline(client, args.connect_timeout + 10, "the clients' connections").split()
-        if ready[0] != "READY":
-            raise RuntimeError(f"load client: {' '.join(ready)}")
-        res["connect_s"] = float(ready[2])
-        line = readline(pub, 120, "the gateway's subscriptions to every topic")
-        if line != "SUBSCRIBED":
-            raise RuntimeError(f"publisher: {line}")
-        time.sleep(0.5)
-        cpu_a = proc_cpu(gw.pid)
-        time.sleep(args.idle_window)
-        res["idle_cpu_pct"] = 100.0 * (proc_cpu(gw.pid) - cpu_a) / args.idle_window
+    with Scenario(os.path.join(logdir, f"{stack}-{clients}-{share:g}.log")) as s:
+        try:
+            endpoint = s.publisher(
+                [sys.executable, os.path.join(HERE, "topics_publisher.py"), "--clients", str(clients),
+                 "--shared", str(args.shared), "--shared-share", str(share), "--rate", str(args.rate),
+                 "--duration", str(args.duration), "--size", str(args.size)], args.client_cpu)
+            port = free_port()
+            gw = s.gateway(gateway_command(stack, endpoint, port, clients, args), port, args.gateway_cpu)
+            client = s.load_client(
+                [loadclient, "--port", str(port), "--conns", str(clients), "--messages", "0",
+                 "--path-template", PATH_TEMPLATE, "--path-mod", str(args.shared), "--seq-streams", "2",
+                 "--sample-every", str(args.sample_every), "--idle", str(args.idle),
+                 "--timeout", str(args.duration + args.idle_window + 120), "--connect-timeout",
+                 str(args.connect_timeout)], args.client_cpu)
+            # the publisher's SUBSCRIBED: the gateway has subscribed to every topic
+            res["connect_s"] = wait_ready(client, s.pub, args.connect_timeout, subscribe_timeout=120)
+            time.sleep(0.5)
+            cpu_a = proc_cpu(gw.pid)
+            time.sleep(args.idle_window)
+            res["idle_cpu_pct"] = 100.0 * (proc_cpu(gw.pid) - cpu_a) / args.idle_window
 
-        if args.py_spy and stack == "zmqws":
-            res["py_spy"] = os.path.join(os.path.abspath(args.py_spy), f"zmqws-{clients}-{share:g}.txt")
-            spy = subprocess.Popen(["py-spy", "record", "--format", "raw", "-o", res["py_spy"], "-r", "200",
-                                    "-d", str(int(args.duration + args.idle) + 5), "-p", str(gw.pid)],
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, preexec_fn=pinned(args.client_cpu))
-            time.sleep(1.0)  # py-spy attaches
-        others0 = all_cpu()
-        cpu0 = proc_cpu(gw.pid)
-        t_go = time.monotonic()
-        pub.stdin.write(b"GO\n")
-        pub.stdin.flush()
-        sent = json.loads(readline(pub, args.duration + 60, "the publisher's report"))
-        report = json.loads(readline(client, args.idle + 150, "the load client's report"))
-        res["wall_s"] = time.monotonic() - t_go
-        res["gateway_cpu_s"] = proc_cpu(gw.pid) - cpu0
-        ours = {os.getpid(), gw.pid, pub.pid, client.pid} | ({spy.pid} if spy is not None else set())
-        res["other_cpu_s"] = other_cpu(others0, all_cpu(), ours)
-        res["gateway_rss_mb"] = proc_status_kb(gw.pid, "VmHWM") / 1024
-        res["gateway_alive"] = gw.poll() is None
-        res["publisher"] = sent
-        res["client"] = report
-        received = report["received"]
-        res["loss_pct"] = 100.0 * (1 - received / sent["deliveries"]) if sent["deliveries"] else 0.0
-        res["cpu_us_per_msg"] = 1e6 * res["gateway_cpu_s"] / sent["sent"]
-        res["cpu_us_per_delivery"] = 1e6 * res["gateway_cpu_s"] / received if received else 0.0
-    except Exception as exc:  # a failed scenario is a row; go on with the next
-        res["error"] = str(exc)
-    finally:
-        stop(client, signal.SIGKILL)
-        stop(spy, signal.SIGINT, 20)
-        stop(gw, signal.SIGTERM, 15)  # before the publisher: its going is no warning of the gateway's
-        stop_publisher(pub)
-        log.close()
-    with open(log_path, "rb") as f:
-        res["log_problems"] = log_problems(f.read().decode(errors="replace"))
-    res["log"] = log_path
+            if args.py_spy and stack == "zmqws":
+                res["py_spy"] = s.py_spy(os.path.join(args.py_spy, f"zmqws-{clients}-{share:g}.txt"),
+                                         int(args.duration + args.idle) + 5, args.client_cpu)
+            others0 = all_cpu()
+            cpu0 = proc_cpu(gw.pid)
+            sent = s.go(args.duration + 60)
+            report = json.loads(readline(client, args.idle + 150, "the load client's report"))
+            res["wall_s"] = time.monotonic() - s.t_go
+            res["gateway_cpu_s"] = proc_cpu(gw.pid) - cpu0
+            res["other_cpu_s"] = s.other_cpu(others0)
+            res["gateway_rss_mb"] = proc_status_kb(gw.pid, "VmHWM") / 1024
+            res["gateway_alive"] = gw.poll() is None
+            res["publisher"] = sent
+            res["client"] = report
+            received = report["received"]
+            res["loss_pct"] = 100.0 * (1 - received / sent["deliveries"]) if sent["deliveries"] else 0.0
+            res["cpu_us_per_msg"] = 1e6 * res["gateway_cpu_s"] / sent["sent"]
+            res["cpu_us_per_delivery"] = 1e6 * res["gateway_cpu_s"] / received if received else 0.0
+        except Exception as exc:  # a failed scenario is a row; go on with the next
+            res["error"] = str(exc)
+    res["log_problems"] = log_problems(s.log_text())
+    res["log"] = s.log_path
     return res
 
 
@@ -351,8 +322,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         loadclient = args.loadclient or build_loadclient()
         logdir = args.logs or tempfile.mkdtemp(prefix="zmqws-topics-")
         os.makedirs(logdir, exist_ok=True)
-        if args.py_spy:
-            os.makedirs(args.py_spy, exist_ok=True)
         started = time.monotonic()
         for clients in client_counts:
             for share in parse_list(args.shared_share, float):

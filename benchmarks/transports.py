@@ -54,17 +54,15 @@ import json
 import os
 import platform
 import shlex
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fanout import (LOADCOMMON_H, CpuSampler, all_cpu, build, build_loadclient, fmt_rate, free_port,  # noqa: E402
-                    gateway_command, log_problems, other_cpu, parse_list, pinned, proc_cpu,
-                    proc_status_kb, readline, stop, stop_publisher, wait_port, wait_quiet, wait_ready)
+from fanout import (LOADCOMMON_H, CpuSampler, Scenario, all_cpu, build, build_loadclient,  # noqa: E402
+                    cpu_busy, delivery_figures, fmt_rate, free_port, gateway_command, log_problems,
+                    parse_list, proc_cpu, proc_status_kb, readline, wait_quiet, wait_ready)
 from socketio_fanout import LOADCLIENT as SIO_LOADCLIENT, node_for_loadclient  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -138,18 +136,6 @@ def counter_deltas(before: Dict[str, float], after: Dict[str, float]) -> Dict[st
 # -- the processes of a scenario ---------------------------------------------------------
 
 
-def start_py_spy(pid: int, name: str, args: argparse.Namespace) -> tuple:
-    """py-spy recording the gateway (raw stacks for spy_summary.py), pinned with the client."""
-    os.makedirs(args.py_spy, exist_ok=True)
-    out = os.path.join(os.path.abspath(args.py_spy), f"{name}.txt")
-    spy = subprocess.Popen(["py-spy", "record", "--format", "raw", "-o", out, "-r", "200",
-                            "-d", str(int(args.duration + args.timeout + 10)), "-p", str(pid)],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           preexec_fn=pinned(args.client_cpu))
-    time.sleep(1.0)  # py-spy attaches
-    return spy, out
-
-
 def gateway_args(transport: str, endpoint: str, port: int, args: argparse.Namespace) -> List[str]:
     """zmqws as fanout.py runs it (binary frames), deflate only for ws-deflate."""
     deflate = (["--deflate-threshold", str(args.deflate_threshold)] if transport == "ws-deflate"
@@ -189,73 +175,45 @@ def run_scenario(transport: str, rate: float, args: argparse.Namespace, tools: D
     messages = args.full_messages if rate <= 0 else max(1, int(rate * args.duration))
     res: Dict[str, Any] = {"transport": transport, "clients": clients, "rate": rate, "messages": messages,
                            "size": args.size, "payload": args.payload}
-    pub = gw = client = spy = None
     log_offset = None
-    log_path = os.path.join(logdir, f"{transport}-{clients}-{rate:g}.log")
-    gw_log = open(log_path, "wb")
-    try:
-        pub = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "publisher.py"), "--messages", str(messages),
-             "--size", str(args.size), "--rate", str(rate), "--sndhwm", str(args.sndhwm),
-             "--payload", args.payload],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=pinned(args.client_cpu))
-        endpoint = readline(pub, 10, "publisher endpoint").split()[1]
-        port = free_port()
-        gw = subprocess.Popen(gateway_args(transport, endpoint, port, args), stdin=subprocess.DEVNULL,
-                              stdout=gw_log, stderr=subprocess.STDOUT, preexec_fn=pinned(args.gateway_cpu))
-        wait_port(port, gw, 15)
-        client = subprocess.Popen(client_args(transport, port, clients, messages, args, tools),
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  preexec_fn=pinned(args.client_cpu))
-        res["connect_s"] = wait_ready(client, pub, args.connect_timeout)
-        wait_clients(port, transport, clients, 15)
-        time.sleep(0.3)  # the last connections settle
-        metrics0 = read_metrics(port)
-        if args.py_spy:
-            spy, res["py_spy"] = start_py_spy(gw.pid, f"{transport}-{rate:g}", args)
-        others0 = all_cpu()
-        cpu0 = proc_cpu(gw.pid)
-        t_go = time.monotonic()
-        pub.stdin.write(b"GO\n")
-        pub.stdin.flush()
-        sent = json.loads(readline(pub, args.timeout + 60, "the publisher's report"))
-        report = normalised(json.loads(readline(client, args.timeout + args.idle + 30,
-                                                "the load client's report")))
-        res["gateway_cpu_s"] = proc_cpu(gw.pid) - cpu0
-        res["wall_s"] = time.monotonic() - t_go
-        ours = {os.getpid(), gw.pid, pub.pid, client.pid} | ({spy.pid} if spy is not None else set())
-        res["other_cpu_s"] = other_cpu(others0, all_cpu(), ours)
-        res["gateway_rss_mb"] = proc_status_kb(gw.pid, "VmHWM") / 1024
-        res["gateway"] = counter_deltas(metrics0, read_metrics(port))
-        res["offered_rate"] = sent["rate"]
-        res["publisher_cpu_s"] = sent["cpu_s"]
-        gw_log.flush()
-        log_offset = os.path.getsize(log_path)
-        res["client"] = report
-        window = report["window_s"]
-        if report.get("first_abs_s", -1) > 0:
-            t0, t1 = report["first_abs_s"], report["last_abs_s"]
-            res["gateway_cpu_busy"] = sampler.busy(args.gateway_cpu, t0, t1)
-            res["client_cpu_busy"] = sampler.busy(args.client_cpu, t0, t1)
-        res["received"] = report["received"]
-        res["deliveries_per_s"] = report["received"] / window if window > 0 else 0.0
-        res["loss_pct"] = 100.0 * (1 - report["received"] / (messages * clients))
-        res["gateway_cpu_pct"] = 100.0 * res["gateway_cpu_s"] / res["wall_s"]
-        res["gateway_cpu_us_per_delivery"] = (1e6 * res["gateway_cpu_s"] / report["received"]
-                                              if report["received"] else 0.0)
-        res["client_cpu_pct"] = 100.0 * report["cpu_window_s"] / window if window > 0 else 0.0
-        res["gateway_alive"] = gw.poll() is None
-    except Exception as exc:  # a failed scenario is a row of the table; the run goes on
-        res["error"] = str(exc)
-    finally:
-        stop(spy, signal.SIGINT, 20)
-        stop(client, signal.SIGKILL)
-        stop_publisher(pub)
-        stop(gw, signal.SIGTERM, 15)
-        gw_log.close()
-    with open(log_path, "rb") as f:
-        text = f.read().decode(errors="replace")
-    res["log"] = log_path
+    with Scenario(os.path.join(logdir, f"{transport}-{clients}-{rate:g}.log")) as s:
+        try:
+            endpoint = s.publisher(
+                [sys.executable, os.path.join(HERE, "publisher.py"), "--messages", str(messages),
+                 "--size", str(args.size), "--rate", str(rate), "--sndhwm", str(args.sndhwm),
+                 "--payload", args.payload], args.client_cpu)
+            port = free_port()
+            gw = s.gateway(gateway_args(transport, endpoint, port, args), port, args.gateway_cpu)
+            client = s.load_client(client_args(transport, port, clients, messages, args, tools), args.client_cpu)
+            res["connect_s"] = wait_ready(client, s.pub, args.connect_timeout)
+            wait_clients(port, transport, clients, 15)
+            time.sleep(0.3)  # the last connections settle
+            metrics0 = read_metrics(port)
+            if args.py_spy:
+                res["py_spy"] = s.py_spy(os.path.join(args.py_spy, f"{transport}-{rate:g}.txt"),
+                                         args.duration + args.timeout + 10, args.client_cpu)
+            others0 = all_cpu()
+            cpu0 = proc_cpu(gw.pid)
+            sent = s.go(args.timeout + 60)
+            report = normalised(json.loads(readline(client, args.timeout + args.idle + 30,
+                                                    "the load client's report")))
+            res["gateway_cpu_s"] = proc_cpu(gw.pid) - cpu0
+            res["wall_s"] = time.monotonic() - s.t_go
+            res["other_cpu_s"] = s.other_cpu(others0)
+            res["gateway_rss_mb"] = proc_status_kb(gw.pid, "VmHWM") / 1024
+            res["gateway"] = counter_deltas(metrics0, read_metrics(port))
+            res["offered_rate"] = sent["rate"]
+            res["publisher_cpu_s"] = sent["cpu_s"]
+            log_offset = s.log_size()
+            res["client"] = report
+            cpu_busy(res, report, sampler, args)
+            delivery_figures(res, report, messages * clients)
+            res["gateway_cpu_pct"] = 100.0 * res["gateway_cpu_s"] / res["wall_s"]
+            res["gateway_alive"] = gw.poll() is None
+        except Exception as exc:  # a failed scenario is a row of the table; the run goes on
+            res["error"] = str(exc)
+    text = s.log_text()
+    res["log"] = s.log_path
     res["log_problems"] = log_problems(text[:log_offset] if log_offset is not None else text)
     return res
 
