@@ -601,6 +601,85 @@ def parse_list(text: str, conv=str) -> list:
     return [conv(x.strip()) for x in text.split(",") if x.strip()]
 
 
+# -- what the benchmark scripts' main() share ---------------------------------------------------
+
+
+def script() -> str:
+    return os.path.basename(sys.argv[0])
+
+
+def add_common_args(p: argparse.ArgumentParser, connect_timeout: float) -> None:
+    """The options of the benchmarks that pin a gateway and a C load client on one machine."""
+    p.add_argument("--connect-timeout", type=float, default=connect_timeout)
+    p.add_argument("--sample-every", type=int, default=10,
+                   help="latency of every message on every K-th connection")
+    p.add_argument("--rcvhwm", type=int, default=100_000, help="the gateways' SUB receive HWM")
+    p.add_argument("--gateway-cpu", type=int, default=0, help="CPU the gateway is pinned to (-1: none)")
+    p.add_argument("--client-cpu", type=int, default=1,
+                   help="CPU the load client and the publisher are pinned to (-1: none)")
+    p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
+                   help="before each scenario, wait up to S seconds for the machine to be idle "
+                        "(under 10 %% of a CPU busy)")
+    p.add_argument("--json", metavar="FILE", help="write the raw results here")
+    p.add_argument("--logs", metavar="DIR", help="keep the gateways' logs here (else in a new temp dir)")
+
+
+def pin_cpus(args: argparse.Namespace) -> int:
+    """--gateway-cpu and --client-cpu to None (not pinned) where negative or not on this machine;
+    the number of CPUs."""
+    ncpu = os.cpu_count() or 1
+    for name in ("gateway_cpu", "client_cpu"):
+        cpu = getattr(args, name)
+        if cpu < 0 or cpu >= ncpu:
+            if cpu >= ncpu:
+                print(f"{script()}: no CPU {cpu} here; not pinning", file=sys.stderr)
+            setattr(args, name, None)
+    return ncpu
+
+
+def log_dir(args: argparse.Namespace) -> str:
+    """--logs, or a new temporary directory."""
+    logdir = args.logs or tempfile.mkdtemp(prefix=f"zmqws-{os.path.splitext(script())[0]}-")
+    os.makedirs(logdir, exist_ok=True)
+    return logdir
+
+
+def quiet_before(max_wait: float) -> None:
+    """--quiet-wait: wait up to ``max_wait`` seconds for the machine to be idle (0: not at all)."""
+    if max_wait and not wait_quiet(max_wait):
+        print(f"{script()}: the machine is still busy after {max_wait:.0f} s; running anyway", file=sys.stderr)
+
+
+def progress(started: float, t: float, what: str, r: Dict[str, Any], msg: str) -> None:
+    """A scenario's line on stderr (seconds since ``started``, ``what``, ``msg`` or its error, its
+    own seconds since ``t``), then the first trouble its gateway logged."""
+    if "error" in r:
+        msg = f"error: {r['error']}"
+    print(f"[{time.monotonic() - started:6.1f} s] {what}: {msg} ({time.monotonic() - t:.1f} s)",
+          file=sys.stderr, flush=True)
+    for line in r.get("log_problems", [])[:5]:
+        print(f"    log: {line}", file=sys.stderr)
+
+
+def machine_line(ncpu: int, args: Optional[argparse.Namespace] = None) -> str:
+    """When and where: date, host, CPUs, Python, and with ``args`` the CPUs pinned."""
+    line = f"{now()}; {platform.node()}; {ncpu} CPUs; Python {platform.python_version()}"
+    if args is not None:
+        line += f"; gateway on CPU {args.gateway_cpu}, load client + publisher on CPU {args.client_cpu}"
+    return line
+
+
+def now() -> str:
+    return datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+def write_json(args: argparse.Namespace, results: List[Dict[str, Any]], **more: Any) -> None:
+    """--json FILE: the date, the options and the results (and ``more``)."""
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"date": now(), "args": vars(args), "results": results, **more}, f, indent=2)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description="ZeroMQ -> WebSocket fan-out benchmark",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -628,21 +707,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="seconds after the start after which a scenario is cut (what arrived is reported)")
     p.add_argument("--idle", type=float, default=2.0,
                    help="seconds without any message (after the first) that end a scenario")
-    p.add_argument("--connect-timeout", type=float, default=60.0)
-    p.add_argument("--sample-every", type=int, default=10,
-                   help="latency of every message on every K-th connection")
     p.add_argument("--client-pause-us", type=int, default=0,
                    help="the load client sleeps this long between epoll rounds (batches reads)")
     p.add_argument("--flush-interval", type=float, default=FLUSH_INTERVAL_MS, metavar="MS",
                    help="stack zmqws-flush: zmqws --flush-interval MS (default: %(default)s)")
-    p.add_argument("--rcvhwm", type=int, default=100_000, help="the gateways' SUB receive HWM")
     p.add_argument("--sndhwm", type=int, default=100_000, help="the publisher's send HWM")
-    p.add_argument("--gateway-cpu", type=int, default=0, help="CPU the gateway is pinned to (-1: none)")
-    p.add_argument("--client-cpu", type=int, default=1,
-                   help="CPU the load client and the publisher are pinned to (-1: none)")
-    p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
-                   help="before each scenario, wait up to S seconds for the machine to be idle "
-                        "(under 10 %% of a CPU busy)")
     p.add_argument("--retries", type=int, default=0,
                    help="run a scenario again (up to N times) when other processes used more "
                         "than 5 %% of a CPU during it")
@@ -653,8 +722,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--py-spy", metavar="DIR", help="attach py-spy to zmqws, raw stacks to DIR")
     p.add_argument("--loadclient", metavar="PATH",
                    help="use this load client binary instead of building benchmarks/loadclient.c")
-    p.add_argument("--json", metavar="FILE", help="write the raw results here")
-    p.add_argument("--logs", metavar="DIR", help="keep the gateways' logs here (else in a new temp dir)")
+    add_common_args(p, connect_timeout=60.0)
     args = p.parse_args(argv)
     globals()["FLUSH_INTERVAL_MS"] = args.flush_interval
     if args.size < 16:
@@ -668,21 +736,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     for s in stacks:
         if s not in STACKS:
             p.error(f"unknown stack {s!r}")
-    ncpu = os.cpu_count() or 1
-    for name in ("gateway_cpu", "client_cpu"):
-        cpu = getattr(args, name)
-        if cpu < 0 or cpu >= ncpu:
-            if cpu >= ncpu:
-                print(f"fanout.py: no CPU {cpu} here; not pinning", file=sys.stderr)
-            setattr(args, name, None)
+    ncpu = pin_cpus(args)
 
     loadclient = args.loadclient or build_loadclient()
     if "c" in stacks:
         build_c_fanout()
     if "node" in stacks:
         prepare_node()
-    logdir = args.logs or tempfile.mkdtemp(prefix="zmqws-fanout-")
-    os.makedirs(logdir, exist_ok=True)
+    logdir = log_dir(args)
     results = []
     started = time.monotonic()
     for clients in parse_list(args.clients, int):
@@ -690,9 +751,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                for d in {"off": [False], "on": [True], "both": [False, True]}[args.deflate]]:
             t = time.monotonic()
             for attempt in range(args.retries + 1):
-                if args.quiet_wait and not wait_quiet(args.quiet_wait):
-                    print(f"fanout.py: the machine is still busy after {args.quiet_wait:.0f} s; "
-                          "running anyway", file=sys.stderr)
+                quiet_before(args.quiet_wait)
                 with CpuSampler() as sampler:
                     r = run_scenario(stack, clients, args, loadclient, logdir, sampler, deflate)
                 noisy = r.get("wall_s") and r["other_cpu_s"] > 0.05 * r["wall_s"]
@@ -703,19 +762,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                       file=sys.stderr, flush=True)
             r["attempts"] = attempt + 1
             results.append(r)
-            if "error" in r:
-                msg = f"error: {r['error']}"
-            else:
-                msg = (f"{fmt_rate(r['deliveries_per_s'])} deliveries/s, loss {r['loss_pct']:.2f} %, "
-                       f"client CPU {r['client_cpu_pct']:.0f} %")
-            print(f"[{time.monotonic() - started:6.1f} s] {label(r):20} {clients:5} clients: {msg} "
-                  f"({time.monotonic() - t:.1f} s)", file=sys.stderr, flush=True)
-            for line in r.get("log_problems", [])[:5]:
-                print(f"    {stack} log: {line}", file=sys.stderr)
+            msg = ("" if "error" in r else
+                   f"{fmt_rate(r['deliveries_per_s'])} deliveries/s, loss {r['loss_pct']:.2f} %, "
+                   f"client CPU {r['client_cpu_pct']:.0f} %")
+            progress(started, t, f"{label(r):20} {clients:5} clients", r, msg)
 
-    when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    print(f"\n{when}; {platform.node()}; {ncpu} CPUs; Python {platform.python_version()}; "
-          f"gateway on CPU {args.gateway_cpu}, load client + publisher on CPU {args.client_cpu}; "
+    print(f"\n{machine_line(ncpu, args)}; "
           f"messages per scenario: {args.messages if args.messages != 'auto' else f'{args.deliveries:.3g} / clients'}"
           f" of {args.size} B ({args.payload}), "
           f"{'full rate' if args.rate <= 0 else f'{args.rate:g} msg/s'}; SUB RCVHWM {args.rcvhwm}\n")
@@ -724,9 +776,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if r.get("profile_top"):
             print(f"\ncProfile of zmqws, {r['clients']} clients ({r['profile']}):\n")
             print(r["profile_top"])
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"date": when, "args": vars(args), "results": results}, f, indent=2)
+    write_json(args, results)
     print(f"\ngateway logs: {logdir}", file=sys.stderr)
     return 0
 

@@ -56,17 +56,15 @@ summarises them).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import sys
-import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
-from fanout import (Scenario, all_cpu, build_loadclient, free_port, log_problems, parse_list, proc_cpu,
-                    proc_status_kb, readline, wait_quiet, wait_ready)
+from fanout import (Scenario, add_common_args, all_cpu, build_loadclient, free_port, log_dir, log_problems,
+                    machine_line, parse_list, pin_cpus, proc_cpu, proc_status_kb, progress, quiet_before,
+                    readline, wait_ready, write_json)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STACKS = ("zmqws", "channels")
@@ -290,14 +288,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--idle", type=float, default=2.0, help="the load client stops this long after the last message")
     p.add_argument("--idle-window", type=float, default=2.0,
                    help="seconds over which the gateway's idle CPU is read before publishing")
-    p.add_argument("--connect-timeout", type=float, default=120.0)
-    p.add_argument("--sample-every", type=int, default=10, help="latency of every message on every K-th connection")
-    p.add_argument("--rcvhwm", type=int, default=100_000, help="the gateways' SUB receive HWM")
-    p.add_argument("--gateway-cpu", type=int, default=0, help="CPU the gateway is pinned to (-1: none)")
-    p.add_argument("--client-cpu", type=int, default=1,
-                   help="CPU the load client and the publisher are pinned to (-1: none)")
-    p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
-                   help="before each scenario, wait up to S seconds for the machine to be idle")
     p.add_argument("--inprocess-topics", default="100,1000,10000,100000",
                    help="own-topic counts of the in-process comparison; '' = none")
     p.add_argument("--inprocess-messages", type=int, default=100_000)
@@ -305,40 +295,33 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="record zmqws with py-spy while it publishes, raw stacks to DIR (spy_summary.py reads "
                         "them); py-spy pauses the process to sample it: its CPU figures then run high")
     p.add_argument("--loadclient", metavar="PATH", help="use this load client binary instead of building one")
-    p.add_argument("--json", metavar="FILE", help="write the raw results here")
-    p.add_argument("--logs", metavar="DIR", help="keep the gateways' logs here (else in a new temp dir)")
+    add_common_args(p, connect_timeout=120.0)
     args = p.parse_args(argv)
     stacks = parse_list(args.stacks)
     if any(s not in STACKS for s in stacks) or args.size < 16 or args.shared < 1:
         p.error(f"--stacks from {', '.join(STACKS)}; --size >= 16; --shared >= 1")
-    ncpu = os.cpu_count() or 1
-    for name in ("gateway_cpu", "client_cpu"):
-        if not 0 <= getattr(args, name) < ncpu:
-            setattr(args, name, None)
+    ncpu = pin_cpus(args)
 
     results: List[Dict[str, Any]] = []
     client_counts = parse_list(args.clients, int)
     if client_counts:
         loadclient = args.loadclient or build_loadclient()
-        logdir = args.logs or tempfile.mkdtemp(prefix="zmqws-topics-")
-        os.makedirs(logdir, exist_ok=True)
+        logdir = log_dir(args)
         started = time.monotonic()
         for clients in client_counts:
             for share in parse_list(args.shared_share, float):
                 for stack in stacks:  # side by side: the stacks of one size and share back to back
-                    if args.quiet_wait and not wait_quiet(args.quiet_wait):
-                        print("topics.py: the machine is still busy; running anyway", file=sys.stderr)
+                    quiet_before(args.quiet_wait)
+                    t = time.monotonic()
                     r = run_scenario(stack, clients, share, args, loadclient, logdir)
                     results.append(r)
-                    msg = (f"error: {r['error']}" if "error" in r else
+                    msg = ("" if "error" in r else
                            f"{r['cpu_us_per_msg']:.1f} CPU µs/msg, loss {r['loss_pct']:.2f} %")
-                    print(f"[{time.monotonic() - started:6.1f} s] {stack:8} {clients:6} clients, "
-                          f"share {share:g}: {msg}", file=sys.stderr, flush=True)
+                    progress(started, t, f"{stack:8} {clients:6} clients, share {share:g}", r, msg)
         print(f"gateway logs: {logdir}", file=sys.stderr)
     rows = [inprocess(n, args.shared, args.inprocess_messages) for n in parse_list(args.inprocess_topics, int)]
 
-    when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    print(f"\n{when}; {platform.node()}; {ncpu} CPUs; Python {platform.python_version()}")
+    print(f"\n{machine_line(ncpu)}")
     if results:
         print(f"\nEnd to end: {args.rate:g} msg/s of {args.size} B for {args.duration:g} s; client i on u<i>. "
               f"and s<i mod {args.shared}>.; gateway on CPU {args.gateway_cpu}, load client + publisher on "
@@ -348,9 +331,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"\nIn process: CPU µs per message on an own topic (one recipient), one message per turn; "
               f"shared topic: per delivery ({args.shared} shared topics)\n")
         print(inprocess_table(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"date": when, "args": vars(args), "results": results, "inprocess": rows}, f, indent=2)
+    write_json(args, results, inprocess=rows)
     return 0
 
 

@@ -48,21 +48,19 @@ stdout, ``--json FILE`` for the raw results.
 from __future__ import annotations
 
 import argparse
-import datetime
 import http.client
 import json
 import os
-import platform
 import shlex
 import sys
-import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fanout import (LOADCOMMON_H, CpuSampler, Scenario, all_cpu, build, build_loadclient,  # noqa: E402
-                    cpu_busy, delivery_figures, fmt_rate, free_port, gateway_command, log_problems,
-                    parse_list, proc_cpu, proc_status_kb, readline, wait_quiet, wait_ready)
+from fanout import (LOADCOMMON_H, CpuSampler, Scenario, add_common_args, all_cpu, build,  # noqa: E402
+                    build_loadclient, cpu_busy, delivery_figures, fmt_rate, free_port, gateway_command,
+                    log_dir, log_problems, machine_line, parse_list, pin_cpus, proc_cpu, proc_status_kb,
+                    progress, quiet_before, readline, wait_ready, write_json)
 from socketio_fanout import LOADCLIENT as SIO_LOADCLIENT, node_for_loadclient  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -331,23 +329,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="seconds after the clients are ready after which a scenario is cut")
     p.add_argument("--idle", type=float, default=3.0,
                    help="seconds without any message (after the first) that end a scenario")
-    p.add_argument("--connect-timeout", type=float, default=60.0)
-    p.add_argument("--sample-every", type=int, default=10,
-                   help="latency of every message on every K-th connection")
-    p.add_argument("--rcvhwm", type=int, default=100_000, help="the gateway's SUB receive HWM")
     p.add_argument("--sndhwm", type=int, default=100_000, help="the publisher's send HWM")
-    p.add_argument("--gateway-cpu", type=int, default=0, help="CPU the gateway is pinned to (-1: none)")
-    p.add_argument("--client-cpu", type=int, default=1,
-                   help="CPU the load client and the publisher are pinned to (-1: none)")
     p.add_argument("--max-ratio", type=float, default=1.5,
                    help="the target: CPU per delivery at most this times plain WebSocket's")
-    p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
-                   help="before each scenario, wait up to S seconds for the machine to be idle")
     p.add_argument("--py-spy", metavar="DIR",
                    help="record the gateway with py-spy, raw stacks to DIR/TRANSPORT-RATE.txt "
                         "(summarise with spy_summary.py)")
-    p.add_argument("--json", metavar="FILE", help="write the raw results here")
-    p.add_argument("--logs", metavar="DIR", help="keep the gateways' logs here (else in a new temp dir)")
+    add_common_args(p, connect_timeout=60.0)
     args = p.parse_args(argv)
     transports = parse_list(args.transports)
     for t in transports:
@@ -356,50 +344,35 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.size < 16:
         p.error("--size must be at least 16")
     rates = parse_list(args.rates, float)
-    ncpu = os.cpu_count() or 1
-    for name in ("gateway_cpu", "client_cpu"):
-        if not 0 <= getattr(args, name) < ncpu:
-            setattr(args, name, None)
+    ncpu = pin_cpus(args)
 
     tools = {"loadclient": build_loadclient(), "httpclient": build_httpclient()}
     if "sio-ws" in transports or ("sio-polling" in transports and args.sio_polling_client == "sio"):
         tools["node"] = node_for_loadclient()
-    logdir = args.logs or tempfile.mkdtemp(prefix="zmqws-transports-")
-    os.makedirs(logdir, exist_ok=True)
+    logdir = log_dir(args)
     # the reference first, so that each rate's rows can be compared with it as they come
     order = ([BASE] if BASE in transports else []) + [t for t in transports if t != BASE]
     results = []
     started = time.monotonic()
     for rate in rates:
         for transport in order:
-            if args.quiet_wait and not wait_quiet(args.quiet_wait):
-                print(f"transports.py: the machine is still busy after {args.quiet_wait:.0f} s; "
-                      "running anyway", file=sys.stderr)
+            quiet_before(args.quiet_wait)
             t = time.monotonic()
             with CpuSampler() as sampler:
                 r = run_scenario(transport, rate, args, tools, logdir, sampler)
             results.append(r)
-            if "error" in r:
-                msg = f"error: {r['error']}"
-            else:
-                msg = (f"{fmt_rate(r['deliveries_per_s'])} deliveries/s, loss {r['loss_pct']:.2f} %, "
-                       f"{r['gateway_cpu_us_per_delivery']:.2f} µs/delivery, client CPU {r['client_cpu_pct']:.0f} %")
-            print(f"[{time.monotonic() - started:6.1f} s] {transport:12} {'full' if rate <= 0 else f'{rate:g}/s':>7}: "
-                  f"{msg} ({time.monotonic() - t:.1f} s)", file=sys.stderr, flush=True)
-            for line in r.get("log_problems", [])[:5]:
-                print(f"    {transport} log: {line}", file=sys.stderr)
+            msg = ("" if "error" in r else
+                   f"{fmt_rate(r['deliveries_per_s'])} deliveries/s, loss {r['loss_pct']:.2f} %, "
+                   f"{r['gateway_cpu_us_per_delivery']:.2f} µs/delivery, client CPU {r['client_cpu_pct']:.0f} %")
+            progress(started, t, f"{transport:12} {'full' if rate <= 0 else f'{rate:g}/s':>7}", r, msg)
 
-    when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    print(f"\n{when}; {platform.node()}; {ncpu} CPUs; Python {platform.python_version()}; "
-          f"gateway on CPU {args.gateway_cpu}, load client + publisher on CPU {args.client_cpu}; "
+    print(f"\n{machine_line(ncpu, args)}; "
           f"{args.clients} clients; {args.size} B messages ({args.payload}); paced: rate x {args.duration:g} s, "
           f"full rate: {args.full_messages} messages\n")
     print("command: python benchmarks/transports.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
     print()
     print(table(results, args))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"date": when, "args": vars(args), "results": results}, f, indent=2)
+    write_json(args, results)
     print(f"\ngateway logs: {logdir}", file=sys.stderr)
     return 0
 
