@@ -529,6 +529,34 @@ def fmt_rate(x: float) -> str:
     return f"{x:.0f}"
 
 
+def stream_notes(c: Dict[str, Any]) -> List[str]:
+    """Table notes on a C load client's report: deflate not negotiated everywhere, inflate errors,
+    sequence gaps, messages out of order."""
+    out = []
+    if c.get("deflate") and c.get("deflate_conns", 0) < c["conns"]:
+        out.append(f"deflate negotiated on {c.get('deflate_conns', 0)} of {c['conns']}")
+    if c.get("inflate_errors"):
+        out.append(f"{c['inflate_errors']} inflate errors")
+    if c["gaps"]:
+        out.append(f"{c['gaps']} sequence gaps")
+    if c["out_of_order"]:
+        out.append(f"{c['out_of_order']} out of order")
+    return out
+
+
+def run_notes(r: Dict[str, Any]) -> List[str]:
+    """Table notes on how a scenario ran: trouble in the gateway's log, other processes busy
+    during it, the gateway died."""
+    out = []
+    if r.get("log_problems"):
+        out.append(f"{len(r['log_problems'])} log warnings/errors")
+    if r.get("wall_s") and r["other_cpu_s"] > 0.05 * r["wall_s"]:
+        out.append(f"other processes used {100 * r['other_cpu_s'] / r['wall_s']:.0f} % of a CPU")
+    if not r.get("gateway_alive", True):
+        out.append("gateway died")
+    return out
+
+
 def label(r: Dict[str, Any]) -> str:
     return r["stack"] + (" + deflate" if r.get("deflate") else "")
 
@@ -568,25 +596,13 @@ def table(results: List[Dict[str, Any]], args: argparse.Namespace) -> str:
             notes.append("client counts only (no inflate, no sequence/latency checks)")
         if c["timed_out"]:
             notes.append(f"cut at {args.timeout:.0f} s")
-        if r.get("deflate") and c.get("deflate_conns", 0) < c["conns"]:
-            notes.append(f"deflate negotiated on {c.get('deflate_conns', 0)} of {c['conns']}")
-        if c.get("inflate_errors"):
-            notes.append(f"{c['inflate_errors']} inflate errors")
-        if c["gaps"]:
-            notes.append(f"{c['gaps']} sequence gaps")
-        if c["out_of_order"]:
-            notes.append(f"{c['out_of_order']} out of order")
+        notes += stream_notes(c)
         if c["closed_by_server"]:
             codes = ", ".join(f"{k}x{v}" for k, v in c["close_codes"].items())
             notes.append(f"closed by server: {codes}")
         if c["eof"] or c["errors"]:
             notes.append(f"{c['eof']} EOF, {c['errors']} errors")
-        if r.get("log_problems"):
-            notes.append(f"{len(r['log_problems'])} log warnings/errors")
-        if r.get("wall_s") and r["other_cpu_s"] > 0.05 * r["wall_s"]:
-            notes.append(f"other processes used {100 * r['other_cpu_s'] / r['wall_s']:.0f} % of a CPU")
-        if not r.get("gateway_alive", True):
-            notes.append("gateway died")
+        notes += run_notes(r)
         lines.append(
             f"| {label(r)} | {r['clients']} | {r['size']} | {r['messages']} | {offered} | "
             f"{fmt_rate(r['deliveries_per_s'])} | {r['loss_pct']:.2f} | "
@@ -650,11 +666,19 @@ def quiet_before(max_wait: float) -> None:
         print(f"{script()}: the machine is still busy after {max_wait:.0f} s; running anyway", file=sys.stderr)
 
 
-def progress(started: float, t: float, what: str, r: Dict[str, Any], msg: str) -> None:
-    """A scenario's line on stderr (seconds since ``started``, ``what``, ``msg`` or its error, its
-    own seconds since ``t``), then the first trouble its gateway logged."""
+def delivery_summary(r: Dict[str, Any], cpu_per_delivery: bool = False) -> str:
+    """A scenario's result in a few words (for progress()): deliveries/s, loss, the gateway's CPU
+    per delivery if asked, the client's CPU; or its error."""
     if "error" in r:
-        msg = f"error: {r['error']}"
+        return f"error: {r['error']}"
+    cpu = [f"{r['gateway_cpu_us_per_delivery']:.2f} µs/delivery"] if cpu_per_delivery else []
+    return ", ".join([f"{fmt_rate(r['deliveries_per_s'])} deliveries/s", f"loss {r['loss_pct']:.2f} %", *cpu,
+                      f"client CPU {r['client_cpu_pct']:.0f} %"])
+
+
+def progress(started: float, t: float, what: str, r: Dict[str, Any], msg: str) -> None:
+    """A scenario's line on stderr (seconds since ``started``, ``what``, ``msg``, its own seconds
+    since ``t``), then the first trouble its gateway logged."""
     print(f"[{time.monotonic() - started:6.1f} s] {what}: {msg} ({time.monotonic() - t:.1f} s)",
           file=sys.stderr, flush=True)
     for line in r.get("log_problems", [])[:5]:
@@ -762,10 +786,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                       file=sys.stderr, flush=True)
             r["attempts"] = attempt + 1
             results.append(r)
-            msg = ("" if "error" in r else
-                   f"{fmt_rate(r['deliveries_per_s'])} deliveries/s, loss {r['loss_pct']:.2f} %, "
-                   f"client CPU {r['client_cpu_pct']:.0f} %")
-            progress(started, t, f"{label(r):20} {clients:5} clients", r, msg)
+            progress(started, t, f"{label(r):20} {clients:5} clients", r, delivery_summary(r))
 
     print(f"\n{machine_line(ncpu, args)}; "
           f"messages per scenario: {args.messages if args.messages != 'auto' else f'{args.deliveries:.3g} / clients'}"

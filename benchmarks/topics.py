@@ -64,7 +64,7 @@ from typing import Any, Dict, List, Optional
 
 from fanout import (Scenario, add_common_args, all_cpu, build_loadclient, free_port, log_dir, log_problems,
                     machine_line, parse_list, pin_cpus, proc_cpu, proc_status_kb, progress, quiet_before,
-                    readline, wait_ready, write_json)
+                    readline, run_notes, wait_ready, write_json)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STACKS = ("zmqws", "channels")
@@ -157,12 +157,7 @@ def e2e_table(results: List[Dict[str, Any]]) -> str:
             notes.append(f"{c['closed_by_server']} closed by server, {c['eof']} EOF, {c['errors']} errors")
         if c["timed_out"]:
             notes.append("client timed out")
-        if r["log_problems"]:
-            notes.append(f"{len(r['log_problems'])} log warnings/errors")
-        if r["other_cpu_s"] > 0.05 * r["wall_s"]:
-            notes.append(f"other processes used {100 * r['other_cpu_s'] / r['wall_s']:.0f} % of a CPU")
-        if not r["gateway_alive"]:
-            notes.append("gateway died")
+        notes += run_notes(r)
         ratio = f"{r['cpu_us_per_msg'] / base:.2f}x" if base else "-"
         lines.append(
             start + f" {p['sent']:,} ({p['rate']:.0f}) | {c['received']:,} of {p['deliveries']:,} | "
@@ -315,7 +310,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     t = time.monotonic()
                     r = run_scenario(stack, clients, share, args, loadclient, logdir)
                     results.append(r)
-                    msg = ("" if "error" in r else
+                    msg = (f"error: {r['error']}" if "error" in r else
                            f"{r['cpu_us_per_msg']:.1f} CPU µs/msg, loss {r['loss_pct']:.2f} %")
                     progress(started, t, f"{stack:8} {clients:6} clients, share {share:g}", r, msg)
         print(f"gateway logs: {logdir}", file=sys.stderr)

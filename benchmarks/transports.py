@@ -58,9 +58,10 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fanout import (LOADCOMMON_H, CpuSampler, Scenario, add_common_args, all_cpu, build,  # noqa: E402
-                    build_loadclient, cpu_busy, delivery_figures, fmt_rate, free_port, gateway_command,
-                    log_dir, log_problems, machine_line, parse_list, pin_cpus, proc_cpu, proc_status_kb,
-                    progress, quiet_before, readline, wait_ready, write_json)
+                    build_loadclient, cpu_busy, delivery_figures, delivery_summary, fmt_rate, free_port,
+                    gateway_command, log_dir, log_problems, machine_line, parse_list, pin_cpus, proc_cpu,
+                    proc_status_kb, progress, quiet_before, readline, run_notes, stream_notes, wait_ready,
+                    write_json)
 from socketio_fanout import LOADCLIENT as SIO_LOADCLIENT, node_for_loadclient  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -230,10 +231,7 @@ def notes(r: Dict[str, Any], args: argparse.Namespace) -> List[str]:
         out.append(f"ended: {args.idle:g} s without a message, {c['complete_conns']} of {c['conns']} complete")
     if g["queued_bytes_at_end"]:
         out.append(f"{g['queued_bytes_at_end'] / 1e6:.1f} MB still queued in the gateway")
-    if c["gaps"]:
-        out.append(f"{c['gaps']} sequence gaps")
-    if c["out_of_order"]:
-        out.append(f"{c['out_of_order']} out of order")
+    out += stream_notes(c)
     if c["gap_notices"] or g["gap_notices"]:
         out.append(f"gap notices: {c['gap_notices']} read, {g['gap_notices']:.0f} sent")
     if g["drops"] or g["slow_closed"]:
@@ -245,20 +243,10 @@ def notes(r: Dict[str, Any], args: argparse.Namespace) -> List[str]:
         out.append(f"{r['received'] / max(1.0, g['http_requests']):.1f} deliveries per HTTP request")
     if g["zmq_messages"] < r["messages"]:
         out.append(f"gateway took {g['zmq_messages']:.0f} of {r['messages']} from ZeroMQ")
-    if c.get("deflate") and c.get("deflate_conns", 0) < c["conns"]:
-        out.append(f"deflate negotiated on {c.get('deflate_conns', 0)} of {c['conns']}")
-    if c.get("inflate_errors"):
-        out.append(f"{c['inflate_errors']} inflate errors")
     if c["closed_by_server"] or c["eof"] or c["errors"] or c["http_errors"]:
         out.append(f"{c['closed_by_server']} closed by server, {c['eof']} EOF, {c['errors']} errors, "
                    f"{c['http_errors']} HTTP errors")
-    if r.get("log_problems"):
-        out.append(f"{len(r['log_problems'])} log warnings/errors")
-    if r["other_cpu_s"] > 0.05 * r["wall_s"]:
-        out.append(f"other processes used {100 * r['other_cpu_s'] / r['wall_s']:.0f} % of a CPU")
-    if not r["gateway_alive"]:
-        out.append("gateway died")
-    return out
+    return out + run_notes(r)
 
 
 def table(results: List[Dict[str, Any]], args: argparse.Namespace) -> str:
@@ -361,10 +349,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             with CpuSampler() as sampler:
                 r = run_scenario(transport, rate, args, tools, logdir, sampler)
             results.append(r)
-            msg = ("" if "error" in r else
-                   f"{fmt_rate(r['deliveries_per_s'])} deliveries/s, loss {r['loss_pct']:.2f} %, "
-                   f"{r['gateway_cpu_us_per_delivery']:.2f} µs/delivery, client CPU {r['client_cpu_pct']:.0f} %")
-            progress(started, t, f"{transport:12} {'full' if rate <= 0 else f'{rate:g}/s':>7}", r, msg)
+            progress(started, t, f"{transport:12} {'full' if rate <= 0 else f'{rate:g}/s':>7}", r,
+                     delivery_summary(r, cpu_per_delivery=True))
 
     print(f"\n{machine_line(ncpu, args)}; "
           f"{args.clients} clients; {args.size} B messages ({args.payload}); paced: rate x {args.duration:g} s, "
