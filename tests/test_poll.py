@@ -297,6 +297,40 @@ def test_poll_coalesce_a_full_answer_or_a_gap_notice_goes_at_once(make_gateway, 
     assert ids_of(json.loads(body)) == [8, 9, 10] and elapsed < 0.9
 
 
+def test_poll_coalesce_pacer_one_timer_per_due_time_and_no_drift():
+    """PollPacer in-process (a fake loop): members sent together share one timer; what a
+    timer releases counts as sent when it was due, so a late timer does not push the next
+    due time later; a member answered meanwhile (gathering again) is not released by it."""
+    from types import SimpleNamespace
+
+    from zmqws.transports import PollPacer
+    timers = []
+    loop = SimpleNamespace(call_later=lambda delay, callback: timers.append(callback))
+    context = SimpleNamespace(config=SimpleNamespace(poll_coalesce_ms=100), server=SimpleNamespace(loop=loop))
+    released = []
+
+    def release(member):
+        del pacer.gathering[member]
+        released.append(member)
+        pacer.sent([member], pacer.now())
+
+    pacer = PollPacer(context, release)
+    assert pacer.wait_until("a", 10.0) is None  # never sent: at once
+    pacer.sent(["a", "b", "c"], 10.0)
+    assert pacer.wait_until("a", 10.1) is None  # the interval passed: at once
+    due = pacer.wait_until("a", 10.03)
+    assert due == pytest.approx(10.1)
+    for member in ("a", "b", "c"):
+        pacer.gather(member, [member], due)
+    assert len(timers) == 1  # one timer for the three
+    pacer.gathering["c"] = ["c again"]  # answered meanwhile and gathering again
+    timers.pop()()  # fired late: at 10.13, say
+    assert released == ["a", "b"]
+    assert pacer.wait_until("a", 10.15) == pytest.approx(10.2)  # the interval after 10.1, not 10.23
+    pacer.forget("a")
+    assert pacer.wait_until("a", 10.15) is None and "c" in pacer.gathering
+
+
 def test_poll_coalesce_is_bounded():
     from zmqws.config import TransportConfig
     for ms in (-1, 1001):

@@ -148,10 +148,13 @@ class PollPacer(Generic[Gathered]):
     the interval or more ago, or it had none (:meth:`wait_until` says None); otherwise the
     transport gathers it (:meth:`gather`) until the interval after that send, when ``release``
     sends it.  Members sent together are due together and share one timer: at most one timer
-    per waiting member, none per message.  Bookkeeping per live member, dropped by
-    :meth:`forget`."""
+    per waiting member, none per message.  What a timer releases counts as sent at the time
+    it was due (:meth:`now`): its members stay due together, and the timer's lateness does not
+    add up from one interval to the next (messages that come about once per interval would
+    otherwise lag more and more, up to a whole interval).  Bookkeeping per live member,
+    dropped by :meth:`forget`."""
 
-    __slots__ = ("context", "interval", "release", "gathering", "_sent", "_due")
+    __slots__ = ("context", "interval", "release", "gathering", "_sent", "_due", "_releasing")
 
     def __init__(self, context: Context, release: Callable[[Any], None]) -> None:
         self.context = context
@@ -160,6 +163,11 @@ class PollPacer(Generic[Gathered]):
         self.gathering: Dict[Any, Gathered] = {}  # waiting members: what they gathered so far
         self._sent: Dict[Any, float] = {}  # member -> when its previous send went (monotonic)
         self._due: Dict[float, List[Tuple[Any, Gathered]]] = {}  # a timer's time -> its members
+        self._releasing: Optional[float] = None  # while a timer releases its members: its due time
+
+    def now(self) -> float:
+        """The time to give :meth:`sent`: the due time of the timer releasing, else the clock's."""
+        return time.monotonic() if self._releasing is None else self._releasing
 
     def wait_until(self, member: Any, now: float) -> Optional[float]:
         """When a send to ``member`` may go: None for now, else the interval after its previous."""
@@ -189,9 +197,13 @@ class PollPacer(Generic[Gathered]):
         """A timer's time: its members still gathering what they gathered then are released
         (not one answered meanwhile, full or at its deadline, and waiting again)."""
         gathering = self.gathering
-        for member, gathered in self._due.pop(due, []):
-            if gathering.get(member) is gathered:
-                self.release(member)
+        self._releasing = due
+        try:
+            for member, gathered in self._due.pop(due, []):
+                if gathering.get(member) is gathered:
+                    self.release(member)
+        finally:
+            self._releasing = None
 
     def forget(self, member: Any) -> None:
         """The member is gone: its bookkeeping too."""

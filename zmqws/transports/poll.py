@@ -179,7 +179,7 @@ class PollTransport:
         one, at a poll's deadline, paces nothing).  Before they go: a connection closed by its
         answer is forgotten (:meth:`gone`) after this."""
         if items and self.context.config.poll_coalesce_ms:
-            self._pacer.sent(clients, time.monotonic())
+            self._pacer.sent(clients, self._pacer.now())
 
     def gone(self, client: "Client") -> None:
         self._cors.pop(client, None)

@@ -197,7 +197,7 @@ class SioPollWire(Wire):
         it: an ack, the application's event, the move to WebSocket)."""
         gathered = self._pacer.gathering.pop(socket, None)
         if gathered is not None:
-            self._pacer.sent([socket], time.monotonic())
+            self._pacer.sent([socket], self._pacer.now())
             self.layer.engine.send_payload(socket.session, eio.SEPARATOR_BYTES.join(gathered.payloads))
 
     def forget(self, socket: NamespaceSocket) -> None:
