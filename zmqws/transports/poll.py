@@ -176,8 +176,8 @@ class PollTransport:
 
     def _answering(self, clients: List["Client"], items: List[Any]) -> None:
         """With ``poll_coalesce_ms``: these connections' answers with messages go now (an empty
-        one, at a poll's deadline, paces nothing).  Before they go: a connection closed by its
-        answer is forgotten (:meth:`gone`) after this."""
+        one, at a poll's deadline, paces nothing).  Called before they go, so that a connection
+        its answer closes is forgotten (:meth:`gone`) afterwards, not remembered again."""
         if items and self.context.config.poll_coalesce_ms:
             self._pacer.sent(clients, self._pacer.now())
 

@@ -169,6 +169,7 @@ class SioPollWire(Wire):
             send_payload(socket.session, payload)
 
     def _pace(self, members: List[NamespaceSocket], payload: bytes, count: int) -> None:
+        """``poll_coalesce_ms``: the turn's events to the sockets due now, gathered for the others."""
         pacer = self._pacer
         gathering = pacer.gathering
         limit = self.layer.context.config.poll_max_messages
