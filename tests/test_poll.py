@@ -212,38 +212,67 @@ def test_poll_answers_share_one_encoding_of_each_message(make_gateway, http_conn
     assert json.loads(bodies[0]) == [{"id": base + 1, "topic": "enc", "data": "AP9iaW5hcnk=", "binary": True}]
 
 
-def test_poll_coalesce_a_held_poll_gathers_what_comes_within_the_interval(make_gateway):
-    gw = make_gateway(None, poll_coalesce_ms=400, poll_timeout=5, subscribe_all=True)
-    base = gw.last_id
-    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
-    try:
-        sock.sendall(f"GET /poll?since={base} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-        wait_until(lambda: gw.stats.polls_held == 1)
-        start = time.monotonic()
-        gw.publish("first", topic="c")
-        time.sleep(0.15)
-        gw.publish("second", topic="c")
-        status, _, body = read_response(sock)
-        elapsed = time.monotonic() - start
-    finally:
-        sock.close()
-    assert status == 200 and [d["data"] for d in json.loads(body)] == ["first", "second"]
-    assert 0.35 <= elapsed < 2
-
-
-def test_poll_coalesce_a_poll_with_messages_waiting_waits_for_more(make_gateway, http_conn):
+def test_poll_coalesce_after_a_quiet_interval_the_first_message_goes_at_once(make_gateway, http_conn):
+    """Leading edge: a connection with no answer yet, or whose previous one went the interval
+    ago or more, is answered at once, whether its messages are waiting or come while it is held."""
     gw = make_gateway(None, poll_coalesce_ms=400, poll_timeout=5, subscribe_all=True)
     base = gw.last_id
     gw.publish("waiting", topic="c")
     wait_until(lambda: gw.last_id == base + 1)
-    timer = threading.Timer(0.15, lambda: gw.publish("more", topic="c"))
+    conn = http_conn(gw.port)
+    response, body, elapsed = get(conn, f"/poll?since={base}")  # a new connection: at once
+    assert [d["data"] for d in json.loads(body)] == ["waiting"] and elapsed < 0.25
+    time.sleep(0.5)  # quiet for longer than the interval
+    timer = threading.Timer(0.1, lambda: gw.publish("held", topic="c"))
     timer.start()
     try:
-        response, body, elapsed = get(http_conn(gw.port), f"/poll?since={base}")
+        response, body, elapsed = get(conn, f"/poll?since={base + 1}")  # held, then answered at once
     finally:
         timer.cancel()
-    assert [d["data"] for d in json.loads(body)] == ["waiting", "more"]
-    assert 0.35 <= elapsed < 2
+    assert [d["data"] for d in json.loads(body)] == ["held"] and elapsed < 0.35
+
+
+def test_poll_coalesce_messages_right_after_an_answer_wait_for_the_interval_in_one_answer(
+        make_gateway, http_conn):
+    """A connection answered less than the interval ago waits until the interval after that
+    answer (not after its next message) and gets what came meanwhile in one answer."""
+    gw = make_gateway(None, poll_coalesce_ms=800, poll_timeout=5, subscribe_all=True)
+    base = gw.last_id
+    conn = http_conn(gw.port)
+    timer = threading.Timer(0.05, lambda: gw.publish("first", topic="c"))
+    timer.start()
+    try:
+        response, body, elapsed = get(conn, f"/poll?since={base}")
+    finally:
+        timer.cancel()
+    answered = time.monotonic()
+    assert [d["data"] for d in json.loads(body)] == ["first"] and elapsed < 0.3
+    # held: "second" comes 0.4 s after that answer, "third" 0.1 s later; both go 0.8 s after
+    # the answer (a trailing delay would send them 0.8 s after "second": 1.2 s)
+    timers = [threading.Timer(0.4, lambda: gw.publish("second", topic="c")),
+              threading.Timer(0.5, lambda: gw.publish("third", topic="c"))]
+    for t in timers:
+        t.start()
+    try:
+        response, body, _ = get(conn, f"/poll?since={base + 1}")
+    finally:
+        for t in timers:
+            t.cancel()
+    since_answer = time.monotonic() - answered
+    assert [d["data"] for d in json.loads(body)] == ["second", "third"]
+    assert 0.6 <= since_answer < 1.05
+    # waiting when the poll comes, right after an answer: held with it until the interval's end
+    answered = time.monotonic()
+    gw.publish("fourth", topic="c")
+    wait_until(lambda: gw.last_id == base + 4)
+    timer = threading.Timer(0.2, lambda: gw.publish("fifth", topic="c"))
+    timer.start()
+    try:
+        response, body, _ = get(conn, f"/poll?since={base + 3}")
+    finally:
+        timer.cancel()
+    assert [d["data"] for d in json.loads(body)] == ["fourth", "fifth"]
+    assert 0.6 <= time.monotonic() - answered < 1.6
 
 
 def test_poll_coalesce_a_full_answer_or_a_gap_notice_goes_at_once(make_gateway, http_conn):
@@ -266,6 +295,40 @@ def test_poll_coalesce_a_full_answer_or_a_gap_notice_goes_at_once(make_gateway, 
     finally:
         timer.cancel()
     assert ids_of(json.loads(body)) == [8, 9, 10] and elapsed < 0.9
+
+
+def test_poll_coalesce_pacer_one_timer_per_due_time_and_no_drift():
+    """PollPacer in-process (a fake loop): members sent together share one timer; what a
+    timer releases counts as sent when it was due, so a late timer does not push the next
+    due time later; a member answered meanwhile (gathering again) is not released by it."""
+    from types import SimpleNamespace
+
+    from zmqws.transports import PollPacer
+    timers = []
+    loop = SimpleNamespace(call_later=lambda delay, callback: timers.append(callback))
+    context = SimpleNamespace(config=SimpleNamespace(poll_coalesce_ms=100), server=SimpleNamespace(loop=loop))
+    released = []
+
+    def release(member):
+        del pacer.gathering[member]
+        released.append(member)
+        pacer.sent([member], pacer.now())
+
+    pacer = PollPacer(context, release)
+    assert pacer.wait_until("a", 10.0) is None  # never sent: at once
+    pacer.sent(["a", "b", "c"], 10.0)
+    assert pacer.wait_until("a", 10.1) is None  # the interval passed: at once
+    due = pacer.wait_until("a", 10.03)
+    assert due == pytest.approx(10.1)
+    for member in ("a", "b", "c"):
+        pacer.gather(member, [member], due)
+    assert len(timers) == 1  # one timer for the three
+    pacer.gathering["c"] = ["c again"]  # answered meanwhile and gathering again
+    timers.pop()()  # fired late: at 10.13, say
+    assert released == ["a", "b"]
+    assert pacer.wait_until("a", 10.15) == pytest.approx(10.2)  # the interval after 10.1, not 10.23
+    pacer.forget("a")
+    assert pacer.wait_until("a", 10.15) is None and "c" in pacer.gathering
 
 
 def test_poll_coalesce_is_bounded():

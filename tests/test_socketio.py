@@ -1278,36 +1278,88 @@ def test_a_message_is_encoded_once_for_every_polling_session(make_gateway, monke
     assert event == f'451-["message",{{"_placeholder":true,"num":0}},"{encoded[0]}"]' and attachment == "bAP9iaW4="
 
 
-def test_poll_coalesce_gathers_a_polling_sockets_events_into_one_answer(make_gateway):
-    gw = make_gateway(None, poll_coalesce_ms=400)
+def connected_polling(gw) -> RawPolling:
+    """A raw polling session whose ``/`` socket joined topic ``t`` (its CONNECT answer read)."""
     client = RawPolling(gw.port)
     assert client.post(b'40{"topics":["t"]}') == (200, b"ok")
     assert poll_until(client, 1)[0].startswith("40{")
+    return client
+
+
+def publish_to_held_poll(gw, client: RawPolling, *later: Tuple[float, str]) -> Tuple[List[str], float]:
+    """Each ``(delay, payload)`` published that long after a GET of ``client`` is held: the
+    events of its answer, and when it came (``time.monotonic()``)."""
     with held_poll(gw, client) as answer:
         start = time.monotonic()
-        gw.publish("a", topic="t")
-        time.sleep(0.15)
-        gw.publish("b", topic="t")
-    elapsed = time.monotonic() - start
+        for delay, payload in later:
+            time.sleep(max(0.0, start + delay - time.monotonic()))
+            gw.publish(payload, topic="t")
+        wait_until(lambda: answer, message="the answer")
+        came = time.monotonic()
     (status, body), = answer
-    assert status == 200 and [sio_event(p)[:2] for p in packets(body)] == [["message", "a"], ["message", "b"]]
-    assert 0.35 <= elapsed < 2
+    assert status == 200
+    return [sio_event(p)[1] for p in packets(body)], came
+
+
+def test_poll_coalesce_a_polling_sockets_first_event_after_a_quiet_interval_goes_at_once(make_gateway):
+    """Leading edge: a socket that had no event yet, or whose previous ones went the interval
+    ago or more, gets the next at once."""
+    gw = make_gateway(None, poll_coalesce_ms=400)
+    client = connected_polling(gw)
+    start = time.monotonic()
+    assert publish_to_held_poll(gw, client, (0, "a"))[0] == ["a"]  # its first event
+    assert time.monotonic() - start < 0.25
+    time.sleep(0.5)  # quiet for longer than the interval
+    start = time.monotonic()
+    assert publish_to_held_poll(gw, client, (0, "b"))[0] == ["b"]
+    assert time.monotonic() - start < 0.25
+
+
+def test_poll_coalesce_a_polling_sockets_events_right_after_its_last_wait_and_go_together(make_gateway):
+    """Events that come less than the interval after the socket's previous ones wait until
+    the interval after those (not after their own first) and go in one answer."""
+    gw = make_gateway(None, poll_coalesce_ms=800)
+    client = connected_polling(gw)
+    events, went = publish_to_held_poll(gw, client, (0, "a"))
+    assert events == ["a"]
+    # "b" 0.4 s after "a" went, "c" 0.1 s later: both 0.8 s after "a" (a trailing delay
+    # would send them 0.8 s after "b": 1.2 s)
+    events, came = publish_to_held_poll(gw, client, (0.4, "b"), (0.5, "c"))
+    assert events == ["b", "c"]
+    assert 0.6 <= came - went < 1.05
 
 
 def test_poll_coalesce_an_ack_goes_after_the_events_gathered_before_it(make_gateway):
     gw = make_gateway(None, poll_coalesce_ms=1000)
-    client = RawPolling(gw.port)
-    assert client.post(b'40{"topics":["t"]}') == (200, b"ok")
-    assert poll_until(client, 1)[0].startswith("40{")
-    gw.publish("a", topic="t")
+    client = connected_polling(gw)
+    assert publish_to_held_poll(gw, client, (0, "a"))[0] == ["a"]  # at once: "b" waits for the interval
+    gw.publish("b", topic="t")
     (wire,) = gw.socketio._poll_wires.values()
-    wait_until(lambda: wire._gathering, message="the event to be gathered")
+    wait_until(lambda: wire._pacer.gathering, message="the event to be gathered")
     start = time.monotonic()
     assert client.post(b'421["subscribe","u"]') == (200, b"ok")
     status, body = client.get()
     assert time.monotonic() - start < 0.8
     event, ack = packets(body)
-    assert sio_event(event)[:2] == ["message", "a"] and ack == '431[{"topics":["t","u"]}]'
+    assert sio_event(event)[:2] == ["message", "b"] and ack == '431[{"topics":["t","u"]}]'
+
+
+def test_poll_coalesce_events_gathered_go_first_after_the_upgrade(make_gateway, raw_ws):
+    gw = make_gateway(None, poll_coalesce_ms=1000)
+    client = connected_polling(gw)
+    assert publish_to_held_poll(gw, client, (0, "a"))[0] == ["a"]
+    gw.publish("b", topic="t")  # gathered: "a" went less than the interval ago
+    (wire,) = gw.socketio._poll_wires.values()
+    wait_until(lambda: wire._pacer.gathering, message="the event to be gathered")
+    ws = raw_ws(gw.port, path=f"/socket.io/?EIO=4&transport=websocket&sid={client.sid}")
+    ws.send_frame(OP_TEXT, b"2probe")
+    assert ws.recv_frame()[2] == b"3probe"
+    start = time.monotonic()
+    ws.send_frame(OP_TEXT, b"5")
+    assert sio_event(ws.recv_frame()[2].decode())[:2] == ["message", "b"]
+    assert time.monotonic() - start < 0.8 and not wire._pacer.gathering
+    gw.publish("c", topic="t")
+    assert sio_event(ws.recv_frame()[2].decode())[:2] == ["message", "c"]
 
 
 def test_packets_waiting_for_a_poll_go_as_frames_after_the_upgrade(make_gateway, raw_ws):

@@ -170,10 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="how long a long-polling request is held when there is nothing to send "
                  "(default: %(default)s)")
     _option(web, "--poll-coalesce", "poll_coalesce_ms", type=_milliseconds, metavar="MS",
-            help="a long-polling request (/poll, Socket.IO polling) with messages to answer waits "
-                 "MS milliseconds for more (not when its answer is full or starts with a gap "
-                 "notice): a poller of a busy stream makes about one request per MS, up to MS ms "
-                 "more latency; 0 = answer at once (default)")
+            help="at most one answer with messages per MS milliseconds to a long-polling client "
+                 "(a /poll connection, a Socket.IO polling socket), leading edge: one goes at once "
+                 "if the client's previous went MS ago or more, else it waits until then, gathering "
+                 "(a full one or one with a gap notice goes at once): up to MS ms more latency, "
+                 "only for clients whose messages come faster; 0 = answer at once (default)")
     _option(web, "--subprotocol", "subprotocols", action="append", metavar="NAME",
             help="a subprotocol the server accepts, in order of preference (repeatable)")
     sio = p.add_argument_group("Socket.IO side (socket.io-client v3/v4, python-socketio; see docs/socketio.md)")

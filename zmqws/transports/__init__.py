@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+import time
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generic, List, Optional, Sequence, Tuple, TypeVar
 
 from ..protocol.errors import HTTPError
 from ..protocol.frames import OP_BINARY, OP_TEXT
@@ -40,9 +41,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..server import WebSocketServer
     from ..upstream import UpstreamSockets
 
-__all__ = ["Context", "JoinQuery", "cors_headers", "client_id_of"]
+__all__ = ["Context", "JoinQuery", "PollPacer", "cors_headers", "client_id_of"]
 
 log = logging.getLogger("zmqws")
+
+Gathered = TypeVar("Gathered")  # what a paced member's next answer holds so far
 
 
 def cors_headers(request: "Request", origins: Sequence[str]) -> List[Tuple[str, str]]:
@@ -136,3 +139,73 @@ class Context:
     def send_direct(self, client: "Client", frame: bytes) -> None:
         """One encoded message to one client, under the slow-consumer policy like any other."""
         self.server.fanout(frame, (client,), 1)
+
+
+class PollPacer(Generic[Gathered]):
+    """``poll_coalesce_ms``, leading edge (as ``flush_interval_ms`` paces WebSocket writes,
+    :class:`zmqws.hub.PacedFlush`), per member: a long-poll connection, a Socket.IO polling
+    socket.  What a member is to be sent goes at once if its previous send (:meth:`sent`) was
+    the interval or more ago, or it had none (:meth:`wait_until` says None); otherwise the
+    transport gathers it (:meth:`gather`) until the interval after that send, when ``release``
+    sends it.  Members sent together are due together and share one timer: at most one timer
+    per waiting member, none per message.  What a timer releases counts as sent at the time
+    it was due (:meth:`now`): its members stay due together, and the timer's lateness does not
+    add up from one interval to the next (messages that come about once per interval would
+    otherwise lag more and more, up to a whole interval).  Bookkeeping per live member,
+    dropped by :meth:`forget`."""
+
+    __slots__ = ("context", "interval", "release", "gathering", "_sent", "_due", "_releasing")
+
+    def __init__(self, context: Context, release: Callable[[Any], None]) -> None:
+        self.context = context
+        self.interval = context.config.poll_coalesce_ms / 1000
+        self.release = release  # sends what a member gathered (and pops it from ``gathering``)
+        self.gathering: Dict[Any, Gathered] = {}  # waiting members: what they gathered so far
+        self._sent: Dict[Any, float] = {}  # member -> when its previous send went (monotonic)
+        self._due: Dict[float, List[Tuple[Any, Gathered]]] = {}  # a timer's time -> its members
+        self._releasing: Optional[float] = None  # while a timer releases its members: its due time
+
+    def now(self) -> float:
+        """The time to give :meth:`sent`: the due time of the timer releasing, else the clock's."""
+        return time.monotonic() if self._releasing is None else self._releasing
+
+    def wait_until(self, member: Any, now: float) -> Optional[float]:
+        """When a send to ``member`` may go: None for now, else the interval after its previous."""
+        last = self._sent.get(member)
+        if last is None or last + self.interval <= now:
+            return None
+        return last + self.interval
+
+    def sent(self, members: Sequence[Any], now: float) -> None:
+        """These members were sent something at ``now``."""
+        stamps = self._sent
+        for member in members:
+            stamps[member] = now
+
+    def gather(self, member: Any, gathered: Gathered, due: float) -> None:
+        """``member`` waits until ``due`` (from :meth:`wait_until`), with ``gathered``."""
+        self.gathering[member] = gathered
+        group = self._due.get(due)
+        if group is None:
+            group = self._due[due] = []
+            loop = self.context.server.loop
+            assert loop is not None
+            loop.call_later(max(0.0, due - time.monotonic()), lambda: self._released(due))
+        group.append((member, gathered))
+
+    def _released(self, due: float) -> None:
+        """A timer's time: its members still gathering what they gathered then are released
+        (not one answered meanwhile, full or at its deadline, and waiting again)."""
+        gathering = self.gathering
+        self._releasing = due
+        try:
+            for member, gathered in self._due.pop(due, []):
+                if gathering.get(member) is gathered:
+                    self.release(member)
+        finally:
+            self._releasing = None
+
+    def forget(self, member: Any) -> None:
+        """The member is gone: its bookkeeping too."""
+        self._sent.pop(member, None)
+        self.gathering.pop(member, None)

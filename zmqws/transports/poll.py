@@ -7,9 +7,13 @@ answer is a JSON array of ``json``-envelope messages, bounded by
 ``poll_max_messages`` and ``poll_max_bytes`` (the rest comes with the next
 poll, which asks ``since`` the last id); ``X-Zmqws-Last-Id`` carries the last
 id the gateway gave, so a client whose first poll comes back empty knows
-where to ask from.  With ``poll_coalesce_ms`` an answer with messages waits
-that long for more (not a full one, nor one with a gap notice), so that a
-poller of a busy stream makes one request per interval, not one per message.
+where to ask from.  With ``poll_coalesce_ms`` a connection's answers with
+messages are paced, leading edge (:class:`~zmqws.transports.PollPacer`): one
+goes at once if the connection's previous one went that long ago or more (or
+it had none), else it waits until then, gathering what comes meanwhile (not a
+full answer, nor one with a gap notice), so that a poller of a busy stream
+makes one request per interval, not one per message, and a quiet one waits
+for nothing.
 
 With ``--rpc`` a long-polling client is its (keep-alive) connection: the
 application is told of it at its first poll, and that it left once the
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 from ..peer import GONE, address_text
 from ..rpc import client_info
 from ..wire import Wire, json_bytes
-from . import JoinQuery, client_id_of
+from . import JoinQuery, PollPacer, client_id_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..peer import Client
@@ -74,7 +78,9 @@ class PollTransport:
         self._sends: Dict["Client", List["Stored"]] = {}  # --rpc: the application's sends for the next poll
         self._rpc_clients: Dict["Client", None] = {}  # --rpc: connections the application knows
         self._sweep_timer: Optional["Timer"] = None
-        self._gathering: Dict["Client", List[Any]] = {}  # poll_coalesce_ms: held polls' messages so far
+        # poll_coalesce_ms: when each connection's last answer with messages went; held polls'
+        # messages so far
+        self._pacer: PollPacer[List[Any]] = PollPacer(context, lambda client: self.answer(client, []))
 
     def start(self, client: "Client", request: "Request", cors: Cors) -> None:
         """``GET /poll?since=ID``: the messages after ID at once, or held until one comes."""
@@ -98,20 +104,20 @@ class PollTransport:
             if since is not None and not behind:
                 notice, missed = hub.missed(query.prefixes, since, context.config.poll_max_messages)
                 sent += ([notice] if notice else []) + missed
-            gather = bool(sent) and notice is None and self._may_wait(sent)
-            if sent and not gather:
+            due = self._wait_until(client, sent) if sent and notice is None else None
+            if sent and due is None:
                 self._respond(client, sent, cors)
                 return
-            # Nothing yet (or too little, with poll_coalesce_ms): hold the request, routed like
-            # any client, until a message or the timeout.
+            # Nothing yet (or, with poll_coalesce_ms, the previous answer too recent): hold the
+            # request, routed like any client, until a message (or that answer's due time), or
+            # the timeout.
             context.server.stats.polls_held += 1
             self._cors[client] = cors
             context.server.park(client, time.monotonic() + context.config.poll_timeout, self.name)
+            if due is not None:  # what was there, and what comes until then, in one answer
+                self._pacer.gather(client, sent, due)
             hub.join(client, query.prefixes, "json", self.wire, client.rights, since if behind else None,
                      chose_topics=query.chose_topics)
-            if gather:  # what was there, and what comes within poll_coalesce_ms, in one answer
-                self._gathering[client] = sent
-                self._answer_later([(client, sent)])
         finally:
             for prefix in query.prefixes:
                 hub.release(prefix)
@@ -119,60 +125,65 @@ class PollTransport:
     def answer(self, client: "Client", items: List[Any]) -> None:
         """A held poll's answer (messages, or ``[]`` at its deadline; after what it gathered):
         it leaves the hub."""
-        self.answer_all([client], self._gathering.pop(client, []) + items)
+        self.answer_all([client], self._pacer.gathering.pop(client, []) + items)
 
     def deliver(self, clients: List["Client"], batch: List["Stored"]) -> None:
-        """A route's messages of a turn to its held polls: answered at once, or with
-        ``poll_coalesce_ms`` gathered until that long after the first (a full answer goes
-        at once: it could carry no more)."""
+        """A route's messages of a turn to its held polls: answered at once (one body for all),
+        or with ``poll_coalesce_ms`` gathered by those whose previous answer is too recent,
+        until its due time (a full answer goes at once: it could carry no more)."""
         if not self.context.config.poll_coalesce_ms:
             self.answer_all(clients, batch)
             return
-        gathering = self._gathering
-        new, full = [], []
+        pacer = self._pacer
+        gathering = pacer.gathering
+        limit = self.context.config.poll_max_messages
+        now = time.monotonic()
+        at_once, full = [], []
         for client in clients:
             gathered = gathering.get(client)
-            if gathered is None:
-                gathered = gathering[client] = list(batch)
-                new.append((client, gathered))
-            else:
+            if gathered is not None:
                 gathered.extend(batch)
-            if not self._may_wait(gathered):
-                full.append(client)
+                if len(gathered) >= limit:
+                    full.append(client)
+                continue
+            due = self._wait_until(client, batch, now)
+            if due is None:
+                at_once.append(client)
+            else:
+                pacer.gather(client, list(batch), due)
+        if at_once:
+            self.answer_all(at_once, batch)
         for client in full:
             self.answer(client, [])
-        if new:
-            self._answer_later(new)
 
-    def _may_wait(self, items: List[Any]) -> bool:
-        """With ``poll_coalesce_ms``, an answer (no gap notice in it) waits for more unless it
-        is full."""
+    def _wait_until(self, client: "Client", items: List[Any], now: Optional[float] = None) -> Optional[float]:
+        """With ``poll_coalesce_ms``, when an answer of ``items`` (no gap notice in it) may go:
+        None for now (no pacing, a full answer, a connection whose previous answer with
+        messages went long enough ago), else that answer's time plus the interval."""
         config = self.context.config
-        return bool(config.poll_coalesce_ms) and len(items) < config.poll_max_messages
-
-    def _answer_later(self, gathering: List[Tuple["Client", List[Any]]]) -> None:
-        loop = self.context.server.loop
-        assert loop is not None
-        loop.call_later(self.context.config.poll_coalesce_ms / 1000, lambda: self._gathered(gathering))
-
-    def _gathered(self, gathering: List[Tuple["Client", List[Any]]]) -> None:
-        """``poll_coalesce_ms`` after their first message: the polls still gathering these
-        messages are answered (not a later poll of the same connection)."""
-        for client, gathered in gathering:
-            if self._gathering.get(client) is gathered:
-                self.answer(client, [])
+        if not config.poll_coalesce_ms or len(items) >= config.poll_max_messages:
+            return None
+        return self._pacer.wait_until(client, time.monotonic() if now is None else now)
 
     def answer_all(self, clients: List["Client"], items: List[Any]) -> None:
         """The same answer to held polls (a route's messages of a turn): the body built once."""
         body, delivered = self._body(items)
         leave = self.context.hub.leave
+        self._answering(clients, items)
         for client in clients:
             leave(client)
             self._send(client, body, delivered, self._cors.pop(client, []))
 
+    def _answering(self, clients: List["Client"], items: List[Any]) -> None:
+        """With ``poll_coalesce_ms``: these connections' answers with messages go now (an empty
+        one, at a poll's deadline, paces nothing).  Called before they go, so that a connection
+        its answer closes is forgotten (:meth:`gone`) afterwards, not remembered again."""
+        if items and self.context.config.poll_coalesce_ms:
+            self._pacer.sent(clients, self._pacer.now())
+
     def gone(self, client: "Client") -> None:
         self._cors.pop(client, None)
-        self._gathering.pop(client, None)
+        self._pacer.forget(client)
 
     # -- the two-way channel (zmqws.rpc) ------------------------------------------------------
 
@@ -223,6 +234,7 @@ class PollTransport:
 
     def _respond(self, client: "Client", items: List[Any], cors: Cors) -> None:
         """A poll answered at once (see :meth:`_body`)."""
+        self._answering([client], items)
         self._send(client, *self._body(items), cors)
 
     def _body(self, items: List[Any]) -> Tuple[bytes, int]:

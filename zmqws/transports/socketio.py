@@ -48,6 +48,7 @@ from ..rights import TopicRefused
 from ..rpc import Outcome, client_info, embed
 from ..routing import parse_id
 from ..wire import TurnEncodings, Wire, WebSocketWire
+from . import PollPacer
 from .engineio import POLLING, EngineIOTransport, EngineSession, new_sid
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -134,10 +135,13 @@ class Gathering:
 class SioPollWire(Wire):
     """Socket.IO sockets of one namespace on polling sessions: an event's packets encoded once
     for long-polling (``b`` + base64 for an attachment, Engine.IO v4), the same bytes queued on
-    each session until its next GET.  With ``poll_coalesce_ms`` a socket's events wait that long
-    after the first (at most ``poll_max_messages`` of them), so that one GET answer carries them."""
+    each session until its next GET.  With ``poll_coalesce_ms`` a socket's events are paced,
+    leading edge (:class:`~zmqws.transports.PollPacer`): they go at once if its previous events
+    went that long ago or more, else they wait until then (at most ``poll_max_messages`` of
+    them), so that one GET answer carries them.  Per socket, as the events are gathered: an
+    ack, the application's event or a DISCONNECT to a socket sends what it gathered first."""
 
-    __slots__ = ("layer", "nsp", "prefix", "_turn", "_gathering")
+    __slots__ = ("layer", "nsp", "prefix", "_turn", "_pacer")
     shared = False
     gap_notices = False
     name = "socketio-polling"
@@ -148,7 +152,7 @@ class SioPollWire(Wire):
         self.nsp = nsp
         self.prefix = namespace_prefix(nsp)
         self._turn = TurnEncodings(self, eio.SEPARATOR_BYTES)
-        self._gathering: Dict[NamespaceSocket, Gathering] = {}
+        self._pacer: PollPacer[Gathering] = PollPacer(layer.context, self.release)
 
     def encode(self, m: "Stored", envelope: str) -> bytes:
         return eio.encode_payload(self.layer.event_packets(m, self.nsp, self.prefix))
@@ -158,41 +162,48 @@ class SioPollWire(Wire):
         layer = self.layer
         layer.context.server.stats.messages_out += len(batch) * len(members)
         if layer.context.config.poll_coalesce_ms:
-            self._gather(members, payload, len(batch))
+            self._pace(members, payload, len(batch))
             return
         send_payload = layer.engine.send_payload
         for socket in members:
             send_payload(socket.session, payload)
 
-    def _gather(self, members: List[NamespaceSocket], payload: bytes, count: int) -> None:
-        gathering = self._gathering
-        config = self.layer.context.config
-        new = []
+    def _pace(self, members: List[NamespaceSocket], payload: bytes, count: int) -> None:
+        """``poll_coalesce_ms``: the turn's events to the sockets due now, gathered for the others."""
+        pacer = self._pacer
+        gathering = pacer.gathering
+        limit = self.layer.context.config.poll_max_messages
+        send_payload = self.layer.engine.send_payload
+        now = time.monotonic()
+        at_once = []
         for socket in members:
             gathered = gathering.get(socket)
             if gathered is None:
-                gathered = gathering[socket] = Gathering()
-                new.append((socket, gathered))
+                due = pacer.wait_until(socket, now) if count < limit else None
+                if due is None:
+                    at_once.append(socket)
+                    continue
+                gathered = Gathering()
+                pacer.gather(socket, gathered, due)
             gathered.payloads.append(payload)
             gathered.count += count
-            if gathered.count >= config.poll_max_messages:
+            if gathered.count >= limit:
                 self.release(socket)
-        if new:
-            loop = self.layer.context.server.loop
-            assert loop is not None
-            loop.call_later(config.poll_coalesce_ms / 1000, lambda: self._due(new))
-
-    def _due(self, gathering: List[Tuple[NamespaceSocket, Gathering]]) -> None:
-        for socket, gathered in gathering:
-            if self._gathering.get(socket) is gathered:
-                self.release(socket)
+        pacer.sent(at_once, now)  # before sending: a session closed by it forgets its sockets
+        for socket in at_once:
+            send_payload(socket.session, payload)
 
     def release(self, socket: NamespaceSocket) -> None:
         """The events gathered for a socket go to its session now (before anything else sent to
         it: an ack, the application's event, the move to WebSocket)."""
-        gathered = self._gathering.pop(socket, None)
+        gathered = self._pacer.gathering.pop(socket, None)
         if gathered is not None:
+            self._pacer.sent([socket], self._pacer.now())
             self.layer.engine.send_payload(socket.session, eio.SEPARATOR_BYTES.join(gathered.payloads))
+
+    def forget(self, socket: NamespaceSocket) -> None:
+        """The socket left its namespace: its pacing is forgotten."""
+        self._pacer.forget(socket)
 
 
 class SocketIOLayer:
@@ -286,11 +297,14 @@ class SocketIOLayer:
         for socket in session.sockets.values():  # what the polling wire gathered (the moves' flush too)
             self._release(socket)
 
-    def _release(self, socket: NamespaceSocket) -> None:
-        """Events a polling socket gathered (``poll_coalesce_ms``) go to its session now."""
+    def _release(self, socket: NamespaceSocket, left: bool = False) -> None:
+        """Events a polling socket gathered (``poll_coalesce_ms``) go to its session now (and,
+        once it ``left``, its pacing is forgotten)."""
         wire = self._poll_wires.get(socket.nsp)
         if wire is not None:
             wire.release(socket)
+            if left:
+                wire.forget(socket)
 
     def _send(self, socket: NamespaceSocket, packets: List[eio.Packet]) -> None:
         """Packets to one socket, after the events gathered for it."""
@@ -421,7 +435,7 @@ class SocketIOLayer:
         if sockets.get(socket.nsp) is not socket:
             return
         del sockets[socket.nsp]
-        self._release(socket)
+        self._release(socket, left=True)
         if self.context.rpc is not None:
             self.context.rpc.disconnected(socket.client_id, reason)
         subscriber = self.context.hub.leave(socket)
