@@ -13,6 +13,7 @@ from typing import List
 import pytest
 
 from conftest import get, ids_of, read_response, wait_until
+from zmqws.config import TransportConfig
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -332,7 +333,6 @@ def test_poll_coalesce_pacer_one_timer_per_due_time_and_no_drift():
 
 
 def test_poll_coalesce_is_bounded():
-    from zmqws.config import TransportConfig
     for ms in (-1, 1001):
         with pytest.raises(ValueError, match="poll_coalesce_ms"):
             TransportConfig(poll_coalesce_ms=ms)
@@ -434,3 +434,25 @@ def test_poll_bad_query_is_400(make_gateway, http_conn, query):
     response, body, elapsed = get(conn, f"/poll?{query}")
     assert response.status == 400 and elapsed < 1
     assert gw.stats.polls_held == 0
+
+
+def test_poll_coalesce_is_on_by_default_at_100_ms(make_gateway, http_conn):
+    """By default a busy connection gets at most one answer with messages per 100 ms; the
+    first message after a quiet spell is answered at once."""
+    assert TransportConfig().poll_coalesce_ms == 100
+    gw = make_gateway(None, poll_timeout=5, subscribe_all=True)
+    base = gw.last_id
+    conn = http_conn(gw.port)
+    timer = threading.Timer(0.05, lambda: gw.publish("first", topic="c"))
+    timer.start()
+    try:
+        _response, body, elapsed = get(conn, f"/poll?since={base}")
+    finally:
+        timer.cancel()
+    answered = time.monotonic()
+    assert [d["data"] for d in json.loads(body)] == ["first"] and elapsed < 0.3
+    gw.publish("second", topic="c")  # right after the answer: waits for the interval's end
+    gw.publish("third", topic="c")
+    _response, body, _ = get(conn, f"/poll?since={base + 1}")
+    assert [d["data"] for d in json.loads(body)] == ["second", "third"]
+    assert time.monotonic() - answered >= 0.08

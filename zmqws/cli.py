@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "(a /poll connection, a Socket.IO polling socket), leading edge: one goes at once "
                  "if the client's previous went MS ago or more, else it waits until then, gathering "
                  "(a full one or one with a gap notice goes at once): up to MS ms more latency, "
-                 "only for clients whose messages come faster; 0 = answer at once (default)")
+                 "only for clients whose messages come faster; 0 = answer at once "
+                 "(default: %(default)s)")
     _option(web, "--subprotocol", "subprotocols", action="append", metavar="NAME",
             help="a subprotocol the server accepts, in order of preference (repeatable)")
     sio = p.add_argument_group("Socket.IO side (socket.io-client v3/v4, python-socketio; see docs/socketio.md)")

@@ -134,7 +134,7 @@ class TransportConfig:
     poll_timeout: float = 25.0
     poll_max_messages: int = 100
     poll_max_bytes: int = 1 << 20
-    poll_coalesce_ms: float = 0.0  # > 0: at most one answer with messages per interval to a poller (leading edge)
+    poll_coalesce_ms: float = 100.0  # at most one answer with messages per interval to a poller (leading edge)
     socketio: bool = True
     sio_path: str = "/socket.io/"
     sio_event: str = "message"
