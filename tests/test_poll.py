@@ -233,6 +233,19 @@ def test_poll_coalesce_after_a_quiet_interval_the_first_message_goes_at_once(mak
     assert [d["data"] for d in json.loads(body)] == ["held"] and elapsed < 0.35
 
 
+def first_answer_at_once(gw, conn, base: int) -> float:
+    """A held poll of a new connection: "first" (on topic c), published 50 ms into it, is
+    answered at once (nothing was answered before); the time of the answer."""
+    timer = threading.Timer(0.05, lambda: gw.publish("first", topic="c"))
+    timer.start()
+    try:
+        _response, body, elapsed = get(conn, f"/poll?since={base}")
+    finally:
+        timer.cancel()
+    assert [d["data"] for d in json.loads(body)] == ["first"] and elapsed < 0.3
+    return time.monotonic()
+
+
 def test_poll_coalesce_messages_right_after_an_answer_wait_for_the_interval_in_one_answer(
         make_gateway, http_conn):
     """A connection answered less than the interval ago waits until the interval after that
@@ -240,14 +253,7 @@ def test_poll_coalesce_messages_right_after_an_answer_wait_for_the_interval_in_o
     gw = make_gateway(None, poll_coalesce_ms=800, poll_timeout=5, subscribe_all=True)
     base = gw.last_id
     conn = http_conn(gw.port)
-    timer = threading.Timer(0.05, lambda: gw.publish("first", topic="c"))
-    timer.start()
-    try:
-        response, body, elapsed = get(conn, f"/poll?since={base}")
-    finally:
-        timer.cancel()
-    answered = time.monotonic()
-    assert [d["data"] for d in json.loads(body)] == ["first"] and elapsed < 0.3
+    answered = first_answer_at_once(gw, conn, base)
     # held: "second" comes 0.4 s after that answer, "third" 0.1 s later; both go 0.8 s after
     # the answer (a trailing delay would send them 0.8 s after "second": 1.2 s)
     timers = [threading.Timer(0.4, lambda: gw.publish("second", topic="c")),
@@ -443,14 +449,7 @@ def test_poll_coalesce_is_on_by_default_at_100_ms(make_gateway, http_conn):
     gw = make_gateway(None, poll_timeout=5, subscribe_all=True)
     base = gw.last_id
     conn = http_conn(gw.port)
-    timer = threading.Timer(0.05, lambda: gw.publish("first", topic="c"))
-    timer.start()
-    try:
-        _response, body, elapsed = get(conn, f"/poll?since={base}")
-    finally:
-        timer.cancel()
-    answered = time.monotonic()
-    assert [d["data"] for d in json.loads(body)] == ["first"] and elapsed < 0.3
+    answered = first_answer_at_once(gw, conn, base)
     gw.publish("second", topic="c")  # right after the answer: waits for the interval's end
     gw.publish("third", topic="c")
     _response, body, _ = get(conn, f"/poll?since={base + 1}")

@@ -677,6 +677,22 @@ def test_polling_request_for_a_websocket_session_is_a_bad_request(bystander, raw
     bystander.check()
 
 
+def test_events_waiting_for_a_client_that_closes_are_dropped_not_answered(make_gateway):
+    """A client that closes its session (``1``) gets its held poll back with a noop only: the
+    events paced for it (``--poll-coalesce``) are dropped as engine.io drops its write buffer
+    (socket.io-client would buffer them and emit them after a recovery that replays them)."""
+    gw = make_gateway(None, poll_coalesce_ms=1000)
+    client = RawPolling(gw.port)
+    assert client.post(b"40") == (200, b"ok")
+    assert poll_until(client, 1)[0].startswith("40{")
+    gw.publish("first")
+    assert sio_event(poll_until(client, 1)[0])[1] == "first"  # at once: nothing sent before
+    gw.publish("second")  # right after an answer: paced, waits for the interval
+    with held_poll(gw, client) as held:
+        assert client.post(b"1") == (200, b"ok")
+    assert held == [(200, b"6")]
+
+
 def test_overlapping_polls_close_the_session(bystander):
     port = bystander.gw.port
     client = RawPolling(port)
@@ -1225,6 +1241,19 @@ def test_namespaces_follow_the_upgrade_to_websocket(make_gateway, raw_ws):
     assert ws.recv_frame()[2] == b'43/custom,1[{"topics":["x."]}]'
 
 
+
+def count_encodes(monkeypatch, wire) -> List[int]:
+    """The ids ``wire``'s kind encodes from now on (its ``encode`` wrapped)."""
+    encoded: List[int] = []
+    encode = type(wire).encode
+
+    def counted(self, m, envelope):
+        encoded.append(m.id)
+        return encode(self, m, envelope)
+
+    monkeypatch.setattr(type(wire), "encode", counted)
+    return encoded
+
 def test_a_message_is_encoded_once_per_namespace_over_websocket(make_gateway, raw_ws, monkeypatch):
     """Sockets of one namespace with different topics are on different routes: the event's
     frames are still built once for all of them."""
@@ -1237,14 +1266,7 @@ def test_a_message_is_encoded_once_per_namespace_over_websocket(make_gateway, ra
         assert ws.recv_frame()[2].startswith(b"40/custom,{")
         sockets.append(ws)
     (wire,) = gw.socketio._ws_wires.values()
-    encoded: List[int] = []
-    encode = type(wire).encode
-
-    def counted(self, m, envelope):
-        encoded.append(m.id)
-        return encode(self, m, envelope)
-
-    monkeypatch.setattr(type(wire), "encode", counted)
+    encoded = count_encodes(monkeypatch, wire)
     gw.publish("x", topic="custom/a.1")
     for ws in sockets:
         assert sio_event(ws.recv_frame()[2].decode(), "/custom")[:2] == ["message", "x"]
@@ -1262,14 +1284,7 @@ def test_a_message_is_encoded_once_for_every_polling_session(make_gateway, monke
         assert poll_until(client, 1)[0].startswith("40{")
         clients.append(client)
     (wire,) = gw.socketio._poll_wires.values()
-    encoded: List[int] = []
-    encode = type(wire).encode
-
-    def counted(self, m, envelope):
-        encoded.append(m.id)
-        return encode(self, m, envelope)
-
-    monkeypatch.setattr(type(wire), "encode", counted)
+    encoded = count_encodes(monkeypatch, wire)
     gw.publish(b"\x00\xffbin", topic="a.1")
     bodies = [client.get()[1] for client in clients]
     assert len(encoded) == 1

@@ -58,6 +58,12 @@ def new_sid() -> str:
     return base64.urlsafe_b64encode(os.urandom(15)).decode("ascii")
 
 
+def check_eio(request: "Request") -> None:
+    """Engine.IO v4 only (``EIO=4``), as engine.io 6 answers other versions."""
+    if request.query_value("EIO") != "4":
+        raise eio.EngineIOError(eio.UNSUPPORTED_VERSION)
+
+
 def payload_response(request: "Request", payload: bytes, cors: Cors) -> bytes:
     """A long-polling response: an encoded payload (``eio.encode_payload``)."""
     return http_response(200, payload, "text/plain; charset=UTF-8",
@@ -71,7 +77,7 @@ class Layer(Protocol):
 
     def moved(self, session: "EngineSession") -> None: ...
 
-    def closed(self, session: "EngineSession", reason: str) -> None: ...
+    def closed(self, session: "EngineSession", reason: str, discard: bool) -> None: ...
 
 
 class EngineSession:
@@ -156,7 +162,7 @@ class EngineIOTransport:
                                      keep_alive=request.keep_alive)
             raise HTTPError(405, "method not allowed", [("Allow", "GET, POST")])
         try:
-            self._check_eio(request)
+            check_eio(request)
             transport = request.query_value("transport")
             if transport != POLLING:
                 raise eio.EngineIOError(eio.UNKNOWN_TRANSPORT if transport != WEBSOCKET else eio.BAD_REQUEST)
@@ -180,11 +186,6 @@ class EngineIOTransport:
         except eio.EngineIOError as exc:
             self.context.server.stats.http_errors += 1
             return http_response(exc.status, exc.body(), "application/json", cors, keep_alive=request.keep_alive)
-
-    @staticmethod
-    def _check_eio(request: "Request") -> None:
-        if request.query_value("EIO") != "4":
-            raise eio.EngineIOError(eio.UNSUPPORTED_VERSION)
 
     def _open_packet(self, session: EngineSession, upgrades: List[str]) -> str:
         return eio.OPEN + json.dumps({
@@ -303,7 +304,7 @@ class EngineIOTransport:
         A session that is already upgraded (or upgrading) is not an HTTP error: that
         WebSocket opens and is closed at once (:meth:`on_open`), as engine.io does."""
         try:
-            self._check_eio(request)
+            check_eio(request)
             if request.query_value("transport") != WEBSOCKET:
                 raise eio.EngineIOError(eio.UNKNOWN_TRANSPORT)
             sid = request.query_value("sid")
@@ -487,7 +488,7 @@ class EngineIOTransport:
     def close_session(self, session: EngineSession, reason: str, notify: bool = True) -> None:
         if session.closed:
             return
-        self.layer.closed(session, reason)
+        self.layer.closed(session, reason, discard=not notify)
         self._release_slot(session)
         if session.heartbeat is not None:
             session.heartbeat.cancel()
@@ -502,8 +503,10 @@ class EngineIOTransport:
             self._of.pop(client, None)
             client.close(CLOSE_NORMAL, "")
         elif session.poll_client is not None:
-            # The held poll ends with a close packet, or with a noop when the client itself
-            # closed (engine.io's polling transport does the same).
+            # The held poll ends with a close packet, or with a noop (and nothing that waited,
+            # as engine.io drops its write buffer) when the client itself closed.
+            if not notify:
+                session.packets, session.packet_bytes = [], 0
             session.packets.append(CLOSE_PAYLOAD if notify else NOOP_PAYLOAD)
             self._answer_poll(session)
         if session.probe_client is not None:

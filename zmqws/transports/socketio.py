@@ -297,12 +297,14 @@ class SocketIOLayer:
         for socket in session.sockets.values():  # what the polling wire gathered (the moves' flush too)
             self._release(socket)
 
-    def _release(self, socket: NamespaceSocket, left: bool = False) -> None:
-        """Events a polling socket gathered (``poll_coalesce_ms``) go to its session now (and,
-        once it ``left``, its pacing is forgotten)."""
+    def _release(self, socket: NamespaceSocket, left: bool = False, discard: bool = False) -> None:
+        """Events a polling socket gathered (``poll_coalesce_ms``) go to its session now, unless
+        ``discard`` (the client closed its session: they are dropped with what waited there);
+        once it ``left``, its pacing is forgotten."""
         wire = self._poll_wires.get(socket.nsp)
         if wire is not None:
-            wire.release(socket)
+            if not discard:
+                wire.release(socket)
             if left:
                 wire.forget(socket)
 
@@ -311,10 +313,11 @@ class SocketIOLayer:
         self._release(socket)
         self.engine.send(socket.session, packets)
 
-    def closed(self, session: EngineSession, reason: str) -> None:
-        """The session is closing (for ``reason``): its sockets leave (recoverable)."""
+    def closed(self, session: EngineSession, reason: str, discard: bool = False) -> None:
+        """The session is closing (for ``reason``): its sockets leave (recoverable); with
+        ``discard`` (the client closed it) what they gathered is dropped, not sent."""
         for socket in list(session.sockets.values()):
-            self._leave(socket, reason)
+            self._leave(socket, reason, discard)
 
     # -- Socket.IO ------------------------------------------------------------------------------
 
@@ -428,14 +431,14 @@ class SocketIOLayer:
                 return False
         return True
 
-    def _leave(self, socket: NamespaceSocket, reason: str) -> None:
+    def _leave(self, socket: NamespaceSocket, reason: str, discard: bool = False) -> None:
         """The socket left (DISCONNECT, or its session closed, for ``reason``): recoverable for
         a while; the application is told (``disconnect``)."""
         sockets = socket.session.sockets
         if sockets.get(socket.nsp) is not socket:
             return
         del sockets[socket.nsp]
-        self._release(socket, left=True)
+        self._release(socket, left=True, discard=discard)
         if self.context.rpc is not None:
             self.context.rpc.disconnected(socket.client_id, reason)
         subscriber = self.context.hub.leave(socket)
