@@ -18,6 +18,19 @@ from zmqws.config import TransportConfig
 pytestmark = pytest.mark.timeout(60)
 
 
+def get_while(conn, path: str, *later):
+    """``get(conn, path)`` while ``later``'s ``(delay, action)`` pairs run on timers (started
+    before the request, cancelled after it): a held poll and what comes during it."""
+    timers = [threading.Timer(delay, action) for delay, action in later]
+    for timer in timers:
+        timer.start()
+    try:
+        return get(conn, path)
+    finally:
+        for timer in timers:
+            timer.cancel()
+
+
 def test_poll_returns_what_was_missed_at_once_in_bounded_batches(make_gateway, http_conn):
     # subscribe_all: the gateway vouches for every id from the start (no gap notice)
     gw = make_gateway(None, poll_max_messages=10, poll_timeout=0.5, subscribe_all=True)
@@ -64,22 +77,12 @@ def test_poll_is_held_until_a_message_comes(make_gateway, http_conn):
     gw.publish("before", topic="h.x")
     wait_until(lambda: gw.last_id == 2)
     conn = http_conn(gw.port, timeout=15)
-    timer = threading.Timer(0.3, lambda: gw.publish("now", topic="h.x"))
-    timer.start()
-    try:
-        response, body, elapsed = get(conn, "/poll?topic=h.&since=2")
-    finally:
-        timer.cancel()
+    response, body, elapsed = get_while(conn, "/poll?topic=h.&since=2", (0.3, lambda: gw.publish("now", topic="h.x")))
     docs = json.loads(body)
     assert response.status == 200 and [d["data"] for d in docs] == ["now"]
     assert 0.25 <= elapsed < 2.0, f"answered after {elapsed:.2f} s (timeout 10 s)"
     # a first poll (no since) is held too, and gets only what comes after it
-    timer = threading.Timer(0.2, lambda: gw.publish("later", topic="h.y"))
-    timer.start()
-    try:
-        response, body, elapsed = get(conn, "/poll?topic=h.")
-    finally:
-        timer.cancel()
+    response, body, elapsed = get_while(conn, "/poll?topic=h.", (0.2, lambda: gw.publish("later", topic="h.y")))
     assert [d["data"] for d in json.loads(body)] == ["later"] and elapsed < 2.0
 
 
@@ -224,24 +227,16 @@ def test_poll_coalesce_after_a_quiet_interval_the_first_message_goes_at_once(mak
     response, body, elapsed = get(conn, f"/poll?since={base}")  # a new connection: at once
     assert [d["data"] for d in json.loads(body)] == ["waiting"] and elapsed < 0.25
     time.sleep(0.5)  # quiet for longer than the interval
-    timer = threading.Timer(0.1, lambda: gw.publish("held", topic="c"))
-    timer.start()
-    try:
-        response, body, elapsed = get(conn, f"/poll?since={base + 1}")  # held, then answered at once
-    finally:
-        timer.cancel()
+    # held, then answered at once
+    response, body, elapsed = get_while(conn, f"/poll?since={base + 1}",
+                                        (0.1, lambda: gw.publish("held", topic="c")))
     assert [d["data"] for d in json.loads(body)] == ["held"] and elapsed < 0.35
 
 
 def first_answer_at_once(gw, conn, base: int) -> float:
     """A held poll of a new connection: "first" (on topic c), published 50 ms into it, is
     answered at once (nothing was answered before); the time of the answer."""
-    timer = threading.Timer(0.05, lambda: gw.publish("first", topic="c"))
-    timer.start()
-    try:
-        _response, body, elapsed = get(conn, f"/poll?since={base}")
-    finally:
-        timer.cancel()
+    _response, body, elapsed = get_while(conn, f"/poll?since={base}", (0.05, lambda: gw.publish("first", topic="c")))
     assert [d["data"] for d in json.loads(body)] == ["first"] and elapsed < 0.3
     return time.monotonic()
 
@@ -256,15 +251,9 @@ def test_poll_coalesce_messages_right_after_an_answer_wait_for_the_interval_in_o
     answered = first_answer_at_once(gw, conn, base)
     # held: "second" comes 0.4 s after that answer, "third" 0.1 s later; both go 0.8 s after
     # the answer (a trailing delay would send them 0.8 s after "second": 1.2 s)
-    timers = [threading.Timer(0.4, lambda: gw.publish("second", topic="c")),
-              threading.Timer(0.5, lambda: gw.publish("third", topic="c"))]
-    for t in timers:
-        t.start()
-    try:
-        response, body, _ = get(conn, f"/poll?since={base + 1}")
-    finally:
-        for t in timers:
-            t.cancel()
+    response, body, _ = get_while(conn, f"/poll?since={base + 1}",
+                                  (0.4, lambda: gw.publish("second", topic="c")),
+                                  (0.5, lambda: gw.publish("third", topic="c")))
     since_answer = time.monotonic() - answered
     assert [d["data"] for d in json.loads(body)] == ["second", "third"]
     assert 0.6 <= since_answer < 1.05
@@ -272,12 +261,7 @@ def test_poll_coalesce_messages_right_after_an_answer_wait_for_the_interval_in_o
     answered = time.monotonic()
     gw.publish("fourth", topic="c")
     wait_until(lambda: gw.last_id == base + 4)
-    timer = threading.Timer(0.2, lambda: gw.publish("fifth", topic="c"))
-    timer.start()
-    try:
-        response, body, _ = get(conn, f"/poll?since={base + 3}")
-    finally:
-        timer.cancel()
+    response, body, _ = get_while(conn, f"/poll?since={base + 3}", (0.2, lambda: gw.publish("fifth", topic="c")))
     assert [d["data"] for d in json.loads(body)] == ["fourth", "fifth"]
     assert 0.6 <= time.monotonic() - answered < 1.6
 
@@ -295,12 +279,8 @@ def test_poll_coalesce_a_full_answer_or_a_gap_notice_goes_at_once(make_gateway, 
     docs = json.loads(body)
     assert docs[0] == {"gap": [2, 3]} and ids_of(docs[1:]) == [4, 5] and elapsed < 0.5
     # a held poll whose gathered messages fill an answer
-    timer = threading.Timer(0.2, lambda: [gw.publish(f"n{i}", topic="c") for i in range(3)])
-    timer.start()
-    try:
-        response, body, elapsed = get(conn, "/poll?since=7")
-    finally:
-        timer.cancel()
+    response, body, elapsed = get_while(conn, "/poll?since=7",
+                                        (0.2, lambda: [gw.publish(f"n{i}", topic="c") for i in range(3)]))
     assert ids_of(json.loads(body)) == [8, 9, 10] and elapsed < 0.9
 
 
@@ -349,12 +329,7 @@ def test_poll_resume_after_upstream_blind_spell_gets_a_gap_notice(make_gateway, 
     linger expired) is told, as a WebSocket client would be, that messages may be lost."""
     gw = make_gateway(None, linger=0, poll_timeout=0.5)
     conn = http_conn(gw.port)
-    timer = threading.Timer(0.2, lambda: gw.publish("seen", topic="b.x"))
-    timer.start()
-    try:
-        response, body, _ = get(conn, "/poll?topic=b.")
-    finally:
-        timer.cancel()
+    response, body, _ = get_while(conn, "/poll?topic=b.", (0.2, lambda: gw.publish("seen", topic="b.x")))
     seen = json.loads(body)[-1]["id"]
     # No poll now: nobody wants b. and it was dropped upstream at once (linger 0); what the
     # publishers sent meanwhile never reached the gateway.  The client comes back:
