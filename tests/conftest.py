@@ -40,7 +40,7 @@ import time
 import zlib
 from collections import deque
 from pathlib import Path
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 import pytest
 from websockets.asyncio.client import connect
@@ -608,42 +608,42 @@ def _parse_head(head: bytes) -> Tuple[int, Dict[str, str]]:
     return int(status), headers
 
 
-def read_response(sock: socket.socket, timeout: float = 5.0) -> Tuple[int, Dict[str, str], bytes]:
-    """One HTTP response with a Content-Length from a raw socket."""
+def _recv_until(sock: socket.socket, done: Callable[[bytes], Any], timeout: float, what: str) -> Any:
+    """Read from ``sock`` until ``done(data)`` gives something (returned), within ``timeout``."""
     deadline = time.monotonic() + timeout
     data = b""
     while True:
-        head, sep, rest = data.partition(b"\r\n\r\n")
-        if sep:
-            status, headers = _parse_head(head)
-            length = int(headers.get("content-length", "0"))
-            if len(rest) >= length:
-                return status, headers, rest[:length]
+        result = done(data)
+        if result is not None:
+            return result
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise AssertionError(f"no complete response within {timeout} s: {data[:200]!r}")
+            raise AssertionError(f"no {what} within {timeout} s: {data[:200]!r}")
         sock.settimeout(remaining)
         chunk = sock.recv(65536)
         if not chunk:
-            raise AssertionError(f"connection closed before the end of the response: {data[:200]!r}")
+            raise AssertionError(f"connection closed before {what}: {data[:200]!r}")
         data += chunk
+
+
+def read_response(sock: socket.socket, timeout: float = 5.0) -> Tuple[int, Dict[str, str], bytes]:
+    """One HTTP response with a Content-Length from a raw socket."""
+    def whole(data: bytes) -> Optional[Tuple[int, Dict[str, str], bytes]]:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if not sep:
+            return None
+        status, headers = _parse_head(head)
+        length = int(headers.get("content-length", "0"))
+        return (status, headers, rest[:length]) if len(rest) >= length else None
+    return _recv_until(sock, whole, timeout, "complete response")
 
 
 def response_head(sock: socket.socket, timeout: float = 5.0) -> Tuple[int, bytes, bytes]:
     """Read an HTTP response head from ``sock``: (status, head, bytes after it)."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    while b"\r\n\r\n" not in data:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"no response head within {timeout} s: {data[:200]!r}")
-        sock.settimeout(remaining)
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError(f"connection closed before a response head: {data[:200]!r}")
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), head, rest
+    def head_of(data: bytes) -> Optional[Tuple[int, bytes, bytes]]:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        return (int(head.split(b" ", 2)[1]), head, rest) if sep else None
+    return _recv_until(sock, head_of, timeout, "response head")
 
 
 def request_status(port: int, request: bytes, source: Optional[str] = None) -> int:
