@@ -60,18 +60,19 @@ C_FANOUT = os.path.join(HERE, "c_fanout")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 STACKS = ("zmqws", "zmqws-flush", "websockets", "tornado", "picows", "node", "c")
-FLUSH_INTERVAL_MS = 2.0  # stack zmqws-flush: zmqws with --flush-interval (changed by the flag of that name)
+FLUSH_INTERVAL_MS = 2.0  # stack zmqws-flush: zmqws with --flush-interval (the default of the flag of that name)
 NODE_DIR = os.path.join(HERE, "node")
 
 
 def gateway_command(stack: str, endpoint: str, port: int, rcvhwm: int,
-                    profile_out: Optional[str] = None, deflate: bool = False, timed: bool = False) -> List[str]:
+                    profile_out: Optional[str] = None, deflate: bool = False, timed: bool = False,
+                    flush_interval: float = FLUSH_INTERVAL_MS) -> List[str]:
     py = sys.executable
     if stack == "zmqws" and timed:  # the output sweep timed in the process (zmqws_timed.py)
         return [py, os.path.join(HERE, "zmqws_timed.py"), "--sub", endpoint,
                 "--port", str(port), "--rcvhwm", str(rcvhwm)]
     if stack == "zmqws-flush":
-        return gateway_command("zmqws", endpoint, port, rcvhwm) + ["--flush-interval", str(FLUSH_INTERVAL_MS)]
+        return gateway_command("zmqws", endpoint, port, rcvhwm) + ["--flush-interval", str(flush_interval)]
     if stack == "zmqws":
         if profile_out:
             return [py, os.path.join(HERE, "zmqws_profiled.py"), "--sub", endpoint,
@@ -461,7 +462,8 @@ def run_scenario(stack: str, clients: int, args: argparse.Namespace, loadclient:
                 profile_out = os.path.join(os.path.abspath(args.profile), f"zmqws-{clients}.prof")
                 res["profile"] = profile_out
             gw = s.gateway(gateway_command(stack, endpoint, port, args.rcvhwm, profile_out, deflate,
-                                           timed=args.sweep), port, args.gateway_cpu)
+                                           timed=args.sweep, flush_interval=args.flush_interval),
+                           port, args.gateway_cpu)
             client = s.load_client(
                 [loadclient, "--port", str(port), "--conns", str(clients),
                  "--messages", str(messages), "--sample-every", str(args.sample_every),
@@ -748,7 +750,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="use this load client binary instead of building benchmarks/loadclient.c")
     add_common_args(p, connect_timeout=60.0)
     args = p.parse_args(argv)
-    globals()["FLUSH_INTERVAL_MS"] = args.flush_interval
     if args.size < 16:
         p.error("--size must be at least 16")
     if args.messages != "auto":
