@@ -845,12 +845,7 @@ def test_a_poll_that_comes_during_the_upgrade_is_released_with_a_noop(make_gatew
     """The client waits for its last poll to end before it sends "5": a poll that reaches the
     server after "2probe" is answered at once with a noop, not held until the poll timeout."""
     gw = make_gateway(None)
-    client = RawPolling(gw.port)
-    assert client.post(b"40") == (200, b"ok")
-    assert client.get()[1].startswith(b"40{")
-    ws = raw_ws(gw.port, path=f"/socket.io/?EIO=4&transport=websocket&sid={client.sid}")
-    ws.send_frame(OP_TEXT, b"2probe")
-    assert ws.recv_frame()[2] == b"3probe"
+    client, ws = probed(gw, raw_ws)
     started = time.monotonic()
     assert client.get(timeout=3) == (200, b"6")
     assert time.monotonic() - started < 1
@@ -1482,14 +1477,20 @@ def test_a_polling_session_that_answers_pings_stays(make_gateway):
     assert client.sid in gw.sio.sessions and gw.stats.ping_timeouts == 0
 
 
-def upgraded(gw, raw_ws) -> Tuple[RawPolling, Any]:
-    """A raw polling session, connected to ``/`` and upgraded to a raw WebSocket."""
+def probed(gw, raw_ws) -> Tuple[RawPolling, Any]:
+    """A raw polling session, connected to ``/``, and a raw WebSocket that has probed it."""
     client = RawPolling(gw.port)
     assert client.post(b"40") == (200, b"ok")
     assert client.get()[1].startswith(b"40{")
     ws = raw_ws(gw.port, path=f"/socket.io/?EIO=4&transport=websocket&sid={client.sid}")
     ws.send_frame(OP_TEXT, b"2probe")
     assert ws.recv_frame()[2] == b"3probe"
+    return client, ws
+
+
+def upgraded(gw, raw_ws) -> Tuple[RawPolling, Any]:
+    """A raw polling session, connected to ``/`` and upgraded to a raw WebSocket."""
+    client, ws = probed(gw, raw_ws)
     assert client.get() == (200, b"6")
     return client, ws
 
